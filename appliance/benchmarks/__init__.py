@@ -1,0 +1,3 @@
+"""Benchmark suites behind ``appliance bench``; each module: HELP, configure(parser), run(args)."""
+
+__all__: list[str] = []

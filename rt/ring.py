@@ -1,0 +1,958 @@
+"""The shared-memory single-producer single-consumer ring.
+
+One named segment holds a 4 KiB control block followed by ``n_slots`` fixed-size slots;
+each slot is a 256-byte frame header (:mod:`rt.frame`) followed by the payload. The write
+and read counters are monotonically increasing 64-bit integers on separate 128-byte lines
+(two cache lines, against adjacent-line prefetch), each written by one side only. The
+memory-ordering argument is in :mod:`rt._ordering`.
+
+Roles:
+
+* :class:`Ring`: the owner's handle (the supervisor): ``create``, ``open``, ``unlink``,
+  ``statistics``. The ring outlives the processes that use it.
+* :class:`Producer`: ``reserve`` a slot, fill it in place, ``commit``.
+* :class:`Consumer`: ``acquire`` a slot view, use it, ``release``; ``acquire_many`` for batches.
+* :class:`Observer`: a lossy reader of the latest committed frame that never writes to the
+  ring, so it cannot slow the producer (a preview or a TUI tap).
+
+Crash semantics: a restarted consumer resumes at the shared read counter, so a frame it had
+acquired but not released is delivered again (downstream must be idempotent by frame
+identity). A restarted producer resumes at the write counter (a reserved, uncommitted slot
+is simply rewritten). A peer that died is reported as :class:`ProducerGone` or
+:class:`ConsumerGone` while waiting.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import posix_ipc
+
+from rt import _shm
+from rt._errors import (
+    ConsumerGone,
+    EndOfStream,
+    ProducerGone,
+    RingBusy,
+    RingClosed,
+    RingError,
+    RingFormatError,
+    RingTimeout,
+    WouldBlock,
+)
+from rt._ordering import check_platform
+from rt._proc import current_identity, process_alive
+from rt.frame import (
+    FRAME_HEADER_DTYPE,
+    FRAME_HEADER_SIZE,
+    FRAME_MAGIC,
+    FRAME_VERSION,
+    FrameFlags,
+    checksum,
+    code_from_dtype,
+    dtype_from_code,
+)
+
+__all__ = [
+    "Ring",
+    "Producer",
+    "Consumer",
+    "Observer",
+    "Slot",
+    "RingGeometry",
+    "RingStatistics",
+    "Policy",
+    "WaitStrategy",
+    "POLICIES",
+    "WAIT_STRATEGIES",
+]
+
+Policy = Literal["block", "drop_newest"]
+WaitStrategy = Literal["spin", "yield", "sleep", "kernel"]
+POLICIES: tuple[str, ...] = ("block", "drop_newest")
+WAIT_STRATEGIES: tuple[str, ...] = ("spin", "yield", "sleep", "kernel")
+
+RING_MAGIC = int.from_bytes(b"APRING01", "little")
+RING_VERSION = 1
+CONTROL_BYTES = 4096
+
+# Control block, as indices of 64-bit words. Each group sits on its own 128-byte line and
+# is written by one side only (S = set once at creation).
+_MAGIC, _VERSION, _SLOT_STRIDE, _N_SLOTS, _CAPACITY, _POLICY, _WAIT = 0, 1, 2, 3, 4, 5, 6
+_DATA_OFFSET, _TOTAL, _CREATED_NS, _OWNER_PID, _OWNER_START, _PAGE, _INIT_DONE = 7, 8, 9, 10, 11, 12, 13
+_WRITE = 16  # producer: committed frames (the publishing store)
+_READ = 32  # consumer: released frames
+# producer line
+_RESERVED, _DROPS, _FULL_WAITS, _PEAK, _P_PID, _P_START, _P_HEARTBEAT, _EOS, _P_WAITING = range(48, 57)
+# consumer line
+_EMPTY_WAITS, _C_PID, _C_START, _C_HEARTBEAT, _C_WAITING = range(64, 69)
+
+_SPIN_CHECKS = 200  # re-checks before the first yield
+_YIELD_CHECKS = 50  # yields before sleeping / kernel wait
+_SLEEP_MIN, _SLEEP_MAX = 20e-6, 1e-3
+_KERNEL_SLICE = 0.005  # bound on a missed doorbell (see rt/_ordering.py)
+
+
+def _align(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+@dataclass(frozen=True)
+class RingGeometry:
+    """Fixed layout of a ring, checked on every open."""
+
+    n_slots: int
+    payload_capacity: int
+    slot_stride: int
+    data_offset: int
+    total_bytes: int
+    page_size: int
+
+
+@dataclass(frozen=True)
+class RingStatistics:
+    """A snapshot of the ring's control block (read without touching the data path)."""
+
+    name: str
+    policy: str
+    wait: str
+    n_slots: int
+    payload_capacity: int
+    written: int
+    read: int
+    occupancy: int
+    peak_occupancy: int
+    drops: int
+    full_waits: int
+    empty_waits: int
+    producer_pid: int
+    consumer_pid: int
+    producer_alive: bool
+    consumer_alive: bool
+    producer_heartbeat_age_s: float | None
+    consumer_heartbeat_age_s: float | None
+    end_of_stream: bool
+    owner_pid: int
+    owner_alive: bool
+    page_size: int
+
+    @property
+    def occupancy_fraction(self) -> float:
+        return self.occupancy / self.n_slots
+
+
+class Slot:
+    """One slot: ``header`` is a 0-d structured view of the frame header, ``data`` a uint8
+    view of the whole payload capacity. Both are views into shared memory: valid from
+    ``reserve``/``acquire`` until ``commit``/``release``.
+    """
+
+    __slots__ = ("index", "header", "data", "dropped")
+
+    def __init__(self, index: int, header: np.ndarray, data: np.ndarray, dropped: bool = False) -> None:
+        self.index = index
+        self.header = header
+        self.data = data
+        #: True for the scratch slot a ``drop_newest`` producer gets when the ring is full:
+        #: filling it is harmless and committing it only counts the drop.
+        self.dropped = dropped
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.header["payload_bytes"])
+
+    @property
+    def payload(self) -> np.ndarray:
+        """The payload bytes actually written (``header.payload_bytes`` of ``data``)."""
+        return self.data[: int(self.header["payload_bytes"])]
+
+    def array(self) -> np.ndarray:
+        """The payload as the array the header describes (dtype, shape), as a view."""
+        h = self.header
+        ndim = int(h["ndim"])
+        shape = tuple(int(s) for s in h["shape"][:ndim])
+        dt = dtype_from_code(int(h["dtype_code"]))
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        if nbytes > self.data.size:
+            raise RingFormatError(f"frame header claims {nbytes} payload bytes, slot holds {self.data.size}: corrupt header")
+        return self.data[:nbytes].view(dt).reshape(shape)
+
+    def write(self, array: np.ndarray, *, with_checksum: bool = False) -> np.ndarray:
+        """Copy ``array`` into the slot and describe it in the header (dtype, shape, bytes,
+        optionally the CRC32C). Returns the view of the copy in shared memory."""
+        array = np.asarray(array)
+        if array.ndim > 4:
+            raise ValueError(f"frame payload has {array.ndim} dimensions; at most 4 are supported")
+        nbytes = array.nbytes
+        if nbytes > self.data.size:
+            raise ValueError(f"payload of {nbytes} bytes does not fit the slot ({self.data.size} bytes): create the ring with a larger payload_bytes")
+        h = self.header
+        view = self.data[:nbytes].view(array.dtype).reshape(array.shape)
+        np.copyto(view, array, casting="no")
+        h["dtype_code"] = code_from_dtype(array.dtype)
+        h["ndim"] = array.ndim
+        shape = h["shape"]
+        shape[:] = 0
+        shape[: array.ndim] = array.shape
+        h["payload_bytes"] = nbytes
+        if with_checksum:
+            h["checksum"] = checksum(self.data[:nbytes])
+            h["flags"] = int(h["flags"]) | FrameFlags.CHECKSUMMED
+        return view
+
+    def verify(self) -> bool:
+        """True when the frame carries no checksum or its CRC32C matches the payload."""
+        h = self.header
+        if not int(h["flags"]) & FrameFlags.CHECKSUMMED:
+            return True
+        return checksum(self.payload) == int(h["checksum"])
+
+
+class _Mapping:
+    """The mapped segment with its control words and slot views (shared by every role)."""
+
+    def __init__(self, name: str, segment: _shm.Segment) -> None:
+        self.name = name
+        self.segment = segment
+        mm = segment.mmap
+        # Control words through a memoryview cast: each get/set is one aligned 8-byte access.
+        self.ctl = memoryview(mm).cast("B")[:CONTROL_BYTES].cast("Q")
+        ctl = self.ctl
+        if ctl[_MAGIC] != RING_MAGIC:
+            self.close()
+            raise RingFormatError(
+                f"{segment.path} is not an appliance ring (bad magic): wrong name, or a segment "
+                f"from another program. Remove it by hand if it is stale."
+            )
+        if ctl[_VERSION] != RING_VERSION:
+            version = ctl[_VERSION]
+            self.close()
+            raise RingFormatError(
+                f"ring {name!r} has layout version {version}, this build reads {RING_VERSION}: a "
+                f"stale ring from another release; stop its users and run `appliance clean`"
+            )
+        if not ctl[_INIT_DONE]:
+            self.close()
+            raise RingFormatError(f"ring {name!r} was never fully created (creator died mid-way): `appliance clean` removes it")
+        self.geometry = RingGeometry(
+            n_slots=ctl[_N_SLOTS],
+            payload_capacity=ctl[_CAPACITY],
+            slot_stride=ctl[_SLOT_STRIDE],
+            data_offset=ctl[_DATA_OFFSET],
+            total_bytes=ctl[_TOTAL],
+            page_size=ctl[_PAGE],
+        )
+        g = self.geometry
+        if len(mm) < g.total_bytes or g.data_offset + g.n_slots * g.slot_stride > g.total_bytes:
+            self.close()
+            raise RingFormatError(f"ring {name!r}: segment is {len(mm)} bytes, its control block says {g.total_bytes}: corrupt or truncated")
+        self.policy = POLICIES[ctl[_POLICY]]
+        self.wait = WAIT_STRATEGIES[ctl[_WAIT]]
+        self.mask = g.n_slots - 1
+        self.slots = [self._slot(i) for i in range(g.n_slots)]
+        self.items_sem: posix_ipc.Semaphore | None = None
+        self.space_sem: posix_ipc.Semaphore | None = None
+        if self.wait == "kernel":
+            self.items_sem = posix_ipc.Semaphore(_sem_name(name, "items"))
+            self.space_sem = posix_ipc.Semaphore(_sem_name(name, "space"))
+
+    def _slot(self, i: int) -> Slot:
+        g = self.geometry
+        off = g.data_offset + i * g.slot_stride
+        mm = self.segment.mmap
+        header = np.ndarray((), FRAME_HEADER_DTYPE, buffer=mm, offset=off)
+        data = np.ndarray((g.payload_capacity,), np.uint8, buffer=mm, offset=off + FRAME_HEADER_SIZE)
+        return Slot(i, header, data)
+
+    def statistics(self) -> RingStatistics:
+        ctl = self.ctl
+        now = time.monotonic_ns()
+        written, read = ctl[_WRITE], ctl[_READ]
+        p_pid, c_pid = ctl[_P_PID], ctl[_C_PID]
+        p_hb, c_hb = ctl[_P_HEARTBEAT], ctl[_C_HEARTBEAT]
+        return RingStatistics(
+            name=self.name,
+            policy=self.policy,
+            wait=self.wait,
+            n_slots=self.geometry.n_slots,
+            payload_capacity=self.geometry.payload_capacity,
+            written=written,
+            read=read,
+            occupancy=max(0, written - read),
+            peak_occupancy=ctl[_PEAK],
+            drops=ctl[_DROPS],
+            full_waits=ctl[_FULL_WAITS],
+            empty_waits=ctl[_EMPTY_WAITS],
+            producer_pid=p_pid,
+            consumer_pid=c_pid,
+            producer_alive=process_alive(p_pid, ctl[_P_START]),
+            consumer_alive=process_alive(c_pid, ctl[_C_START]),
+            producer_heartbeat_age_s=(now - p_hb) / 1e9 if p_hb else None,
+            consumer_heartbeat_age_s=(now - c_hb) / 1e9 if c_hb else None,
+            end_of_stream=bool(ctl[_EOS]),
+            owner_pid=ctl[_OWNER_PID],
+            owner_alive=process_alive(ctl[_OWNER_PID], ctl[_OWNER_START]),
+            page_size=self.geometry.page_size,
+        )
+
+    def close(self) -> None:
+        for sem in (getattr(self, "items_sem", None), getattr(self, "space_sem", None)):
+            if sem is not None:
+                sem.close()
+        self.items_sem = self.space_sem = None
+        # Drop our own views first so the mmap can really be unmapped.
+        self.slots = []
+        try:
+            self.ctl.release()
+        except (AttributeError, ValueError):
+            pass
+        self.segment.close()
+
+
+def _sem_name(ring: str, which: str) -> str:
+    return f"/{ring}.{which}"
+
+
+def _drain(sem: posix_ipc.Semaphore) -> None:
+    try:
+        while True:
+            sem.acquire(0)
+    except posix_ipc.BusyError:
+        pass
+
+
+class Ring:
+    """The owner's handle on a ring: create it, hand its name to the stages, unlink it.
+
+    Use as a context manager to unlink on exit (``with Ring.create(...) as ring:``).
+    """
+
+    def __init__(self, mapping: _Mapping, owner: bool) -> None:
+        self._m = mapping
+        self._owner = owner
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self._m.name
+
+    @property
+    def geometry(self) -> RingGeometry:
+        return self._m.geometry
+
+    @property
+    def policy(self) -> str:
+        return self._m.policy
+
+    @property
+    def wait(self) -> str:
+        return self._m.wait
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        *,
+        payload_bytes: int,
+        n_slots: int,
+        policy: Policy = "block",
+        wait: WaitStrategy = "sleep",
+        hugepages: str = "none",
+        mode: int = 0o600,
+    ) -> "Ring":
+        """Create the ring ``name`` (exclusively) and return the owner's handle.
+
+        ``payload_bytes`` is the largest payload a slot carries (the 256-byte header comes
+        on top); ``n_slots`` is a power of two >= 2. Pages are allocated up front
+        (``posix_fallocate``), so a ring that does not fit in /dev/shm or the hugepage pool
+        fails here with a clear error rather than with SIGBUS mid-run.
+        """
+        check_platform()
+        _validate_name(name)
+        if not isinstance(n_slots, int) or n_slots < 2 or n_slots & (n_slots - 1):
+            raise ValueError(f"n_slots={n_slots!r}: must be a power of two >= 2 (e.g. 8, 64, 1024)")
+        if not isinstance(payload_bytes, int) or payload_bytes < 1:
+            raise ValueError(f"payload_bytes={payload_bytes!r}: must be a positive integer")
+        if policy not in POLICIES:
+            raise ValueError(f"policy={policy!r}: allowed values are {', '.join(POLICIES)}")
+        if wait not in WAIT_STRATEGIES:
+            raise ValueError(f"wait={wait!r}: allowed values are {', '.join(WAIT_STRATEGIES)}")
+        slot_align = 4096 if payload_bytes >= 65536 else 64
+        stride = _align(FRAME_HEADER_SIZE + payload_bytes, slot_align)
+        data_offset = CONTROL_BYTES
+        total = data_offset + n_slots * stride
+        backing = _shm.choose_backing(total, hugepages)
+        total = _align(total, backing.page_size)
+        segment = _shm.Segment.create(name, total, backing, mode)
+        try:
+            fd = os.open(segment.path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, total)
+            except OSError as exc:
+                where = segment.path.parent
+                free = os.statvfs(where).f_bavail * os.statvfs(where).f_frsize
+                raise RingError(
+                    f"ring {name!r} needs {total / 2**20:.1f} MiB but {where} cannot provide it "
+                    f"({exc.strerror}; {free / 2**20:.1f} MiB free): use fewer or smaller slots, or "
+                    f"enlarge {where} (e.g. `mount -o remount,size=8G /dev/shm`)"
+                ) from None
+            finally:
+                os.close(fd)
+            ctl = memoryview(segment.mmap).cast("B")[:CONTROL_BYTES].cast("Q")
+            ctl[_VERSION] = RING_VERSION
+            ctl[_SLOT_STRIDE] = stride
+            ctl[_N_SLOTS] = n_slots
+            ctl[_CAPACITY] = stride - FRAME_HEADER_SIZE
+            ctl[_POLICY] = POLICIES.index(policy)
+            ctl[_WAIT] = WAIT_STRATEGIES.index(wait)
+            ctl[_DATA_OFFSET] = data_offset
+            ctl[_TOTAL] = total
+            ctl[_CREATED_NS] = time.time_ns()
+            pid, start = current_identity()
+            ctl[_OWNER_PID] = pid
+            ctl[_OWNER_START] = start
+            ctl[_PAGE] = backing.page_size
+            hdr = np.ndarray((n_slots,), FRAME_HEADER_DTYPE, buffer=segment.mmap, offset=data_offset, strides=(stride,))
+            hdr["magic"] = FRAME_MAGIC
+            hdr["version"] = FRAME_VERSION
+            hdr["header_size"] = FRAME_HEADER_SIZE
+            del hdr
+            if wait == "kernel":
+                for which in ("items", "space"):
+                    posix_ipc.Semaphore(_sem_name(name, which), posix_ipc.O_CREX, mode=mode, initial_value=0).close()
+            ctl[_MAGIC] = RING_MAGIC
+            ctl[_INIT_DONE] = 1
+            ctl.release()
+            mapping = _Mapping(name, segment)
+        except BaseException:
+            segment.close()
+            _unlink(name)
+            raise
+        return cls(mapping, owner=True)
+
+    @classmethod
+    def open(cls, name: str, **expect) -> "Ring":
+        """Attach to an existing ring; ``expect`` (e.g. ``n_slots=64``) checks its geometry."""
+        return cls(_open_mapping(name, expect), owner=False)
+
+    def producer(self, **kwargs) -> "Producer":
+        return Producer(self.name, **kwargs)
+
+    def consumer(self, **kwargs) -> "Consumer":
+        return Consumer(self.name, **kwargs)
+
+    def observer(self) -> "Observer":
+        return Observer(self.name)
+
+    def statistics(self) -> RingStatistics:
+        self._check()
+        return self._m.statistics()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise RingClosed(f"ring {self.name!r}: this handle is closed")
+
+    def close(self) -> None:
+        """Unmap (idempotent). Does not unlink: see :meth:`unlink`."""
+        if not self._closed:
+            self._closed = True
+            self._m.close()
+
+    def unlink(self) -> None:
+        """Remove the ring's name (and its semaphores); mapped users keep their mapping."""
+        _unlink(self.name)
+
+    def __enter__(self) -> "Ring":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+        if self._owner:
+            self.unlink()
+
+    def __repr__(self) -> str:
+        g = self.geometry
+        return f"<Ring {self.name!r} {g.n_slots}x{g.payload_capacity}B {self.policy}/{self.wait}>"
+
+
+def _validate_name(name: str) -> None:
+    if not name or "/" in name or len(name) > 200 or name.startswith(".") or name.startswith("sem."):
+        raise ValueError(f"ring name {name!r}: use 1-200 characters without '/', not starting with '.' or 'sem.'")
+
+
+def _unlink(name: str) -> bool:
+    removed = _shm.unlink_segment(name)
+    for which in ("items", "space"):
+        try:
+            posix_ipc.unlink_semaphore(_sem_name(name, which))
+        except posix_ipc.ExistentialError:
+            pass
+    return removed
+
+
+def _open_mapping(name: str, expect: dict) -> _Mapping:
+    check_platform()
+    mapping = _Mapping(name, _shm.Segment.attach(name))
+    for key, want in expect.items():
+        have = getattr(mapping.geometry, key, None)
+        if key not in RingGeometry.__dataclass_fields__ and key not in ("policy", "wait"):
+            mapping.close()
+            raise ValueError(f"unknown geometry key {key!r}")
+        if key in ("policy", "wait"):
+            have = getattr(mapping, key)
+        if key == "payload_capacity" and have is not None and have >= want:
+            continue
+        if have != want:
+            mapping.close()
+            raise RingFormatError(f"ring {name!r} has {key}={have}, expected {want}: stale ring from another configuration? `appliance clean`")
+    return mapping
+
+
+class _End:
+    """Shared parts of the producer and consumer ends."""
+
+    _role = "end"
+    _PID = _START = _HEARTBEAT = 0
+    #: Whether a dead peer interrupts a wait at once (consumer) or only at the timeout
+    #: (producer: upstream keeps its backpressure while the supervisor restarts the consumer,
+    #: which resumes at the read counter).
+    _watch_peer = True
+
+    def __init__(self, name: str, *, peer_check_interval: float = 0.05, **expect) -> None:
+        self._m = _open_mapping(name, expect)
+        self._closed = False
+        self._peer_check_interval = peer_check_interval
+        ctl = self._m.ctl
+        pid, start = current_identity()
+        other = ctl[self._PID]
+        if other and other != pid and process_alive(other, ctl[self._START]):
+            self._m.close()
+            raise RingBusy(f"ring {name!r} already has a live {self._role} (pid {other}); a ring is single-{self._role}")
+        ctl[self._PID] = pid
+        ctl[self._START] = start
+        ctl[self._HEARTBEAT] = time.monotonic_ns()
+        self._pid = pid
+
+    @property
+    def name(self) -> str:
+        return self._m.name
+
+    @property
+    def geometry(self) -> RingGeometry:
+        return self._m.geometry
+
+    def statistics(self) -> RingStatistics:
+        self._check()
+        return self._m.statistics()
+
+    def heartbeat(self) -> None:
+        """Refresh this end's heartbeat without moving data (for idle periods)."""
+        self._m.ctl[self._HEARTBEAT] = time.monotonic_ns()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise RingClosed(f"ring {self._m.name!r}: this {self._role} end is closed")
+
+    def _wait(self, ready, deadline: float | None, sem, waiting_flag: int):
+        """Wait until ``ready()`` returns a non-None value, honouring the ring's strategy.
+
+        Raises RingTimeout at the deadline and PeerGone (via ``_peer_gone``) when the peer
+        process is found dead. Returns ready()'s value.
+        """
+        strategy = self._m.wait
+        ctl = self._m.ctl
+        checks = 0
+        sleep = _SLEEP_MIN
+        next_peer_check = time.monotonic() + self._peer_check_interval
+        while True:
+            value = ready()
+            if value is not None:
+                return value
+            checks += 1
+            if checks < _SPIN_CHECKS and strategy != "spin":
+                continue
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self._timed_out()
+            if self._watch_peer and now >= next_peer_check:
+                next_peer_check = now + self._peer_check_interval
+                self._check_peer()
+            if strategy == "spin":
+                continue
+            if strategy == "yield" or checks < _SPIN_CHECKS + _YIELD_CHECKS:
+                os.sched_yield()
+                continue
+            if strategy == "sleep":
+                time.sleep(sleep if deadline is None else max(0.0, min(sleep, deadline - now)))
+                sleep = min(sleep * 2, _SLEEP_MAX)
+                continue
+            # kernel: announce that we sleep, re-check, then wait on the doorbell for one slice.
+            ctl[waiting_flag] = 1
+            try:
+                value = ready()
+                if value is not None:
+                    return value
+                slice_ = _KERNEL_SLICE if deadline is None else max(0.0, min(_KERNEL_SLICE, deadline - now))
+                try:
+                    sem.acquire(slice_)
+                except posix_ipc.BusyError:
+                    pass
+            finally:
+                ctl[waiting_flag] = 0
+            _drain(sem)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Producer(_End):
+    """The writing end. ``reserve()`` returns a :class:`Slot` to fill in place; ``commit()``
+    publishes the oldest reserved slot. Several slots may be reserved before committing.
+
+    Under policy ``block``, ``reserve`` waits for space (up to ``timeout``). Under
+    ``drop_newest`` it never waits: when the ring is full it returns a scratch slot with
+    ``dropped=True`` and counts the drop, so the caller's code is the same for both policies.
+
+    ``close()`` marks end of stream by default; ``close(end_of_stream=False)`` detaches
+    without it (a producer handing over to its restarted successor).
+    """
+
+    _role = "producer"
+    _PID, _START, _HEARTBEAT = _P_PID, _P_START, _P_HEARTBEAT
+    _watch_peer = False
+
+    def __init__(self, name: str, **kwargs) -> None:
+        super().__init__(name, **kwargs)
+        ctl = self._m.ctl
+        ctl[_EOS] = 0  # a (re)attached producer continues the stream
+        self._written = ctl[_WRITE]  # resume at the write counter: uncommitted slots are rewritten
+        ctl[_RESERVED] = self._written
+        self._reserved = self._written
+        self._read_cache = ctl[_READ]
+        self._n = self._m.geometry.n_slots
+        self._pending: collections.deque[Slot] = collections.deque()
+        self._drop = self._m.policy == "drop_newest"
+        self._scratch: Slot | None = None
+
+    def _space(self):
+        self._read_cache = r = self._m.ctl[_READ]
+        return r if self._reserved - r < self._n else None
+
+    def _discard_slot(self) -> Slot:
+        if self._scratch is None:
+            g = self._m.geometry
+            hdr = np.zeros((), FRAME_HEADER_DTYPE)
+            self._scratch = Slot(-1, hdr, np.empty(g.payload_capacity, np.uint8), dropped=True)
+        return self._scratch
+
+    def reserve(self, timeout: float | None = None) -> Slot:
+        """Reserve the next slot, waiting up to ``timeout`` seconds (None: forever) for space.
+
+        Raises RingTimeout at the timeout, or ConsumerGone instead when the consumer is dead
+        by then (a consumer restarted within the timeout simply resumes, so backpressure
+        holds across a consumer crash); RingClosed after ``close()``.
+        """
+        if self._closed:
+            self._check()
+        if self._reserved - self._read_cache >= self._n and self._space() is None:
+            ctl = self._m.ctl
+            if self._drop:
+                ctl[_DROPS] += 1
+                slot = self._discard_slot()
+                self._pending.append(slot)
+                return slot
+            ctl[_FULL_WAITS] += 1
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._wait(self._space, deadline, self._m.space_sem, _P_WAITING)
+        pos = self._reserved
+        self._reserved = pos + 1
+        # Published before the slot is written: an Observer uses it to detect a torn read.
+        self._m.ctl[_RESERVED] = pos + 1
+        slot = self._m.slots[pos & (self._n - 1)]
+        self._pending.append(slot)
+        return slot
+
+    def reserve_nowait(self) -> Slot:
+        """Reserve a slot or raise WouldBlock at once when the ring is full (policy block)."""
+        if self._closed:
+            self._check()
+        if not self._drop and self._reserved - self._read_cache >= self._n and self._space() is None:
+            raise WouldBlock(f"ring {self._m.name!r} is full ({self._n} slots)")
+        return self.reserve(0)
+
+    def commit(self, n: int = 1) -> None:
+        """Publish the ``n`` oldest reserved slots (in order) and stamp their ``seq``."""
+        if self._closed:
+            self._check()
+        if n > len(self._pending):
+            raise RingError(f"commit({n}) with only {len(self._pending)} reserved slots")
+        ctl = self._m.ctl
+        w = self._written
+        for _ in range(n):
+            slot = self._pending.popleft()
+            if slot.dropped:
+                continue
+            slot.header["seq"] = w
+            w += 1
+        if w == self._written:
+            return
+        # The publishing store: everything written into the slots above precedes it.
+        ctl[_WRITE] = w
+        self._written = w
+        occ = w - ctl[_READ]
+        if occ > ctl[_PEAK]:
+            ctl[_PEAK] = occ
+        ctl[_P_HEARTBEAT] = time.monotonic_ns()
+        if self._m.items_sem is not None and ctl[_C_WAITING]:
+            self._m.items_sem.release()
+
+    def _timed_out(self) -> None:
+        self._check_peer()
+        raise RingTimeout(f"ring {self._m.name!r}: no free slot within the timeout (consumer slow)")
+
+    def _check_peer(self) -> None:
+        ctl = self._m.ctl
+        pid = ctl[_C_PID]
+        if pid and not process_alive(pid, ctl[_C_START]):
+            raise ConsumerGone(f"ring {self._m.name!r}: consumer pid {pid} died with the ring full; restart it and it resumes at the read counter", pid)
+
+    def close(self, end_of_stream: bool = True) -> None:
+        """Detach; by default mark end of stream first (idempotent). Uncommitted
+        reservations are abandoned (a successor rewrites those slots)."""
+        if self._closed:
+            return
+        ctl = self._m.ctl
+        if end_of_stream:
+            ctl[_EOS] = 1
+            if self._m.items_sem is not None:
+                self._m.items_sem.release()
+        if ctl[_P_PID] == self._pid:
+            ctl[_P_PID] = 0
+        self._closed = True
+        self._pending.clear()
+        self._m.close()
+
+
+class Consumer(_End):
+    """The reading end. ``acquire()`` returns the next committed :class:`Slot` as a view;
+    ``release()`` hands the oldest acquired slot back to the producer. A frame acquired but
+    not released when this process dies is delivered again to the next consumer.
+    """
+
+    _role = "consumer"
+    _PID, _START, _HEARTBEAT = _C_PID, _C_START, _C_HEARTBEAT
+
+    def __init__(self, name: str, **kwargs) -> None:
+        super().__init__(name, **kwargs)
+        ctl = self._m.ctl
+        self._released = ctl[_READ]  # resume at the read counter
+        self._acquired = self._released
+        self._write_cache = ctl[_WRITE]
+        self._mask = self._m.geometry.n_slots - 1
+
+    def _data(self):
+        ctl = self._m.ctl
+        self._write_cache = w = ctl[_WRITE]
+        if w > self._acquired:
+            return w
+        # End of stream is read before the counter is re-read (load-load order), so a frame
+        # committed just before close() is never missed.
+        if ctl[_EOS] and ctl[_WRITE] <= self._acquired:
+            raise EndOfStream(f"ring {self._m.name!r}: end of stream after {self._acquired} frames")
+        return None
+
+    def _available(self, timeout: float | None) -> None:
+        if self._acquired < self._write_cache or self._data() is not None:
+            return
+        self._m.ctl[_EMPTY_WAITS] += 1
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wait(self._data, deadline, self._m.items_sem, _C_WAITING)
+
+    def acquire(self, timeout: float | None = None) -> Slot:
+        """The next frame, waiting up to ``timeout`` seconds (None: forever).
+
+        Raises EndOfStream when the producer closed and every frame was read, RingTimeout at
+        the timeout, ProducerGone when the producer died, RingClosed after ``close()``.
+        """
+        if self._closed:
+            self._check()
+        self._available(timeout)
+        pos = self._acquired
+        self._acquired = pos + 1
+        return self._m.slots[pos & self._mask]
+
+    def acquire_nowait(self) -> Slot:
+        """The next frame, or WouldBlock at once when none is committed."""
+        if self._closed:
+            self._check()
+        if self._acquired >= self._write_cache and self._data() is None:
+            raise WouldBlock(f"ring {self._m.name!r} is empty")
+        return self.acquire(0)
+
+    def acquire_many(self, max_n: int, timeout: float | None = None) -> list[Slot]:
+        """Between 1 and ``max_n`` frames (as many as are committed), waiting like
+        :meth:`acquire` for the first. Release them with ``release(len(slots))``."""
+        if self._closed:
+            self._check()
+        self._available(timeout)
+        pos = self._acquired
+        n = min(max_n, self._write_cache - pos)
+        self._acquired = pos + n
+        slots = self._m.slots
+        mask = self._mask
+        return [slots[(pos + i) & mask] for i in range(n)]
+
+    def release(self, n: int = 1) -> None:
+        """Hand the ``n`` oldest acquired slots back to the producer."""
+        if self._closed:
+            self._check()
+        new = self._released + n
+        if new > self._acquired:
+            raise RingError(f"release({n}) with only {self._acquired - self._released} acquired slots")
+        ctl = self._m.ctl
+        # Our reads of these slots are complete before this store (x86-64 keeps load->store order).
+        ctl[_READ] = new
+        self._released = new
+        ctl[_C_HEARTBEAT] = time.monotonic_ns()
+        if self._m.space_sem is not None and ctl[_P_WAITING]:
+            self._m.space_sem.release()
+
+    def _timed_out(self) -> None:
+        self._check_peer()
+        raise RingTimeout(f"ring {self._m.name!r}: no frame within the timeout (producer slow or idle)")
+
+    def _check_peer(self) -> None:
+        ctl = self._m.ctl
+        pid = ctl[_P_PID]
+        if pid and not process_alive(pid, ctl[_P_START]):
+            if ctl[_EOS]:
+                return
+            raise ProducerGone(f"ring {self._m.name!r}: producer pid {pid} died without end of stream; {self._acquired} frames read. Restart it and it resumes at the write counter", pid)
+
+    def close(self) -> None:
+        """Detach (idempotent). Acquired but unreleased frames stay in the ring for the next
+        consumer."""
+        if self._closed:
+            return
+        ctl = self._m.ctl
+        if ctl[_C_PID] == self._pid:
+            ctl[_C_PID] = 0
+        self._closed = True
+        self._m.close()
+
+
+class Observer:
+    """A lossy, read-only view of the latest committed frame.
+
+    It never writes to the ring, so the producer and consumer cannot notice it. The copy is
+    validated seqlock-style against the producer's reservation counter and retried when the
+    producer overwrote the slot during the copy.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._m = _open_mapping(name, {})
+        self._closed = False
+        self.torn_reads = 0
+
+    def latest(self, out: np.ndarray | None = None, retries: int = 8) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(header_copy, payload_copy)`` of the newest committed frame, or None when none
+        has been committed (or every retry was torn by a fast producer)."""
+        if self._closed:
+            raise RingClosed(f"ring {self._m.name!r}: observer closed")
+        ctl = self._m.ctl
+        n = self._m.geometry.n_slots
+        for _ in range(retries):
+            w = ctl[_WRITE]
+            if w == 0:
+                return None
+            slot = self._m.slots[(w - 1) % n]
+            header = slot.header.copy()
+            nbytes = min(int(header["payload_bytes"]), slot.data.size)
+            if out is None:
+                payload = slot.data[:nbytes].copy()
+            else:
+                payload = out[:nbytes]
+                np.copyto(payload, slot.data[:nbytes])
+            # Slot w-1 is rewritten only once the producer reserves position w-1+n.
+            if ctl[_RESERVED] <= w - 1 + n:
+                return header, payload
+            self.torn_reads += 1
+        return None
+
+    def statistics(self) -> RingStatistics:
+        return self._m.statistics()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._m.close()
+
+    def __enter__(self) -> "Observer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def list_rings() -> list[tuple[str, Path]]:
+    """Every ring segment on this host (POSIX shm and hugetlbfs mounts) as (name, path)."""
+    found = []
+    dirs = [_shm.SHM_DIR, *_shm.hugetlbfs_mounts().values()]
+    for d in dirs:
+        try:
+            entries = sorted(d.iterdir())
+        except OSError:
+            continue
+        for path in entries:
+            if path.name.startswith("sem.") or not path.is_file():
+                continue
+            try:
+                with open(path, "rb") as f:
+                    magic = f.read(8)
+            except OSError:
+                continue
+            if magic == b"APRING01":
+                found.append((path.name, path))
+    return found
+
+
+def clean_dead_rings(force: tuple[str, ...] = ()) -> list[str]:
+    """Unlink rings whose owner and both ends are dead (or those named in ``force``).
+
+    Returns the names removed. A ring whose creator died during creation (no magic yet) is
+    not recognised here; name it in ``force``.
+    """
+    removed = []
+    for name, _path in list_rings():
+        if name in force:
+            _unlink(name)
+            removed.append(name)
+            continue
+        try:
+            m = _Mapping(name, _shm.Segment.attach(name))
+        except RingFormatError:
+            continue
+        try:
+            ctl = m.ctl
+            live = any(
+                process_alive(ctl[pid], ctl[start])
+                for pid, start in ((_OWNER_PID, _OWNER_START), (_P_PID, _P_START), (_C_PID, _C_START))
+            )
+        finally:
+            m.close()
+        if not live:
+            _unlink(name)
+            removed.append(name)
+    for name in force:
+        if name not in removed and _unlink(name):
+            removed.append(name)
+    return removed

@@ -1,0 +1,39 @@
+"""Suite-wide fixtures: unique ring names and a leak check on /dev/shm after every test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+SHM = Path("/dev/shm")
+
+
+def _ours() -> set[str]:
+    try:
+        return {p for p in os.listdir(SHM) if "appliance" in p or "aptest" in p}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_shared_memory_leaks():
+    """Fail any test that leaves a ring or semaphore of ours behind in /dev/shm."""
+    before = _ours()
+    yield
+    leaked = _ours() - before
+    if leaked:
+        for name in leaked:  # clean up so one leak does not fail every later test
+            try:
+                (SHM / name).unlink()
+            except FileNotFoundError:
+                pass
+        pytest.fail(f"test leaked shared-memory segments: {sorted(leaked)}")
+
+
+@pytest.fixture
+def ring_name() -> str:
+    """A ring name unique to this test."""
+    return f"aptest.{os.getpid()}.{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,3 @@
+"""The Textual operator console (a control-plane client only)."""
+
+__all__: list[str] = []
