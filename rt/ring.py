@@ -65,6 +65,7 @@ __all__ = [
     "Consumer",
     "Observer",
     "Slot",
+    "SlotBatch",
     "RingGeometry",
     "RingStatistics",
     "Policy",
@@ -256,6 +257,15 @@ class _Mapping:
         self.wait = WAIT_STRATEGIES[ctl[_WAIT]]
         self.mask = g.n_slots - 1
         self.slots = [self._slot(i) for i in range(g.n_slots)]
+        mm = segment.mmap
+        # Whole-ring strided views for batches, and 64-bit words for fast seq stamping.
+        self.headers = np.ndarray((g.n_slots,), FRAME_HEADER_DTYPE, buffer=mm, offset=g.data_offset, strides=(g.slot_stride,))
+        self.payloads = np.ndarray(
+            (g.n_slots, g.payload_capacity), np.uint8, buffer=mm, offset=g.data_offset + FRAME_HEADER_SIZE, strides=(g.slot_stride, 1)
+        )
+        self.words = memoryview(mm).cast("Q")
+        self.seq_word = g.data_offset // 8 + FRAME_HEADER_DTYPE.fields["seq"][1] // 8
+        self.stride_words = g.slot_stride // 8
         self.items_sem: posix_ipc.Semaphore | None = None
         self.space_sem: posix_ipc.Semaphore | None = None
         if self.wait == "kernel":
@@ -269,6 +279,23 @@ class _Mapping:
         header = np.ndarray((), FRAME_HEADER_DTYPE, buffer=mm, offset=off)
         data = np.ndarray((g.payload_capacity,), np.uint8, buffer=mm, offset=off + FRAME_HEADER_SIZE)
         return Slot(i, header, data)
+
+    def batch(self, pos: int, k: int) -> "SlotBatch":
+        i = pos & self.mask
+        return SlotBatch(pos, self.headers[i : i + k], self.payloads[i : i + k])
+
+    def stamp_seq(self, first: int, count: int) -> None:
+        """Write ``seq`` = first, first+1, ... into the headers of the next ``count`` slots."""
+        if count > 8:
+            i = first & self.mask
+            head = min(count, self.mask + 1 - i)
+            self.headers["seq"][i : i + head] = np.arange(first, first + head, dtype=np.uint64)
+            if head < count:
+                self.headers["seq"][: count - head] = np.arange(first + head, first + count, dtype=np.uint64)
+            return
+        words, mask, base, stride = self.words, self.mask, self.seq_word, self.stride_words
+        for seq in range(first, first + count):
+            words[base + (seq & mask) * stride] = seq
 
     def statistics(self) -> RingStatistics:
         ctl = self.ctl
@@ -285,7 +312,8 @@ class _Mapping:
             written=written,
             read=read,
             occupancy=max(0, written - read),
-            peak_occupancy=ctl[_PEAK],
+            # The consumer records the occupancy it sees at each refresh; the current one is a floor.
+            peak_occupancy=max(ctl[_PEAK], written - read),
             drops=ctl[_DROPS],
             full_waits=ctl[_FULL_WAITS],
             empty_waits=ctl[_EMPTY_WAITS],
@@ -308,10 +336,12 @@ class _Mapping:
         self.items_sem = self.space_sem = None
         # Drop our own views first so the mmap can really be unmapped.
         self.slots = []
-        try:
-            self.ctl.release()
-        except (AttributeError, ValueError):
-            pass
+        self.headers = self.payloads = None
+        for view in ("ctl", "words"):
+            try:
+                getattr(self, view).release()
+            except (AttributeError, ValueError):
+                pass
         self.segment.close()
 
 
@@ -614,9 +644,28 @@ class _End:
         self.close()
 
 
+class SlotBatch:
+    """Consecutive slots as arrays: ``headers`` is a (k,) structured view of their frame
+    headers and ``data`` a (k, payload_capacity) uint8 view of their payloads, both strided
+    over shared memory. For small frames, one NumPy operation fills or reads k frames.
+    A batch never wraps around the end of the ring, so it may hold fewer than asked.
+    """
+
+    __slots__ = ("start", "headers", "data")
+
+    def __init__(self, start: int, headers: np.ndarray, data: np.ndarray) -> None:
+        self.start = start  #: ring position of the first slot
+        self.headers = headers
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.headers)
+
+
 class Producer(_End):
     """The writing end. ``reserve()`` returns a :class:`Slot` to fill in place; ``commit()``
-    publishes the oldest reserved slot. Several slots may be reserved before committing.
+    publishes the oldest reserved slot. Several slots may be reserved before committing;
+    ``reserve_many`` reserves a :class:`SlotBatch` of consecutive slots at once.
 
     Under policy ``block``, ``reserve`` waits for space (up to ``timeout``). Under
     ``drop_newest`` it never waits: when the ring is full it returns a scratch slot with
@@ -639,7 +688,8 @@ class Producer(_End):
         self._reserved = self._written
         self._read_cache = ctl[_READ]
         self._n = self._m.geometry.n_slots
-        self._pending: collections.deque[Slot] = collections.deque()
+        # Reservations not yet committed, as runs [count, dropped] in reservation order.
+        self._runs: collections.deque[list] = collections.deque()
         self._drop = self._m.policy == "drop_newest"
         self._scratch: Slot | None = None
 
@@ -654,6 +704,32 @@ class Producer(_End):
             self._scratch = Slot(-1, hdr, np.empty(g.payload_capacity, np.uint8), dropped=True)
         return self._scratch
 
+    def _push(self, count: int, dropped: bool) -> None:
+        """Record a reservation run; only needed once a drop is pending (see ``commit``)."""
+        runs = self._runs
+        if not runs and self._reserved > self._written:
+            # First drop while real reservations are pending: they become the first run.
+            # (Only a drop reaches here with no runs, and it does not advance _reserved.)
+            runs.append([self._reserved - self._written, False])
+        if runs and runs[-1][1] == dropped:
+            runs[-1][0] += count
+        else:
+            runs.append([count, dropped])
+
+    def _make_room(self, timeout: float | None, drop: int = 1) -> bool:
+        """Wait for at least one free slot; False (counting ``drop`` drops) when the policy
+        drops instead."""
+        if self._reserved - self._read_cache < self._n or self._space() is not None:
+            return True
+        ctl = self._m.ctl
+        if self._drop:
+            ctl[_DROPS] += drop
+            return False
+        ctl[_FULL_WAITS] += 1
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wait(self._space, deadline, self._m.space_sem, _P_WAITING)
+        return True
+
     def reserve(self, timeout: float | None = None) -> Slot:
         """Reserve the next slot, waiting up to ``timeout`` seconds (None: forever) for space.
 
@@ -663,23 +739,16 @@ class Producer(_End):
         """
         if self._closed:
             self._check()
-        if self._reserved - self._read_cache >= self._n and self._space() is None:
-            ctl = self._m.ctl
-            if self._drop:
-                ctl[_DROPS] += 1
-                slot = self._discard_slot()
-                self._pending.append(slot)
-                return slot
-            ctl[_FULL_WAITS] += 1
-            deadline = None if timeout is None else time.monotonic() + timeout
-            self._wait(self._space, deadline, self._m.space_sem, _P_WAITING)
         pos = self._reserved
+        if pos - self._read_cache >= self._n and not self._make_room(timeout):
+            self._push(1, True)
+            return self._discard_slot()
         self._reserved = pos + 1
         # Published before the slot is written: an Observer uses it to detect a torn read.
         self._m.ctl[_RESERVED] = pos + 1
-        slot = self._m.slots[pos & (self._n - 1)]
-        self._pending.append(slot)
-        return slot
+        if self._runs:
+            self._push(1, False)
+        return self._m.slots[pos & (self._n - 1)]
 
     def reserve_nowait(self) -> Slot:
         """Reserve a slot or raise WouldBlock at once when the ring is full (policy block)."""
@@ -689,31 +758,73 @@ class Producer(_End):
             raise WouldBlock(f"ring {self._m.name!r} is full ({self._n} slots)")
         return self.reserve(0)
 
+    def reserve_many(self, max_n: int, timeout: float | None = None) -> SlotBatch:
+        """Reserve between 1 and ``max_n`` consecutive slots (as many as are free, up to the
+        end of the ring), waiting like :meth:`reserve` for the first. Under ``drop_newest``
+        a full ring gives an empty batch and counts one drop per frame the caller drops
+        (call :meth:`count_drops`). Commit them with ``commit(len(batch))``."""
+        if self._closed:
+            self._check()
+        if not self._make_room(timeout, drop=0):
+            return self._m.batch(self._reserved, 0)
+        pos = self._reserved
+        free = self._n - (pos - self._read_cache)
+        k = min(max_n, free, self._n - (pos & (self._n - 1)))
+        self._reserved = pos + k
+        self._m.ctl[_RESERVED] = pos + k
+        if self._runs:
+            self._push(k, False)
+        return self._m.batch(pos, k)
+
+    def count_drops(self, n: int) -> None:
+        """Account for ``n`` frames the caller dropped because :meth:`reserve_many` gave too few slots."""
+        self._m.ctl[_DROPS] += n
+
     def commit(self, n: int = 1) -> None:
         """Publish the ``n`` oldest reserved slots (in order) and stamp their ``seq``."""
         if self._closed:
             self._check()
-        if n > len(self._pending):
-            raise RingError(f"commit({n}) with only {len(self._pending)} reserved slots")
-        ctl = self._m.ctl
+        m = self._m
         w = self._written
-        for _ in range(n):
-            slot = self._pending.popleft()
-            if slot.dropped:
-                continue
-            slot.header["seq"] = w
-            w += 1
-        if w == self._written:
-            return
+        if not self._runs:
+            # Fast path: no drop pending, so the reservations are exactly [written, reserved).
+            if w + n > self._reserved:
+                raise RingError(f"commit({n}) with only {self._reserved - w} reserved slots")
+            if n == 1:
+                m.words[m.seq_word + (w & m.mask) * m.stride_words] = w
+            else:
+                m.stamp_seq(w, n)
+            w += n
+        else:
+            w = self._commit_runs(n)
+            if w == self._written:
+                return
+        ctl = m.ctl
         # The publishing store: everything written into the slots above precedes it.
         ctl[_WRITE] = w
         self._written = w
-        occ = w - ctl[_READ]
-        if occ > ctl[_PEAK]:
-            ctl[_PEAK] = occ
         ctl[_P_HEARTBEAT] = time.monotonic_ns()
-        if self._m.items_sem is not None and ctl[_C_WAITING]:
-            self._m.items_sem.release()
+        if m.items_sem is not None and ctl[_C_WAITING]:
+            m.items_sem.release()
+
+    def _commit_runs(self, n: int) -> int:
+        runs = self._runs
+        pending = sum(run[0] for run in runs)
+        if n > pending:
+            raise RingError(f"commit({n}) with only {pending} reserved slots")
+        w = self._written
+        while n:
+            run = runs[0]
+            take = min(n, run[0])
+            if not run[1]:
+                self._m.stamp_seq(w, take)
+                w += take
+            n -= take
+            if take == run[0]:
+                runs.popleft()
+            else:
+                run[0] -= take
+        return w
 
     def _timed_out(self) -> None:
         self._check_peer()
@@ -738,7 +849,7 @@ class Producer(_End):
         if ctl[_P_PID] == self._pid:
             ctl[_P_PID] = 0
         self._closed = True
-        self._pending.clear()
+        self._runs.clear()
         self._m.close()
 
 
@@ -757,12 +868,17 @@ class Consumer(_End):
         self._released = ctl[_READ]  # resume at the read counter
         self._acquired = self._released
         self._write_cache = ctl[_WRITE]
+        self._peak = ctl[_PEAK]
         self._mask = self._m.geometry.n_slots - 1
 
     def _data(self):
         ctl = self._m.ctl
         self._write_cache = w = ctl[_WRITE]
         if w > self._acquired:
+            # Occupancy is exact here: a fresh write counter against our own read counter.
+            occ = w - self._released
+            if occ > self._peak:
+                self._peak = ctl[_PEAK] = occ
             return w
         # End of stream is read before the counter is re-read (load-load order), so a frame
         # committed just before close() is never missed.
@@ -785,8 +901,9 @@ class Consumer(_End):
         """
         if self._closed:
             self._check()
-        self._available(timeout)
         pos = self._acquired
+        if pos >= self._write_cache:
+            self._available(timeout)
         self._acquired = pos + 1
         return self._m.slots[pos & self._mask]
 
@@ -810,6 +927,17 @@ class Consumer(_End):
         slots = self._m.slots
         mask = self._mask
         return [slots[(pos + i) & mask] for i in range(n)]
+
+    def acquire_batch(self, max_n: int, timeout: float | None = None) -> SlotBatch:
+        """Like :meth:`acquire_many`, as a :class:`SlotBatch` of array views (no wrap-around:
+        it may stop at the end of the ring). Release with ``release(len(batch))``."""
+        if self._closed:
+            self._check()
+        self._available(timeout)
+        pos = self._acquired
+        n = min(max_n, self._write_cache - pos, self._mask + 1 - (pos & self._mask))
+        self._acquired = pos + n
+        return self._m.batch(pos, n)
 
     def release(self, n: int = 1) -> None:
         """Hand the ``n`` oldest acquired slots back to the producer."""
@@ -925,34 +1053,40 @@ def list_rings() -> list[tuple[str, Path]]:
     return found
 
 
-def clean_dead_rings(force: tuple[str, ...] = ()) -> list[str]:
+def inspect(name: str) -> RingStatistics:
+    """Statistics of the ring ``name`` without attaching as either end."""
+    mapping = _open_mapping(name, {})
+    try:
+        return mapping.statistics()
+    finally:
+        mapping.close()
+
+
+def is_stale(st: RingStatistics) -> bool:
+    """True when the ring's owner and both ends are dead (pid and start time checked)."""
+    return not (st.owner_alive or st.producer_alive or st.consumer_alive)
+
+
+def clean_dead_rings(force: tuple[str, ...] = (), dry_run: bool = False) -> list[str]:
     """Unlink rings whose owner and both ends are dead (or those named in ``force``).
 
-    Returns the names removed. A ring whose creator died during creation (no magic yet) is
-    not recognised here; name it in ``force``.
+    Returns the names removed (or that would be, with ``dry_run``). A ring whose creator
+    died during creation has no valid control block and is not recognised; name it in
+    ``force``.
     """
-    removed = []
+    doomed = []
     for name, _path in list_rings():
         if name in force:
-            _unlink(name)
-            removed.append(name)
+            doomed.append(name)
             continue
         try:
-            m = _Mapping(name, _shm.Segment.attach(name))
-        except RingFormatError:
+            st = inspect(name)
+        except RingError:
             continue
-        try:
-            ctl = m.ctl
-            live = any(
-                process_alive(ctl[pid], ctl[start])
-                for pid, start in ((_OWNER_PID, _OWNER_START), (_P_PID, _P_START), (_C_PID, _C_START))
-            )
-        finally:
-            m.close()
-        if not live:
+        if is_stale(st):
+            doomed.append(name)
+    doomed.extend(n for n in force if n not in doomed and any(p.exists() for p in _shm.segment_paths(n)))
+    if not dry_run:
+        for name in doomed:
             _unlink(name)
-            removed.append(name)
-    for name in force:
-        if name not in removed and _unlink(name):
-            removed.append(name)
-    return removed
+    return doomed

@@ -12,8 +12,11 @@ SHM = Path("/dev/shm")
 
 
 def _ours() -> set[str]:
+    """Our segments: named by this test process's pid (``ring_name`` and the benchmarks
+    embed it), so a second pytest running beside this one is never blamed or cleaned."""
+    tag = f".{os.getpid()}."
     try:
-        return {p for p in os.listdir(SHM) if "appliance" in p or "aptest" in p}
+        return {p for p in os.listdir(SHM) if tag in p and ("appliance" in p or "aptest" in p)}
     except FileNotFoundError:
         return set()
 

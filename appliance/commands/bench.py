@@ -11,11 +11,17 @@ Run one benchmark suite. Every suite measures our implementation and its referen
 (multiprocessing.Queue, ZeroMQ, memcpy, SciPy/scikit-image, ...) in the same run and reports
 ratios, because absolute figures on a shared machine are noisy. Results are printed as a
 table and written as JSON (--json PATH). docs/benchmarks.md records the current figures.
+
+examples:
+  appliance bench ring                 # or: scripts/bench ring
+  appliance bench ring --quick
+  appliance bench kernels --help
 """
 
 #: suite -> module under ``appliance.benchmarks``
 SUITES: dict[str, str] = {
     "ring": "ring",
+    "kernels": "kernels",
 }
 
 

@@ -343,3 +343,50 @@ def test_clean_removes_only_rings_of_dead_owners(ring_name):
 def test_list_rings_finds_ours(ring_name):
     with make(ring_name):
         assert ring_name in [n for n, _ in rt.list_rings()]
+
+
+def test_reserve_many_and_acquire_batch_as_arrays(ring_name):
+    with make(ring_name, payload_bytes=16, n_slots=8) as ring, ring.producer() as p, ring.consumer() as c:
+        p.reserve().write(np.array([99], np.uint64))
+        p.commit()
+        batch = p.reserve_many(100)
+        assert len(batch) == 7  # stops at the end of the ring
+        batch.data[:, :8] = np.arange(7, dtype=np.uint64).view(np.uint8).reshape(7, 8)
+        batch.headers["payload_bytes"] = 8
+        p.commit(len(batch))
+        assert [int(s) for s in ring._m.headers["seq"]] == list(range(8))
+        first = c.acquire_batch(3)
+        assert first.data[:, :8].copy().view(np.uint64).ravel().tolist() == [99, 0, 1]
+        rest = c.acquire_batch(100)
+        assert rest.data[:, :8].copy().view(np.uint64).ravel().tolist() == [2, 3, 4, 5, 6]
+        assert rest.headers["seq"].tolist() == [3, 4, 5, 6, 7]
+        c.release(8)
+        wrapped = p.reserve_many(5)  # positions 8..12 start again at slot 0
+        assert wrapped.start == 8 and len(wrapped) == 5
+        p.commit(5)
+        assert c.acquire_batch(10).headers["seq"].tolist() == [8, 9, 10, 11, 12]
+        c.release(5)
+
+
+def test_reserve_many_under_drop_newest_gives_empty_batch(ring_name):
+    with make(ring_name, n_slots=2, policy="drop_newest") as ring, ring.producer() as p, ring.consumer() as c:
+        assert len(p.reserve_many(5)) == 2
+        p.commit(2)
+        batch = p.reserve_many(5)
+        assert len(batch) == 0
+        p.count_drops(5)
+        assert ring.statistics().drops == 5
+        c.acquire_many(2)
+        c.release(2)
+
+
+def test_mixed_drops_and_reservations_commit_in_reservation_order(ring_name):
+    with make(ring_name, n_slots=2, policy="drop_newest") as ring, ring.producer() as p, ring.consumer() as c:
+        a = p.reserve()
+        b = p.reserve()
+        d = p.reserve()
+        assert not a.dropped and not b.dropped and d.dropped
+        p.commit(3)
+        assert ring.statistics().written == 2 and ring.statistics().drops == 1
+        c.acquire_many(2)
+        c.release(2)

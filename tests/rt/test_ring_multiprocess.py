@@ -106,7 +106,8 @@ def test_producer_sigkill_is_reported_to_consumer(ring_name):
         # A restarted producer resumes at the write counter.
         prod2 = _start(w.produce, ring_name, 20, 10)
         try:
-            _wait_for(lambda: ring.statistics().producer_alive)
+            st = ring.statistics  # the consumer must not open while the dead producer is still recorded
+            _wait_for(lambda: st().producer_alive or st().written == 20)
             with ring.consumer() as c:
                 got = [w.frame_id(s) for s in (c.acquire(timeout=30) for _ in range(10))]
                 c.release(10)
