@@ -78,3 +78,22 @@ def test_clean_force_removes_a_half_created_segment(ring_name, capsys):
     Path("/dev/shm", ring_name).write_bytes(b"")
     assert main(["clean", "--force", ring_name]) == 0
     assert not Path("/dev/shm", ring_name).exists()
+
+
+def _drifting_profile(tmp_path: Path) -> Path:
+    """A profile that differs from this host in exactly one read-only-checked sysctl."""
+    current = int(Path("/proc/sys/vm/swappiness").read_text())
+    profile = tmp_path / "drift.toml"
+    profile.write_text(f'description = "test"\n[sysctl]\n"vm.swappiness" = {(current + 7) % 100}\n')
+    return profile
+
+
+def test_run_strict_refuses_on_tuning_drift(tmp_path, capsys):
+    assert main(["run", "--profile", str(_drifting_profile(tmp_path)), "--strict", "--quick"]) == 1
+    err = capsys.readouterr().err
+    assert "vm.swappiness" in err and "sysconfig apply" in err
+
+
+def test_run_strict_needs_a_profile(capsys):
+    assert main(["run", "--strict"]) == 2
+    assert "--strict needs --profile" in capsys.readouterr().err
