@@ -610,9 +610,11 @@ class _End:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 self._timed_out()
-            if self._watch_peer and now >= next_peer_check:
+            if now >= next_peer_check:
                 next_peer_check = now + self._peer_check_interval
-                self._check_peer()
+                ctl[self._HEARTBEAT] = time.monotonic_ns()  # alive, waiting on the peer
+                if self._watch_peer:
+                    self._check_peer()
             if strategy == "spin":
                 continue
             if strategy == "yield" or checks < _SPIN_CHECKS + _YIELD_CHECKS:
@@ -802,8 +804,9 @@ class Producer(_End):
         ctl = m.ctl
         # The publishing store: everything written into the slots above precedes it.
         ctl[_WRITE] = w
+        if (w ^ self._written) >> 6:  # heartbeat every 64 frames; waits refresh it too
+            ctl[_P_HEARTBEAT] = time.monotonic_ns()
         self._written = w
-        ctl[_P_HEARTBEAT] = time.monotonic_ns()
         if m.items_sem is not None and ctl[_C_WAITING]:
             m.items_sem.release()
 
@@ -949,8 +952,9 @@ class Consumer(_End):
         ctl = self._m.ctl
         # Our reads of these slots are complete before this store (x86-64 keeps load->store order).
         ctl[_READ] = new
+        if (new ^ self._released) >> 6:  # heartbeat every 64 frames; waits refresh it too
+            ctl[_C_HEARTBEAT] = time.monotonic_ns()
         self._released = new
-        ctl[_C_HEARTBEAT] = time.monotonic_ns()
         if self._m.space_sem is not None and ctl[_P_WAITING]:
             self._m.space_sem.release()
 

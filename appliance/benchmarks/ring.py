@@ -6,7 +6,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.benchmarks import _ring_workers as w
+from appliance.benchmarks._machine import machine_description
 
 HELP = "ring throughput and latency vs multiprocessing.Queue, ZeroMQ ipc:// and memcpy"
 DESCRIPTION = """\
@@ -260,18 +260,6 @@ def run_benchmark(
         "throughput": [asdict(r) for r in rows],
         "latency": [asdict(r) for r in lat_rows],
     }
-
-
-def machine_description() -> dict:
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
 
 
 def format_table(result: dict) -> str:

@@ -390,3 +390,12 @@ def test_mixed_drops_and_reservations_commit_in_reservation_order(ring_name):
         assert ring.statistics().written == 2 and ring.statistics().drops == 1
         c.acquire_many(2)
         c.release(2)
+
+
+def test_heartbeat_refreshes_while_waiting(ring_name):
+    with make(ring_name) as ring, ring.producer(), ring.consumer(peer_check_interval=0.01) as c:
+        time.sleep(0.3)
+        assert ring.statistics().consumer_heartbeat_age_s >= 0.3
+        with pytest.raises(rt.RingTimeout):
+            c.acquire(timeout=0.1)
+        assert ring.statistics().consumer_heartbeat_age_s < 0.1
