@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "rings": "rings",
     "clean": "clean",
     "topology": "topology",
+    "sysconfig": "sysconfig",
+    "simulate": "simulate",
 }
 
 _EPILOG = """\

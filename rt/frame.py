@@ -21,6 +21,7 @@ __all__ = [
     "MAX_NDIM",
     "MAX_TRACE",
     "FrameFlags",
+    "FrameKind",
     "DTYPE_CODES",
     "dtype_from_code",
     "code_from_dtype",
@@ -36,6 +37,17 @@ MAX_NDIM = 4
 MAX_TRACE = 8
 
 
+class FrameKind(enum.IntEnum):
+    """What a frame's payload is (the header's ``kind`` field)."""
+
+    IMAGE = 0  #: a camera frame (tile, cycle, channel)
+    POSITIONS = 1  #: cluster positions of a tile, float32 (N, 2)
+    INTENSITIES = 2  #: per-cluster intensities of a tile and cycle, float32 (N, 4)
+    CALLS = 3  #: base calls and qualities of a tile and cycle, uint8 (2, N)
+    FILTER = 4  #: pass-filter flags of a tile, uint8 (N,)
+    END = 5  #: end of the run (no payload)
+
+
 class FrameFlags(enum.IntFlag):
     """Bits of the header's ``flags`` field."""
 
@@ -46,6 +58,7 @@ class FrameFlags(enum.IntFlag):
     CHECKSUMMED = 1 << 3  #: ``checksum`` holds the CRC32C of the payload
     RAW_KEPT = 1 << 4  #: the raw frame is kept for audit downstream
     QUARANTINED = 1 << 5
+    INCOMPLETE = 1 << 6  #: a cycle with dropped frames: its intensities are zeros, its calls no-calls
 
 
 FRAME_HEADER_DTYPE = np.dtype(
@@ -64,7 +77,7 @@ FRAME_HEADER_DTYPE = np.dtype(
         ("dtype_code", "<u1"),  # see DTYPE_CODES
         ("ndim", "<u1"),
         ("n_trace", "<u1"),
-        ("_pad0", "<u2"),
+        ("kind", "<u2"),  # FrameKind: what the payload is
         ("checksum", "<u4"),  # CRC32C of the payload bytes when flags has CHECKSUMMED
         ("shape", "<u4", (MAX_NDIM,)),
         ("payload_bytes", "<u8"),

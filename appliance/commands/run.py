@@ -1,62 +1,105 @@
-"""``appliance run``: the main job.
-
-The real-time pipeline (source -> preprocess -> kernel -> basecall -> writer) is not built
-yet (issue "appliance: the real-time pipeline runtime"); until it lands, the main job is the
-ring benchmark, which exercises the data path the pipeline will run on.
-"""
+"""``appliance run``: one instrument run through the real-time pipeline."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
+from pathlib import Path
 
-HELP = "run the main job (for now: the ring data-path benchmark; the pipeline is not built yet)"
+HELP = "run the instrument: synthetic camera -> preprocess -> kernel -> basecall -> run folder"
 DESCRIPTION = """\
-Run the appliance's main job with the embedded defaults.
+Run one instrument run through the real-time pipeline and print its summary.
 
-The real-time pipeline (synthetic camera -> preprocess -> kernel -> basecall -> writer) is
-not built yet. Until it is, `appliance run`:
+The embedded defaults (appliance/defaults.toml) describe a synthetic run: 2 tiles x 4
+channels x 26 cycles of 512 x 512 px from the synthetic flow-cell camera at 100 frames/s.
+Stages run as separate processes wired by shared-memory rings: preprocess (checksums, raw
+audit copies), kernel (registration, cluster detection, intensity extraction; CuPy when
+present), basecall (crosstalk and phasing correction, quality scores, pass filter) and the
+writer (an Illumina-style run folder under output.root, readable by picard and bcl2fastq-style
+tools). A crashed stage is restarted from its checkpoint without losing a frame; Ctrl-C or
+SIGTERM drains: acquisition stops and every frame that entered is written.
 
-  1. checks the host against a sysconfig tuning profile when --profile is given (warns on
-     drift; --strict refuses to start, exit 1),
-  2. removes rings left behind by dead processes (`appliance clean`),
-  3. runs the ring data-path benchmark (`appliance bench ring`): real processes moving
-     frames through the shared-memory rings, side by side with multiprocessing.Queue,
-     ZeroMQ and memcpy, printing a table and writing JSON.
+The summary gives frames, drops, throughput, latency p50/p99, restarts, checksum failures,
+the data reduction, the base-call error against the synthetic ground truth, and where the
+output is. Exit status: 0 done, 1 the run could not keep its promise, 2 bad configuration.
 
 examples:
   appliance run
-  appliance run --quick
+  appliance run --set run.cycles=50 --set source.synthetic.tile_size=256
+  appliance run --config myrun.toml --json summary.json
+  appliance run --headless                # under systemd: notify protocol, JSON log lines
   appliance run --profile instrument --strict
 """
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from appliance.benchmarks import ring
-
-    parser.add_argument("--profile", metavar="NAME", help="sysconfig profile to verify the host against at start-up (see `appliance sysconfig --help`)")
-    parser.add_argument("--strict", action="store_true", help="refuse to start when the host differs from --profile")
-    ring.configure(parser)
+    parser.add_argument("--config", type=Path, help="run config (TOML); keys override the embedded defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one key, e.g. run.cycles=50 (repeatable)")
+    parser.add_argument("--run-id", help="run folder name (default: YYMMDD_INSTRUMENT_NNNN_FLOWCELL)")
+    parser.add_argument("--json", type=Path, help="also write the summary as JSON to this path")
+    parser.add_argument("--headless", action="store_true", help="run under systemd: sd_notify READY/WATCHDOG/STATUS/STOPPING, JSON log lines")
+    parser.add_argument("--profile", metavar="NAME", help="verify the host against this sysconfig profile first (overrides supervisor.sysconfig_profile)")
+    parser.add_argument("--strict", action="store_true", help="refuse to start when the host differs from the profile")
 
 
 def run(args: argparse.Namespace) -> int:
-    import rt
-    from appliance.benchmarks import ring
+    from appliance.config import ConfigError, load_config
 
-    if args.strict and not args.profile:
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    profile = args.profile or config.supervisor.sysconfig_profile
+    strict = args.strict or config.supervisor.strict
+    if strict and not profile:
         print("error: --strict needs --profile NAME (the tuning profile to enforce)", file=sys.stderr)
         return 2
-    if args.profile:
+    if profile:
         from appliance.tuning import ProfileError, startup_check
         from appliance.tuning.startup import TuningDriftError
 
         try:
-            problems = startup_check(args.profile, strict=args.strict)
+            problems = startup_check(profile, strict=strict)
         except (TuningDriftError, ProfileError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         for problem in problems:
-            print(f"warning: host differs from sysconfig profile {args.profile!r}: {problem}", file=sys.stderr)
-    for name in rt.clean_dead_rings():
-        print(f"removed stale ring {name}")
-    return ring.run(args)
+            print(f"warning: host differs from sysconfig profile {profile!r}: {problem}", file=sys.stderr)
+    return _run_pipeline(config, args)
+
+
+def _run_pipeline(config, args) -> int:
+    from appliance.pipeline import Supervisor, SupervisorError, format_summary
+
+    notifier = None
+    if args.headless:
+        from appliance.systemd import Notifier
+        from appliance.logjson import configure_logging
+
+        configure_logging(json=True)
+        notifier = Notifier.from_environment()
+    sup = Supervisor(config, run_id=args.run_id, notifier=notifier)
+
+    def on_signal(signum, frame):  # only sets an event: the supervisor's loop drains
+        sup.request_stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = sup.run()
+    except SupervisorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if notifier is not None:
+            notifier.stopping()
+    text = json.dumps(summary, indent=2, default=str)
+    (sup.state_dir / "summary.json").write_text(text)
+    if args.json:
+        args.json.write_text(text)
+    print(format_summary(summary))
+    return 0

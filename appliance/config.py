@@ -1,0 +1,327 @@
+"""Run configuration: TOML with embedded defaults, validated once at load.
+
+``load_config(path, overrides)`` merges ``appliance/defaults.toml``, the optional run config
+file and ``section.key=value`` overrides, then builds frozen dataclasses. Every problem is a
+:class:`ConfigError` that names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "RunSection",
+    "SourceSection",
+    "SyntheticSection",
+    "StageSection",
+    "EdgeSection",
+    "CpuSection",
+    "OutputSection",
+    "SupervisorSection",
+    "load_config",
+    "default_config",
+    "EDGES",
+    "STAGES",
+]
+
+STAGES = ("preprocess", "kernel", "basecall", "writer")
+#: edge name -> (producer stage, consumer stage); "source" is the camera
+EDGES = {
+    "raw": ("source", "preprocess"),
+    "corrected": ("preprocess", "kernel"),
+    "intensities": ("kernel", "basecall"),
+    "calls": ("basecall", "writer"),
+}
+
+
+class ConfigError(ValueError):
+    """A run configuration is malformed; the message names the key and the allowed values."""
+
+
+def _err(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"config key {key} = {value!r} is invalid: allowed {allowed}")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    name: str = "SIM"
+    instrument_id: str = "SIM01"
+    flowcell: str = "FC0001"
+    tiles: tuple[int, ...] = (1101, 1102)
+    cycles: int = 26
+    seed: int = 1
+
+    def validate(self, key: str) -> None:
+        for k in ("name", "instrument_id", "flowcell"):
+            v = getattr(self, k)
+            if not v or not all(ch.isalnum() or ch in "-" for ch in v) or len(v) > 16:
+                raise _err(f"{key}.{k}", v, "1-16 letters, digits or '-'")
+        if not self.tiles or len(set(self.tiles)) != len(self.tiles) or not all(isinstance(t, int) and 1 <= t <= 99999 for t in self.tiles):
+            raise _err(f"{key}.tiles", list(self.tiles), "a non-empty list of distinct tile numbers 1..99999 (e.g. [1101, 1102])")
+        if not isinstance(self.cycles, int) or not 1 <= self.cycles <= 1000:
+            raise _err(f"{key}.cycles", self.cycles, "an integer 1..1000")
+
+
+@dataclass(frozen=True)
+class SyntheticSection:
+    tile_size: int = 512
+    layout: str = "patterned"
+    density: float = 0.005
+    psf_sigma: float = 1.2
+    phasing: float = 0.002
+    prephasing: float = 0.001
+
+    def validate(self, key: str) -> None:
+        if self.tile_size not in (64, 128, 256, 512, 1024, 2048, 4096, 5120):
+            raise _err(f"{key}.tile_size", self.tile_size, "64, 128, 256, 512, 1024, 2048, 4096 or 5120")
+        if self.layout not in ("patterned", "random"):
+            raise _err(f"{key}.layout", self.layout, "patterned or random")
+        if not 0.0005 <= self.density <= 0.05:
+            raise _err(f"{key}.density", self.density, "0.0005 to 0.05 clusters/px^2")
+        if not 0.5 <= self.psf_sigma <= 3.0:
+            raise _err(f"{key}.psf_sigma", self.psf_sigma, "0.5 to 3.0 px")
+        for k in ("phasing", "prephasing"):
+            if not 0 <= getattr(self, k) <= 0.05:
+                raise _err(f"{key}.{k}", getattr(self, k), "0 to 0.05 per cycle")
+
+
+@dataclass(frozen=True)
+class SourceSection:
+    kind: str = "synthetic"
+    rate_hz: float = 100.0
+    prerender: bool = True
+    replay_path: str = ""
+    synthetic: SyntheticSection = field(default_factory=SyntheticSection)
+
+    def validate(self, key: str) -> None:
+        if self.kind not in ("synthetic", "replay"):
+            raise _err(f"{key}.kind", self.kind, "synthetic or replay (genicam is not built yet)")
+        if not 0 <= self.rate_hz <= 100_000:
+            raise _err(f"{key}.rate_hz", self.rate_hz, "0 (unthrottled) to 100000 frames/s")
+        if self.kind == "replay" and not self.replay_path:
+            raise _err(f"{key}.replay_path", self.replay_path, "a folder of recorded frames when kind = replay")
+
+
+@dataclass(frozen=True)
+class StageSection:
+    replicas: int = 1
+    budget_ms: float = 100.0
+    backend: str = "auto"
+    mode: str = "disk"
+
+    def validate(self, key: str) -> None:
+        if not isinstance(self.replicas, int) or not 1 <= self.replicas <= 64:
+            raise _err(f"{key}.replicas", self.replicas, "an integer 1..64")
+        if not self.budget_ms > 0:
+            raise _err(f"{key}.budget_ms", self.budget_ms, "a positive number of milliseconds")
+        if self.backend not in ("auto", "numpy", "cupy"):
+            raise _err(f"{key}.backend", self.backend, "auto, numpy or cupy")
+        if self.mode not in ("disk", "null"):
+            raise _err(f"{key}.mode", self.mode, "disk or null")
+
+
+@dataclass(frozen=True)
+class EdgeSection:
+    n_slots: int = 16
+    policy: str = "block"
+    wait: str = "sleep"
+
+    def validate(self, key: str) -> None:
+        from rt import POLICIES, WAIT_STRATEGIES
+
+        n = self.n_slots
+        if not isinstance(n, int) or n < 2 or n & (n - 1) or n > 65536:
+            raise _err(f"{key}.n_slots", n, "a power of two from 2 to 65536")
+        if self.policy not in POLICIES:
+            raise _err(f"{key}.policy", self.policy, " or ".join(POLICIES))
+        if self.wait not in WAIT_STRATEGIES:
+            raise _err(f"{key}.wait", self.wait, ", ".join(WAIT_STRATEGIES))
+
+
+@dataclass(frozen=True)
+class CpuSection:
+    housekeeping: str = "0"
+    pin: bool = True
+    mlock: bool = False
+    realtime: bool = False
+
+    def validate(self, key: str) -> None:
+        from rt import parse_cpulist
+
+        try:
+            parse_cpulist(self.housekeeping)
+        except ValueError as exc:
+            raise _err(f"{key}.housekeeping", self.housekeeping, f"a Linux CPU list such as \"0\" or \"0-1,8\" ({exc})") from None
+
+
+@dataclass(frozen=True)
+class OutputSection:
+    root: str = "runs"
+    keep_raw_every: int = 0
+
+    def validate(self, key: str) -> None:
+        if not isinstance(self.keep_raw_every, int) or self.keep_raw_every < 0:
+            raise _err(f"{key}.keep_raw_every", self.keep_raw_every, "0 (never) or N >= 1 (every Nth tile)")
+
+
+@dataclass(frozen=True)
+class SupervisorSection:
+    max_restarts: int = 3
+    backoff_s: float = 0.5
+    heartbeat_timeout_s: float = 30.0
+    sysconfig_profile: str = ""
+    strict: bool = False
+
+    def validate(self, key: str) -> None:
+        if not isinstance(self.max_restarts, int) or not 0 <= self.max_restarts <= 100:
+            raise _err(f"{key}.max_restarts", self.max_restarts, "an integer 0..100")
+        if not 0 <= self.backoff_s <= 60:
+            raise _err(f"{key}.backoff_s", self.backoff_s, "0 to 60 seconds")
+        if not 1 <= self.heartbeat_timeout_s <= 3600:
+            raise _err(f"{key}.heartbeat_timeout_s", self.heartbeat_timeout_s, "1 to 3600 seconds")
+        if self.strict and not self.sysconfig_profile:
+            raise _err(f"{key}.strict", self.strict, "false unless supervisor.sysconfig_profile names a profile")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole run configuration (see ``appliance/defaults.toml`` for every key)."""
+
+    run: RunSection
+    source: SourceSection
+    stages: dict[str, StageSection]
+    edges: dict[str, EdgeSection]
+    hugepages: str
+    cpu: CpuSection
+    output: OutputSection
+    verify_at: tuple[str, ...]
+    supervisor: SupervisorSection
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _defaults() -> dict:
+    return tomllib.loads(resources.files("appliance").joinpath("defaults.toml").read_text())
+
+
+def _merge(base: dict, over: dict, prefix: str = "") -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        key = f"{prefix}{k}"
+        if k not in base:
+            raise ConfigError(f"unknown config key {key}; known keys here: {', '.join(sorted(base))}")
+        if isinstance(base[k], dict):
+            if not isinstance(v, dict):
+                raise _err(key, v, f"a table with keys {', '.join(sorted(base[k]))}")
+            out[k] = _merge(base[k], v, key + ".")
+        else:
+            out[k] = v
+    return out
+
+
+def _coerce(value: str) -> Any:
+    """Parse the value of a ``--set key=value`` override as TOML, else keep it as a string."""
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _build(cls, data: dict, key: str):
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        f = hints[k]
+        want = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if want.startswith("tuple"):
+            if not isinstance(v, list):
+                raise _err(f"{key}.{k}", v, "a list")
+            v = tuple(v)
+        elif want == "float":
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise _err(f"{key}.{k}", v, "a number")
+            v = float(v)
+        elif want == "int":
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise _err(f"{key}.{k}", v, "an integer")
+        elif want == "bool":
+            if not isinstance(v, bool):
+                raise _err(f"{key}.{k}", v, "true or false")
+        elif want == "str":
+            if not isinstance(v, str):
+                raise _err(f"{key}.{k}", v, "a string")
+        kwargs[k] = v
+    obj = cls(**kwargs)
+    obj.validate(key)
+    return obj
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults, then the TOML file at ``path``, then ``section.key=value`` overrides."""
+    data = _defaults()
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read run config {p}: {exc.strerror}") from None
+        try:
+            user = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"run config {p} is not valid TOML: {exc}") from None
+        data = _merge(data, user)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: write section.key=value (e.g. run.cycles=50)")
+        dotted, value = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        patch: dict = {}
+        cur = patch
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+        cur[parts[-1]] = _coerce(value.strip())
+        data = _merge(data, patch)
+    return _from_dict(data)
+
+
+def default_config() -> RunConfig:
+    return load_config()
+
+
+def _from_dict(d: dict) -> RunConfig:
+    src = dict(d["source"])
+    synthetic = _build(SyntheticSection, src.pop("synthetic"), "source.synthetic")
+    source = _build(SourceSection, src, "source")
+    source = dataclasses.replace(source, synthetic=synthetic)
+    stages = {}
+    for name in STAGES:
+        stages[name] = _build(StageSection, d["stages"][name], f"stages.{name}")
+    if stages["writer"].replicas != 1:
+        raise _err("stages.writer.replicas", stages["writer"].replicas, "1 (one writer owns the run folder)")
+    edges_raw = dict(d["edges"])
+    hugepages = edges_raw.pop("hugepages")
+    if hugepages not in ("none", "auto", "2M", "1G"):
+        raise _err("edges.hugepages", hugepages, "none, auto, 2M or 1G")
+    edges = {name: _build(EdgeSection, edges_raw[name], f"edges.{name}") for name in EDGES}
+    verify_at = d["integrity"]["verify_at"]
+    if not isinstance(verify_at, list) or any(v not in STAGES for v in verify_at):
+        raise _err("integrity.verify_at", verify_at, f"a list of stage names from {', '.join(STAGES)}")
+    return RunConfig(
+        run=_build(RunSection, d["run"], "run"),
+        source=source,
+        stages=stages,
+        edges=edges,
+        hugepages=hugepages,
+        cpu=_build(CpuSection, d["cpu"], "cpu"),
+        output=_build(OutputSection, d["output"], "output"),
+        verify_at=tuple(verify_at),
+        supervisor=_build(SupervisorSection, d["supervisor"], "supervisor"),
+    )

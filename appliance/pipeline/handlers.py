@@ -1,0 +1,391 @@
+"""What each stage does with a frame. Handlers hold all their state in picklable attributes,
+so ``state()``/``restore()`` checkpoint them (see ``appliance/pipeline/_checkpoint.py``).
+
+Frames flow as: IMAGE (source, preprocess) -> POSITIONS + INTENSITIES (kernel) -> the same
+plus CALLS and FILTER (basecall) -> run folder (writer).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+import rt
+from rt import FrameFlags, FrameKind
+from appliance.pipeline._spec import StageSpec
+
+__all__ = ["make_handler", "synthetic_params", "frame_order"]
+
+log = logging.getLogger("appliance.stage")
+N_CHANNELS = 4
+_STATE_SKIP = ("spec", "stats")
+
+
+def synthetic_params(config):
+    """The synthetic instrument's parameters for a run config."""
+    from kernels.synthetic import InstrumentParams
+
+    s = config.source.synthetic
+    return InstrumentParams(
+        tile_shape=(s.tile_size, s.tile_size),
+        layout=s.layout,
+        density=s.density,
+        psf_sigma=s.psf_sigma,
+        n_cycles=config.run.cycles,
+        phasing=s.phasing,
+        prephasing=s.prephasing,
+    )
+
+
+def frame_order(config) -> list[tuple[int, int, int]]:
+    """Acquisition order of a run: every channel of every tile of cycle 1, then cycle 2, ..."""
+    return [(tile, cycle, ch) for cycle in range(1, config.run.cycles + 1) for tile in config.run.tiles for ch in range(N_CHANNELS)]
+
+
+class Handler:
+    """Base: the dedupe set and generic checkpointing of the instance's attributes."""
+
+    def __init__(self, spec: StageSpec, stats) -> None:
+        self.spec = spec
+        self.stats = stats
+        self.seen: set = set()
+
+    def state(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k not in _STATE_SKIP}
+
+    def restore(self, state: dict) -> None:
+        vars(self).update(state)
+
+    def on_frame(self, slot: rt.Slot, out) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def finish(self, out) -> None:
+        pass
+
+
+class SourceHandler(Handler):
+    """The synthetic camera (or a replay of recorded frames) at a fixed frame rate.
+
+    Like a real camera it does not slow down when the pipeline is full: with the first ring's
+    policy ``drop_newest`` a frame that finds no slot is dropped and counted. Frames are
+    rendered before acquisition starts (``source.prerender``) so the rate holds.
+    """
+
+    def __init__(self, spec: StageSpec, stats) -> None:
+        super().__init__(spec, stats)
+        self.order = frame_order(spec.config)
+
+    def _frames(self):
+        cfg = self.spec.config
+        if cfg.source.kind == "replay":
+            root = Path(cfg.source.replay_path)
+            for tile, cycle, ch in self.order:
+                path = root / "Raw" / f"s_{tile}_c{cycle}_ch{ch}.npy"
+                if not path.exists():
+                    path = root / f"s_{tile}_c{cycle}_ch{ch}.npy"
+                yield np.load(path)
+            return
+        from kernels.synthetic import SyntheticInstrument
+
+        inst = SyntheticInstrument(synthetic_params(cfg), seed=cfg.run.seed)
+        for tile, cycle, ch in self.order:
+            yield inst.render(tile=tile, cycle=cycle, channel=ch)
+
+    def run(self, out, stop) -> bool:
+        cfg = self.spec.config
+        # Resume after a restart: frames already committed or dropped are not sent again.
+        start = sum(p.statistics().written + p.statistics().drops for p in out.producers)
+        frames = self._frames()
+        if cfg.source.prerender:
+            t0 = time.monotonic()
+            frames = list(frames)
+            log.info("pre-rendered %d frames in %.1f s", len(frames), time.monotonic() - t0)
+        run_id = self.spec.run_id.encode()[:32]
+        inst_id = cfg.run.instrument_id.encode()[:16]
+        period = 1e9 / cfg.source.rate_hz if cfg.source.rate_hz > 0 else 0
+        next_ns = time.monotonic_ns()
+        t_start = time.monotonic()
+        for index, image in enumerate(frames):
+            if index < start:
+                continue
+            if stop.is_set():
+                return False
+            if period:
+                delay = next_ns - time.monotonic_ns()
+                if delay > 0:
+                    time.sleep(delay / 1e9)
+                next_ns += period
+            tile, cycle, ch = self.order[index]
+            hdr = np.zeros((), rt.FRAME_HEADER_DTYPE)
+            rt.stamp_acquisition(hdr)
+            hdr["run_id"] = run_id
+            hdr["instrument_id"] = inst_id
+            flags = FrameFlags.SYNTHETIC if cfg.source.kind == "synthetic" else FrameFlags.NONE
+            if ch == N_CHANNELS - 1:
+                flags |= FrameFlags.END_OF_CYCLE
+            out.emit(FrameKind.IMAGE, tile, cycle, ch, image, source_header=hdr, flags=int(flags))
+            self.stats.frames_in += 1
+            self.stats.bytes_in += image.nbytes
+            if self.spec.fault.get("kill_after") == self.stats.frames_in:
+                import os
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)  # test hook: the camera process crashes
+        self.stats.extra["drops"] = sum(p.statistics().drops for p in out.producers)
+        self.stats.extra["acquisition_s"] = time.monotonic() - t_start
+        return True
+
+
+class PreprocessHandler(Handler):
+    """Checks each raw frame (checksum where configured, saturation), keeps the raw frames of
+    every Nth tile for audit, and passes the frame on."""
+
+    def __init__(self, spec: StageSpec, stats) -> None:
+        super().__init__(spec, stats)
+        self.saturated = 0
+        self.kept = 0
+
+    def on_frame(self, slot, out) -> None:
+        h = slot.header
+        tile, cycle, ch = int(h["tile"]), int(h["cycle"]), int(h["channel"])
+        image = slot.array()
+        self.saturated += int(np.count_nonzero(image == 65535))
+        every = self.spec.config.output.keep_raw_every
+        if every and self.spec.config.run.tiles.index(tile) % every == 0:
+            raw = self.spec.run_dir / "Raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            path = raw / f"s_{tile}_c{cycle}_ch{ch}.npy"
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, image)
+            tmp.replace(path)
+            self.kept += 1
+        out.emit(FrameKind.IMAGE, tile, cycle, ch, image, source_header=h, flags=int(h["flags"]))
+        self.stats.extra.update(saturated_pixels=self.saturated, raw_frames_kept=self.kept)
+
+
+class KernelHandler(Handler):
+    """The per-tile image chain: four channel frames of a cycle in, cluster positions (once)
+    and per-cycle intensities out, always in cycle order.
+
+    A cycle that lost a frame at the camera (drop_newest on the first ring) cannot be
+    extracted: once a later cycle of the tile arrives (or the run ends) it is emitted as
+    NaN intensities flagged INCOMPLETE (no-calls downstream), so every cycle of every tile
+    reaches the run folder and the loss is visible, never silent.
+    """
+
+    def __init__(self, spec: StageSpec, stats) -> None:
+        super().__init__(spec, stats)
+        self.chains: dict = {}
+        self.stacks: dict = {}
+        self.positions_sent: set = set()
+        self.next_cycle: dict[int, int] = {}  # per tile: next cycle to emit
+        self.results: dict[tuple[int, int], np.ndarray] = {}
+        self.incomplete: set = set()
+        self.headers: dict[int, np.ndarray] = {}
+
+    def _chain(self, tile: int):
+        if tile not in self.chains:
+            from kernels.chain import ChainConfig, TileChain
+
+            s = self.spec.config.source.synthetic
+            self.chains[tile] = TileChain((s.tile_size, s.tile_size), ChainConfig(psf_sigma=s.psf_sigma), dark=100.0)
+        return self.chains[tile]
+
+    def _mark_incomplete_before(self, tile: int, cycle: int) -> None:
+        for key in [k for k in self.stacks if k[0] == tile and k[1] < cycle]:
+            del self.stacks[key]
+            self.incomplete.add(key)
+            log.warning("tile %d cycle %d lost frames at the camera: emitted as an incomplete cycle", *key)
+
+    def _flush(self, tile: int, out) -> None:
+        chain = self.chains.get(tile)
+        if chain is None or not chain.ready:
+            return
+        h = self.headers[tile]
+        if tile not in self.positions_sent:
+            out.emit(FrameKind.POSITIONS, tile, 0, 0, np.asarray(chain.positions, np.float32), source_header=h)
+            self.positions_sent.add(tile)
+        c = self.next_cycle.get(tile, 1)
+        while (tile, c) in self.results or (tile, c) in self.incomplete:
+            if (tile, c) in self.results:
+                out.emit(FrameKind.INTENSITIES, tile, c, 0, self.results.pop((tile, c)), source_header=h)
+            else:
+                # NaN intensities: the base caller makes them no-calls (and chastity failures)
+                lost = np.full((len(chain.positions), N_CHANNELS), np.nan, np.float32)
+                out.emit(FrameKind.INTENSITIES, tile, c, 0, lost, source_header=h, flags=int(FrameFlags.INCOMPLETE))
+                self.stats.extra["incomplete_cycles"] = self.stats.extra.get("incomplete_cycles", 0) + 1
+            c += 1
+        self.next_cycle[tile] = c
+
+    def on_frame(self, slot, out) -> None:
+        h = slot.header
+        tile, cycle, ch = int(h["tile"]), int(h["cycle"]), int(h["channel"])
+        self.headers[tile] = h.copy()
+        self._mark_incomplete_before(tile, cycle)
+        image = slot.array()
+        stack, have = self.stacks.get((tile, cycle), (None, 0))
+        if stack is None:
+            stack = np.empty((N_CHANNELS, *image.shape), image.dtype)
+        stack[ch] = image
+        have |= 1 << ch
+        if have != (1 << N_CHANNELS) - 1:
+            self.stacks[(tile, cycle)] = (stack, have)
+            return
+        self.stacks.pop((tile, cycle), None)
+        for r in self._chain(tile).push(cycle, stack):
+            self.results[(tile, r.cycle)] = np.asarray(r.intensities, np.float32)
+        self._flush(tile, out)
+
+    def finish(self, out) -> None:
+        n = self.spec.config.run.cycles
+        for tile in self.spec.config.run.tiles:
+            if self.spec.route(tile) != self.spec.replica and tile not in self.chains:
+                continue
+            self._mark_incomplete_before(tile, n + 1)
+            for c in range(self.next_cycle.get(tile, 1), n + 1):
+                if (tile, c) not in self.results:
+                    self.incomplete.add((tile, c))
+            self._flush(tile, out)
+            chain = self.chains.get(tile)
+            if chain is None or not chain.ready:
+                log.error("tile %d: too few complete cycles to build the cluster template; no output for this tile", tile)
+
+
+class BasecallHandler(Handler):
+    """Streaming base calling per tile; forwards positions and intensities to the writer."""
+
+    def __init__(self, spec: StageSpec, stats) -> None:
+        super().__init__(spec, stats)
+        self.callers: dict = {}
+        self.filter_sent: set = set()
+        self.last_header: dict = {}
+
+    def _emit_calls(self, tile: int, calls, out, h) -> None:
+        for c in calls:
+            # Incomplete cycles arrive as NaN intensities, which the caller makes no-calls.
+            bases = np.asarray(c.bases, np.uint8)
+            quals = np.asarray(c.qualities, np.uint8)
+            out.emit(FrameKind.CALLS, tile, c.cycle, 0, np.stack([bases, quals]), source_header=h)
+        caller = self.callers[tile]
+        if caller.pass_filter is not None and tile not in self.filter_sent:
+            out.emit(FrameKind.FILTER, tile, 0, 0, np.asarray(caller.pass_filter, np.uint8), source_header=h)
+            self.filter_sent.add(tile)
+
+    def on_frame(self, slot, out) -> None:
+        from kernels.basecall import StreamingBasecaller
+
+        h = slot.header
+        kind, tile = int(h["kind"]), int(h["tile"])
+        if kind == FrameKind.POSITIONS:
+            pos = slot.array()
+            self.callers[tile] = StreamingBasecaller(len(pos), expected_cycles=self.spec.config.run.cycles)
+            out.emit(FrameKind.POSITIONS, tile, 0, 0, pos, source_header=h)
+            return
+        intens = slot.array()
+        out.emit(FrameKind.INTENSITIES, tile, int(h["cycle"]), 0, intens, source_header=h, flags=int(h["flags"]))
+        self.last_header[tile] = h.copy()
+        self._emit_calls(tile, self.callers[tile].push(np.array(intens)), out, h)
+
+    def finish(self, out) -> None:
+        for tile, caller in self.callers.items():
+            self._emit_calls(tile, caller.finish(), out, self.last_header[tile])
+
+
+class WriterHandler(Handler):
+    """Writes the run folder (or discards, in null mode) and measures end-to-end latency."""
+
+    def __init__(self, spec: StageSpec, stats) -> None:
+        super().__init__(spec, stats)
+        self.latency_ns: list[int] = []
+        self.cycle_tiles: dict[int, set] = {}
+        self.completed: set = set()
+        self.null = spec.config.stages["writer"].mode == "null"
+        self._writer = None
+
+    def state(self) -> dict:
+        d = super().state()
+        d.pop("_writer", None)
+        return d
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        self._writer = None
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from appliance.runfolder import RunFolderWriter
+
+            self._writer = RunFolderWriter(self.spec.run_dir.parent, run_info(self.spec))
+        return self._writer
+
+    def on_frame(self, slot, out) -> None:
+        h = slot.header
+        kind, tile, cycle = int(h["kind"]), int(h["tile"]), int(h["cycle"])
+        log.debug("frame kind=%d tile=%d cycle=%d seq=%d", kind, tile, cycle, int(h["seq"]))
+        self.latency_ns.append(time.monotonic_ns() - int(h["t_mono_ns"]))
+        if self.null:
+            return
+        data = slot.array()
+        w = self.writer
+        if kind == FrameKind.POSITIONS:
+            w.write_locs(tile, data)
+        elif kind == FrameKind.INTENSITIES:
+            w.write_intensities(tile, cycle, data)
+        elif kind == FrameKind.FILTER:
+            w.write_filter(tile, data.astype(bool))
+        elif kind == FrameKind.CALLS:
+            w.write_bcl(tile, cycle, data[0], data[1])
+            done = self.cycle_tiles.setdefault(cycle, set())
+            done.add(tile)
+            if len(done) == len(self.spec.config.run.tiles) and cycle not in self.completed:
+                w.complete_cycle(cycle)
+                self.completed.add(cycle)
+
+    def finish(self, out) -> None:
+        lat = np.asarray(self.latency_ns, np.float64) / 1e6
+        if lat.size:
+            p50, p99, p999 = np.percentile(lat, [50, 99, 99.9])
+            self.stats.extra.update(latency_ms_p50=float(p50), latency_ms_p99=float(p99), latency_ms_p999=float(p999))
+        if self.null:
+            return
+        cfg = self.spec.config
+        if cfg.source.kind == "synthetic":
+            from kernels.synthetic import SyntheticInstrument
+
+            inst = SyntheticInstrument(synthetic_params(cfg), seed=cfg.run.seed)
+            fasta = self.spec.state_dir / "reference.fa"
+            inst.write_reference_fasta(fasta)
+            self.writer.write_reference(fasta)
+        self.writer.complete()
+
+
+def run_info(spec: StageSpec):
+    from appliance.runfolder import RunInfo
+
+    cfg = spec.config
+    return RunInfo(
+        run_id=spec.run_id,
+        instrument=cfg.run.instrument_id,
+        flowcell=cfg.run.flowcell,
+        lane=1,
+        tiles=tuple(cfg.run.tiles),
+        n_cycles=cfg.run.cycles,
+        reads=((cfg.run.cycles, False),),
+    )
+
+
+_HANDLERS = {
+    "source": SourceHandler,
+    "preprocess": PreprocessHandler,
+    "kernel": KernelHandler,
+    "basecall": BasecallHandler,
+    "writer": WriterHandler,
+}
+
+
+def make_handler(spec: StageSpec, stats) -> Handler:
+    return _HANDLERS[spec.stage](spec, stats)

@@ -1,0 +1,272 @@
+"""The stage process: attach to rings, run a handler over frames, checkpoint, release, emit.
+
+``stage_main(spec)`` is the ``spawn`` target for every stage. The loop acquires frames from
+the stage's input rings, verifies checksums where configured (a mismatch is counted, logged
+with the frame's identity and quarantined), hands each frame to the stage's handler, and
+releases input frames only after a checkpoint that covers them (see ``_checkpoint``). When
+every input has reached end of stream it calls ``handler.finish`` and closes its outputs,
+which propagates end of stream downstream: that is how a stop drains.
+
+SIGTERM (from the supervisor, or the kernel when the supervisor dies) only sets an event:
+the loop then checkpoints, detaches without end of stream (a successor may continue) and
+exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+import rt
+from appliance.pipeline._checkpoint import load_checkpoint, save_checkpoint
+from appliance.pipeline._spec import StageSpec, frame_key
+
+__all__ = ["stage_main", "Emitter", "StageStats"]
+
+log = logging.getLogger("appliance.stage")
+
+
+class Stopping(Exception):
+    """The stage was asked to stop while it waited to emit."""
+
+
+class StageStats:
+    """Counters and a latency sample the stage writes to its summary file at exit."""
+
+    def __init__(self) -> None:
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.duplicates = 0
+        self.checksum_failures = 0
+        self.busy_s = 0.0
+        self.checkpoints = 0
+        self.checkpoint_bytes = 0
+        self.started = time.monotonic()
+        self.extra: dict = {}
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in vars(self).items() if k != "extra"}
+        d["wall_s"] = time.monotonic() - self.started
+        d.update(self.extra)
+        return d
+
+
+class Emitter:
+    """Writes output frames: routes by tile, copies identity and trace, checksums, commits.
+
+    ``emit`` blocks while the downstream ring is full (backpressure), checking the stop
+    event so a stopping stage does not hang.
+    """
+
+    def __init__(self, spec: StageSpec, producers: list[rt.Producer], stop: threading.Event, stats: StageStats) -> None:
+        self.spec = spec
+        self.producers = producers
+        self.stop = stop
+        self.stats = stats
+
+    def emit(self, kind: int, tile: int, cycle: int, channel: int, array: np.ndarray | None, source_header=None, flags: int = 0) -> None:
+        p = self.producers[self.spec.route(tile)]
+        while True:
+            try:
+                slot = p.reserve(timeout=0.25)
+                break
+            except rt.RingTimeout:
+                if self.stop.is_set():
+                    raise Stopping from None
+            except rt.ConsumerGone:
+                # The supervisor restarts the consumer; it resumes at the read counter.
+                if self.stop.is_set():
+                    raise Stopping from None
+        h = slot.header
+        if source_header is not None:
+            h["t_mono_ns"] = source_header["t_mono_ns"]
+            h["t_wall_ns"] = source_header["t_wall_ns"]
+            h["run_id"] = source_header["run_id"]
+            h["instrument_id"] = source_header["instrument_id"]
+            h["trace_ns"] = source_header["trace_ns"]
+            h["n_trace"] = source_header["n_trace"]
+        h["kind"] = kind
+        h["tile"] = tile
+        h["cycle"] = cycle
+        h["channel"] = channel
+        h["flags"] = flags
+        if array is None:
+            h["payload_bytes"] = 0
+            h["ndim"] = 0
+        else:
+            slot.write(np.ascontiguousarray(array), with_checksum=True)
+        rt.stamp_trace(h, self.spec.stage_index)
+        p.commit()
+        self.stats.frames_out += 1
+        self.stats.bytes_out += int(h["payload_bytes"])
+
+
+def _install_signals(stop: threading.Event) -> None:
+    def handler(signum, frame):  # only sets an event (see the module docstring)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which drains
+
+
+def _prepare_process(spec: StageSpec, stop: threading.Event) -> None:
+    logging.basicConfig(level=logging.DEBUG if os.environ.get("APPLIANCE_DEBUG") else logging.INFO, format=f"%(asctime)s %(levelname)s {spec.name}: %(message)s")
+    _install_signals(stop)
+    rt.exit_when_parent_dies(spec.parent_pid or None)
+    if spec.cpus:
+        try:
+            rt.pin(spec.cpus)
+        except rt.PinError as exc:
+            log.warning("not pinned: %s", exc)
+    cfg = spec.config.cpu
+    if cfg.mlock:
+        try:
+            rt.mlockall()
+        except rt.MemoryLockError as exc:
+            log.warning("memory not locked: %s", exc)
+    if cfg.realtime and spec.stage in ("source", "writer"):
+        try:
+            rt.set_realtime(10)
+        except rt.RealtimeError as exc:
+            log.warning("no real-time priority: %s", exc)
+
+
+def _write_summary(spec: StageSpec, stats: StageStats, status: str) -> None:
+    d = stats.as_dict()
+    d["status"] = status
+    tmp = spec.summary_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(d))
+    os.replace(tmp, spec.summary_path)
+
+
+def stage_main(spec: StageSpec) -> None:
+    """Entry point of a stage process (``spawn`` target)."""
+    from appliance.pipeline import handlers
+
+    stop = threading.Event()
+    _prepare_process(spec, stop)
+    stats = StageStats()
+    handler = handlers.make_handler(spec, stats)
+    state = load_checkpoint(spec.checkpoint_path)
+    if state is not None:
+        handler.restore(state)
+        log.info("resumed from checkpoint")
+    producers = [rt.Producer(name) for name in spec.outputs]
+    emitter = Emitter(spec, producers, stop, stats)
+    status = "stopped"
+    try:
+        if spec.stage == "source":
+            # The source always ends the stream, also when asked to stop early: that is
+            # what lets every later stage drain what entered.
+            try:
+                handler.run(emitter, stop)
+            except Stopping:
+                pass
+            finished = True
+        else:
+            finished = _consume(spec, handler, emitter, stop, stats)
+        status = "finished" if finished else "stopped"
+    except Stopping:
+        status = "stopped"
+    finally:
+        for p in producers:
+            p.close(end_of_stream=status == "finished")
+        _write_summary(spec, stats, status)
+    log.info("%s: %d frames in, %d out", status, stats.frames_in, stats.frames_out)
+
+
+def _consume(spec: StageSpec, handler, emitter: Emitter, stop: threading.Event, stats: StageStats) -> bool:
+    consumers = [rt.Consumer(name) for name in spec.inputs]
+    verify = spec.stage in spec.config.verify_at
+    release_every = max(1, min(c.geometry.n_slots for c in consumers) // 2)
+    pending = [0] * len(consumers)
+    active = list(range(len(consumers)))
+    seen: set = handler.seen
+    fault = spec.fault
+    quarantine_dir = spec.run_dir / "Quarantine"
+
+    def checkpoint() -> None:
+        if not any(pending):
+            return
+        stats.checkpoints += 1
+        stats.checkpoint_bytes += save_checkpoint(spec.checkpoint_path, handler.state())
+        for i, n in enumerate(pending):
+            if n:
+                consumers[i].release(n)
+                pending[i] = 0
+
+    idle = 0.0
+    try:
+        while active:
+            if stop.is_set():
+                checkpoint()
+                return False
+            got = False
+            for i in list(active):
+                try:
+                    slot = consumers[i].acquire(timeout=0.05) if len(active) == 1 else consumers[i].acquire_nowait()
+                except rt.WouldBlock:
+                    continue
+                except rt.EndOfStream:
+                    active.remove(i)
+                    continue
+                except rt.ProducerGone:
+                    time.sleep(0.05)  # the supervisor restarts it; it resumes at the write counter
+                    continue
+                got = True
+                t0 = time.perf_counter()
+                h = slot.header
+                key = frame_key(h)
+                stats.frames_in += 1
+                stats.bytes_in += int(h["payload_bytes"])
+                if fault.get("corrupt_frame") == stats.frames_in:
+                    slot.data[0] ^= 0xFF  # test hook: a bit flip in shared memory
+                if key in seen:
+                    stats.duplicates += 1
+                elif verify and not slot.verify():
+                    stats.checksum_failures += 1
+                    _quarantine(quarantine_dir, spec, slot, key)
+                    seen.add(key)
+                else:
+                    handler.on_frame(slot, emitter)
+                    seen.add(key)
+                pending[i] += 1
+                if fault.get("slow_ms"):
+                    time.sleep(fault["slow_ms"] / 1e3)
+                stats.busy_s += time.perf_counter() - t0
+                if fault.get("kill_after") == stats.frames_in:
+                    os.kill(os.getpid(), signal.SIGKILL)  # test hook: crash mid-run
+                if sum(pending) >= release_every:
+                    checkpoint()
+            if not got and len(active) > 1:
+                idle = min(max(idle * 2, 50e-6), 2e-3)
+                time.sleep(idle)
+            elif got:
+                idle = 0.0
+        handler.finish(emitter)
+        checkpoint()
+        return True
+    finally:
+        for c in consumers:
+            c.close()
+
+
+def _quarantine(folder: Path, spec: StageSpec, slot: rt.Slot, key) -> None:
+    kind, tile, cycle, channel = key
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{spec.name}_kind{kind}_tile{tile}_cycle{cycle}_ch{channel}_seq{int(slot.header['seq'])}"
+    np.save(folder / f"{name}.npy", slot.payload.copy())
+    (folder / f"{name}.header.bin").write_bytes(slot.header.tobytes())
+    log.error(
+        "checksum mismatch: frame kind=%d tile=%d cycle=%d channel=%d seq=%d quarantined to %s",
+        kind, tile, cycle, channel, int(slot.header["seq"]), folder / name,
+    )

@@ -1,0 +1,136 @@
+"""The end-of-run summary, and scoring a synthetic run's base calls against ground truth."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from appliance.config import RunConfig
+
+__all__ = ["summarize", "score_against_truth", "format_summary"]
+
+MATCH_RADIUS_PX = 1.5
+
+
+def _folder_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, f))
+            except OSError:
+                pass
+    return total
+
+
+def score_against_truth(config: RunConfig, run_dir: Path) -> dict:
+    """Match the run's clusters to the synthetic truth (within 1.5 px) and compare base calls.
+
+    Returns matched fraction, pass-filter fraction and the base-call error rate of matched
+    pass-filter clusters (no-calls counted separately).
+    """
+    from scipy.spatial import cKDTree
+
+    from appliance.pipeline.handlers import synthetic_params
+    from appliance.runfolder import RunFolder
+    from kernels.synthetic import SyntheticInstrument
+
+    inst = SyntheticInstrument(synthetic_params(config), seed=config.run.seed)
+    folder = RunFolder(run_dir)
+    errors = called = nocalls = matched = detected = truth_n = pf_n = 0
+    for tile in config.run.tiles:
+        truth = inst.truth(tile)
+        locs = folder.read_locs(tile)
+        pf = folder.read_filter(tile)
+        detected += len(locs)
+        truth_n += truth.n_clusters
+        best = None
+        # Detected positions live in the template frame; try the reference frame and cycle 1's.
+        for ref in (truth.positions, truth.frame_positions(1, 0)):
+            dist, idx = cKDTree(ref).query(locs, distance_upper_bound=MATCH_RADIUS_PX)
+            ok = np.isfinite(dist)
+            if best is None or ok.sum() > best[0].sum():
+                best = (ok, idx)
+        ok, idx = best
+        matched += int(ok.sum())
+        use = ok & pf
+        pf_n += int(pf.sum())
+        seqs = truth.sequences[idx[use]]
+        for cycle in range(1, config.run.cycles + 1):
+            bases, _quals = folder.read_bcl(tile, cycle)
+            b = bases[use]
+            nc = b > 3
+            nocalls += int(nc.sum())
+            called += int((~nc).sum())
+            errors += int((b[~nc] != seqs[~nc, cycle - 1]).sum())
+    return {
+        "clusters_truth": truth_n,
+        "clusters_detected": detected,
+        "matched_fraction": matched / max(detected, 1),
+        "recall": matched / max(truth_n, 1),
+        "pass_filter_fraction": pf_n / max(detected, 1),
+        "bases_called": called,
+        "no_calls": nocalls,
+        "error_rate": errors / max(called, 1),
+    }
+
+
+def summarize(config: RunConfig, run_id: str, run_dir: Path, stages: dict, wall_s: float, events: list, restarts: dict) -> dict:
+    source = stages.get("source-0", {})
+    writer = stages.get("writer-0", {})
+    frames = int(source.get("frames_in", 0))
+    acq = float(source.get("acquisition_s") or wall_s)
+    raw_bytes = int(source.get("bytes_in", 0))
+    written = _folder_bytes(run_dir) if run_dir.exists() else 0
+    summary = {
+        "run_id": run_id,
+        "output": str(run_dir),
+        "wall_s": wall_s,
+        "frames_acquired": frames,
+        "frames_dropped": int(source.get("drops", 0)),
+        "acquisition_s": acq,
+        "frames_per_s": frames / acq if acq else 0.0,
+        "gb_per_s": raw_bytes / acq / 1e9 if acq else 0.0,
+        "incomplete_cycles": sum(int(s.get("incomplete_cycles", 0)) for s in stages.values()),
+        "latency_ms_p50": writer.get("latency_ms_p50"),
+        "latency_ms_p99": writer.get("latency_ms_p99"),
+        "checksum_failures": sum(int(s.get("checksum_failures", 0)) for s in stages.values()),
+        "duplicates_dropped": sum(int(s.get("duplicates", 0)) for s in stages.values()),
+        "restarts": restarts,
+        "raw_bytes": raw_bytes,
+        "output_bytes": written,
+        "data_reduction": raw_bytes / written if written else None,
+        "stages": stages,
+        "events": events,
+    }
+    if config.source.kind == "synthetic" and config.stages["writer"].mode == "disk" and (run_dir / "RunInfo.xml").exists():
+        summary["accuracy"] = score_against_truth(config, run_dir)
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    def fmt(v, spec=".1f"):
+        return "-" if v is None else format(v, spec)
+
+    lines = [
+        f"run {s['run_id']}: {s['frames_acquired']} frames acquired in {s['acquisition_s']:.1f} s "
+        f"({s['frames_per_s']:.1f} frames/s, {s['gb_per_s'] * 1000:.1f} MB/s), {s['frames_dropped']} dropped"
+        + (f", {s['incomplete_cycles']} tile-cycles incomplete" if s.get("incomplete_cycles") else "")
+        + f"; {s['wall_s']:.1f} s in all",
+        f"latency acquisition -> run folder: p50 {fmt(s['latency_ms_p50'])} ms, p99 {fmt(s['latency_ms_p99'])} ms",
+        f"integrity: {s['checksum_failures']} checksum failures; restarts: {sum(s['restarts'].values())}"
+        + (f" ({', '.join(f'{k} x{v}' for k, v in s['restarts'].items())})" if s["restarts"] else ""),
+    ]
+    if s.get("data_reduction"):
+        lines.append(f"data reduction: {s['raw_bytes'] / 1e6:.1f} MB of raw frames -> {s['output_bytes'] / 1e6:.1f} MB written ({s['data_reduction']:.1f}x)")
+    acc = s.get("accuracy")
+    if acc:
+        lines.append(
+            f"base calls vs ground truth: error {acc['error_rate'] * 100:.2f}% over {acc['bases_called']} bases; "
+            f"clusters detected {acc['clusters_detected']} of {acc['clusters_truth']} (recall {acc['recall'] * 100:.1f}%), "
+            f"pass filter {acc['pass_filter_fraction'] * 100:.1f}%"
+        )
+    lines.append(f"output: {s['output']}")
+    return "\n".join(lines)

@@ -1,0 +1,356 @@
+"""The supervisor: plans CPUs and rings, spawns the stages, restarts crashed ones, drains.
+
+The restart decisions are a pure state machine (:class:`RestartPolicy`: exits in, actions
+out), tested without processes. :class:`Supervisor` does the process work around it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rt
+from appliance.config import EDGES, STAGES, RunConfig
+from appliance.pipeline._spec import StageSpec
+
+__all__ = ["Supervisor", "RestartPolicy", "Restart", "GiveUp", "Done", "SupervisorError", "plan_cpus", "ring_budget", "CpuPlan"]
+
+log = logging.getLogger("appliance.supervisor")
+_ORDER = ("source", *STAGES)
+
+
+class SupervisorError(RuntimeError):
+    """The run cannot keep its promise (a stage keeps crashing, rings do not fit, ...)."""
+
+
+# -- the pure restart state machine -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Restart:
+    name: str
+    delay_s: float
+    attempt: int
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Done:
+    name: str
+
+
+@dataclass
+class RestartPolicy:
+    """Bounded restarts with exponential backoff, per process.
+
+    ``on_exit(name, exitcode, finished)`` returns Done (finished cleanly), Restart (after a
+    delay: ``backoff_s * 2**(attempt-1)``) or GiveUp (more than ``max_restarts`` crashes).
+    """
+
+    max_restarts: int
+    backoff_s: float
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    def on_exit(self, name: str, exitcode: int | None, finished: bool) -> Restart | GiveUp | Done:
+        if exitcode == 0 and finished:
+            return Done(name)
+        n = self.restarts.get(name, 0) + 1
+        how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit status {exitcode}"
+        if n > self.max_restarts:
+            return GiveUp(name, f"stage {name} crashed {n} times (last: {how}); max_restarts = {self.max_restarts}")
+        self.restarts[name] = n
+        return Restart(name, self.backoff_s * 2 ** (n - 1), n)
+
+    def on_hung(self, name: str, age_s: float) -> Restart | GiveUp:
+        return self.on_exit(name, -9, False)
+
+
+# -- CPU plan and memory budget ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    housekeeping: frozenset[int]
+    assignments: dict[str, frozenset[int] | None]
+    warnings: tuple[str, ...]
+
+
+def plan_cpus(topology: rt.Topology, housekeeping: frozenset[int], names: list[str], pin: bool = True) -> CpuPlan:
+    """Give each process its own CPU outside the housekeeping set, isolated CPUs first.
+
+    With fewer free CPUs than processes the plan degrades with a warning: no pinning, the
+    kernel scheduler spreads the stages over every online CPU.
+    """
+    online = frozenset(topology.online_cpus)
+    hk = housekeeping & online
+    warnings = []
+    if housekeeping - online:
+        warnings.append(f"housekeeping CPUs {rt.format_cpulist(housekeeping - online)} are not online; ignored")
+    free = sorted(online - hk, key=lambda c: (c not in topology.isolated_cpus, c))
+    if not pin:
+        return CpuPlan(hk, {n: None for n in names}, tuple(warnings))
+    if len(free) < len(names):
+        warnings.append(
+            f"{len(names)} stage processes but only {len(free)} CPUs outside housekeeping "
+            f"({rt.format_cpulist(hk) or 'none'}) on this {len(online)}-CPU machine: not pinning; "
+            f"stages share all CPUs (throughput and latency will vary)"
+        )
+        return CpuPlan(hk, {n: None for n in names}, tuple(warnings))
+    return CpuPlan(hk, {n: frozenset({free[i]}) for i, n in enumerate(names)}, tuple(warnings))
+
+
+def payload_bytes(config: RunConfig) -> dict[str, int]:
+    """Largest payload per edge: images for raw/corrected, a cluster bound for the rest."""
+    side = config.source.synthetic.tile_size
+    image = side * side * 2
+    max_clusters = side * side // 9  # clusters closer than 3 px are not resolvable
+    per_cluster = max_clusters * 4 * 4
+    return {"raw": image, "corrected": image, "intensities": per_cluster, "calls": per_cluster}
+
+
+def ring_budget(config: RunConfig, n_rings: dict[str, int]) -> int:
+    """Total bytes the rings need (headers and control blocks included)."""
+    total = 0
+    for edge, size in payload_bytes(config).items():
+        slot = -(-(256 + size) // 4096) * 4096
+        total += n_rings[edge] * (4096 + config.edges[edge].n_slots * slot)
+    return total
+
+
+def _check_budget(need: int, hugepages: str) -> None:
+    import psutil
+
+    st = os.statvfs("/dev/shm")
+    shm_free = st.f_bavail * st.f_frsize
+    avail = psutil.virtual_memory().available
+    if hugepages == "none" and need > shm_free:
+        raise SupervisorError(
+            f"the rings need {need / 2**20:.0f} MiB of shared memory but /dev/shm has {shm_free / 2**20:.0f} MiB free: "
+            f"lower edges.*.n_slots or the tile size, or enlarge /dev/shm (mount -o remount,size=... /dev/shm)"
+        )
+    if need > 0.8 * avail:
+        raise SupervisorError(
+            f"the rings need {need / 2**20:.0f} MiB but only {avail / 2**20:.0f} MiB of memory is available "
+            f"(at most 80% may go to rings): lower edges.*.n_slots or the tile size"
+        )
+
+
+# -- the supervisor -------------------------------------------------------------------------
+
+
+def new_run_id(config: RunConfig, root: Path) -> str:
+    """Illumina-style run id: YYMMDD_INSTRUMENT_NNNN_FLOWCELL, NNNN counting runs in root."""
+    day = _dt.datetime.now(_dt.timezone.utc).strftime("%y%m%d")
+    n = 1 + sum(1 for p in root.glob(f"*_{config.run.instrument_id}_*") if p.is_dir()) if root.exists() else 1
+    return f"{day}_{config.run.instrument_id}_{n:04d}_{config.run.flowcell}"
+
+
+class Supervisor:
+    """Runs one instrument run: ``run()`` returns the summary dict or raises SupervisorError."""
+
+    def __init__(self, config: RunConfig, *, run_id: str | None = None, faults: dict[str, dict] | None = None, notifier=None) -> None:
+        self.config = config
+        self.root = Path(config.output.root).resolve()
+        self.run_id = run_id or new_run_id(config, self.root)
+        self.run_dir = self.root / self.run_id
+        self.state_dir = self.root / ".state" / self.run_id
+        self.faults = faults or {}
+        self.notifier = notifier
+        self.stop_requested = threading.Event()
+        self.events: list[dict] = []
+        self._ctx = mp.get_context("spawn")
+        self._rings: list[rt.Ring] = []
+        self._procs: dict[str, mp.Process] = {}
+        self._specs: dict[str, StageSpec] = {}
+        self.policy = RestartPolicy(config.supervisor.max_restarts, config.supervisor.backoff_s)
+
+    # -- planning --------------------------------------------------------------------------
+    def _replicas(self, stage: str) -> int:
+        return 1 if stage == "source" else self.config.stages[stage].replicas
+
+    def _ring_name(self, edge: str, i: int, j: int) -> str:
+        return f"appliance.{os.getpid()}.{self.run_id}.{edge}.{i}.{j}"
+
+    def _plan(self) -> list[StageSpec]:
+        cfg = self.config
+        names = [f"{s}-{r}" for s in _ORDER for r in range(self._replicas(s))]
+        topo = rt.read_topology()
+        cpus = plan_cpus(topo, frozenset(rt.parse_cpulist(cfg.cpu.housekeeping)), names, cfg.cpu.pin)
+        for w in cpus.warnings:
+            log.warning("cpu plan: %s", w)
+            self._event("warning", w)
+        specs = []
+        for index, stage in enumerate(_ORDER):
+            for r in range(self._replicas(stage)):
+                inputs, outputs = [], []
+                for edge, (src, dst) in EDGES.items():
+                    if dst == stage:
+                        inputs += [self._ring_name(edge, i, r) for i in range(self._replicas(src))]
+                    if src == stage:
+                        outputs += [self._ring_name(edge, r, j) for j in range(self._replicas(dst))]
+                name = f"{stage}-{r}"
+                specs.append(
+                    StageSpec(
+                        stage=stage, replica=r, inputs=tuple(inputs), outputs=tuple(outputs), config=cfg,
+                        run_id=self.run_id, run_dir=self.run_dir, state_dir=self.state_dir,
+                        cpus=cpus.assignments[name], parent_pid=os.getpid(), stage_index=index,
+                        fault=self.faults.get(name, {}),
+                    )
+                )
+        return specs
+
+    def _create_rings(self) -> None:
+        cfg = self.config
+        n_rings = {e: self._replicas(s) * self._replicas(d) for e, (s, d) in EDGES.items()}
+        need = ring_budget(cfg, n_rings)
+        _check_budget(need, cfg.hugepages)
+        sizes = payload_bytes(cfg)
+        for edge, (src, dst) in EDGES.items():
+            e = cfg.edges[edge]
+            for i in range(self._replicas(src)):
+                for j in range(self._replicas(dst)):
+                    self._rings.append(
+                        rt.Ring.create(self._ring_name(edge, i, j), payload_bytes=sizes[edge], n_slots=e.n_slots,
+                                       policy=e.policy, wait=e.wait, hugepages=cfg.hugepages)
+                    )
+        log.info("rings: %d, %.1f MiB", len(self._rings), need / 2**20)
+
+    # -- processes ---------------------------------------------------------------------------
+    def _spawn(self, spec: StageSpec) -> None:
+        from appliance.pipeline.runtime import stage_main
+
+        if spec.name in self._procs:  # a restart: injected faults fire once
+            spec = dataclasses.replace(spec, fault={})
+        proc = self._ctx.Process(target=stage_main, args=(spec,), name=spec.name, daemon=False)
+        proc.start()
+        self._procs[spec.name] = proc
+
+    def _summary_of(self, name: str) -> dict:
+        try:
+            return json.loads(self._specs[name].summary_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def _event(self, kind: str, message: str, **fields) -> None:
+        ev = {"t": time.time(), "kind": kind, "message": message, **fields}
+        self.events.append(ev)
+        if self.notifier is not None:
+            self.notifier.status(message[:200])
+
+    def request_stop(self) -> None:
+        """Drain: stop acquisition; every frame that entered is processed and written."""
+        self.stop_requested.set()
+
+    def run(self) -> dict:
+        from appliance.pipeline.summary import summarize
+
+        cfg = self.config
+        for name in rt.clean_dead_rings():
+            log.warning("removed stale ring %s of a dead previous instance", name)
+        self.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        specs = self._plan()
+        self._specs = {s.name: s for s in specs}
+        t0 = time.monotonic()
+        try:
+            self._create_rings()
+            for spec in reversed(specs):  # consumers first, so the source finds them attached
+                self._spawn(spec)
+            if self.notifier is not None:
+                self.notifier.ready()
+            self._watch()
+        except BaseException:
+            self._terminate_all()
+            raise
+        finally:
+            for ring in self._rings:
+                ring.close()
+                ring.unlink()
+            self._rings = []
+        wall = time.monotonic() - t0
+        summaries = {name: self._summary_of(name) for name in self._specs}
+        return summarize(cfg, self.run_id, self.run_dir, summaries, wall, self.events, dict(self.policy.restarts))
+
+    def _watch(self) -> None:
+        pending_restarts: dict[str, float] = {}
+        drain_sent = False
+        hb_timeout = self.config.supervisor.heartbeat_timeout_s
+        while True:
+            if self.stop_requested.is_set() and not drain_sent:
+                drain_sent = True
+                self._event("stopping", "drain requested: stopping acquisition")
+                src = self._procs.get("source-0")
+                if src is not None and src.is_alive():
+                    src.terminate()  # the source ends the stream; the rest drains
+            now = time.monotonic()
+            for name, proc in list(self._procs.items()):
+                if name in pending_restarts:
+                    if now >= pending_restarts[name]:
+                        del pending_restarts[name]
+                        self._spawn(self._specs[name])
+                    continue
+                if proc.is_alive():
+                    age = self._heartbeat_age(name)
+                    if age is not None and age > hb_timeout:
+                        self._event("alert", f"stage {name} heartbeat stale ({age:.0f} s): restarting", stage=name)
+                        proc.kill()
+                    continue
+                proc.join()
+                finished = self._summary_of(name).get("status") == "finished"
+                action = self.policy.on_exit(name, proc.exitcode, finished)
+                if isinstance(action, Done):
+                    del self._procs[name]
+                elif isinstance(action, Restart):
+                    self._event("alert", f"stage {name} crashed (exit {proc.exitcode}); restart {action.attempt} in {action.delay_s:.1f} s", stage=name)
+                    log.warning("stage %s exited with %s; restarting in %.1f s", name, proc.exitcode, action.delay_s)
+                    pending_restarts[name] = now + action.delay_s
+                else:
+                    self._event("error", action.reason, stage=name)
+                    raise SupervisorError(action.reason + ": the run is incomplete; see the stage's log above")
+            if not self._procs:
+                return
+            if self.notifier is not None:
+                self.notifier.watchdog()
+            time.sleep(0.05)
+
+    def _heartbeat_age(self, name: str) -> float | None:
+        """Oldest heartbeat of this process's ring ends (None when it has no input rings)."""
+        spec = self._specs[name]
+        ages = []
+        for ring_name in spec.inputs:
+            try:
+                st = rt.inspect(ring_name)
+            except rt.RingError:
+                continue
+            if st.consumer_heartbeat_age_s is not None and st.consumer_pid == self._procs[name].pid:
+                ages.append(st.consumer_heartbeat_age_s)
+        return min(ages) if ages else None
+
+    def _terminate_all(self, timeout: float = 10.0) -> None:
+        for proc in self._procs.values():
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in self._procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+    def cleanup_state(self) -> None:
+        """Remove checkpoints and stage summaries of a finished run."""
+        shutil.rmtree(self.state_dir, ignore_errors=True)

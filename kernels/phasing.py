@@ -1,0 +1,161 @@
+"""Phasing and prephasing: the model, its estimation from the data, and its correction.
+
+In each cycle a fraction ``p`` (phasing) of a cluster's molecules fails to incorporate and a
+fraction ``q`` (prephasing) incorporates two bases, so the molecules spread over template
+positions and the signal of cycle ``c`` mixes the dyes of neighbouring positions:
+``I = P @ X`` with ``P`` the (cycles x positions) matrix of :func:`phasing_matrix` and ``X``
+the one-hot template. Correction applies the inverse of ``P`` truncated to a window of ``lag``
+future cycles, so the corrected value of cycle ``c`` is final once cycle ``c + lag`` is in.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from kernels._backend import get_array_module
+
+__all__ = [
+    "correct_phasing",
+    "estimate_phasing",
+    "phasing_inverse_row",
+    "phasing_inverse_rows",
+    "phasing_matrix",
+]
+
+
+def phasing_matrix(
+    n_cycles: int, phasing: float, prephasing: float, n_positions: int | None = None
+) -> np.ndarray:
+    """Fraction of a cluster's molecules emitting template position ``j`` at cycle ``c``.
+
+    Each cycle a molecule fails to incorporate with probability ``phasing``, incorporates two
+    bases with probability ``prephasing`` and one otherwise; it emits the dye of the last base
+    it incorporated. Returns ``P`` of shape (n_cycles, n_positions) (default
+    ``n_positions = n_cycles``), ``P[c, j]`` for 0-based cycle ``c`` and template position
+    ``j``, so the (crosstalk-free, decay-free) signal is ``P @ onehot(template)``.
+    """
+    if n_positions is None:
+        n_positions = n_cycles
+    p, q = float(phasing), float(prephasing)
+    if not (0 <= p and 0 <= q and p + q < 1):
+        raise ValueError(f"phasing={p}, prephasing={q} invalid: need p, q >= 0 and p + q < 1")
+    state = np.zeros(n_positions + 3)  # molecule lengths 0..n_positions (+2 overflow)
+    state[0] = 1.0
+    out = np.empty((n_cycles, n_positions))
+    for c in range(n_cycles):
+        new = p * state
+        new[1:] += (1.0 - p - q) * state[:-1]
+        new[2:] += q * state[:-2]
+        state = new
+        out[c] = state[1 : n_positions + 1]
+    return out
+
+
+@lru_cache(maxsize=64)
+def _inverse_rows(n_cycles: int, p: float, q: float, lag: int) -> np.ndarray:
+    w = np.zeros((n_cycles, n_cycles))
+    for c in range(n_cycles):
+        m = n_cycles if lag < 0 else min(n_cycles, c + lag + 1)
+        w[c, :m] = _inverse(m, p, q)[c]
+    w.setflags(write=False)
+    return w
+
+
+@lru_cache(maxsize=1024)
+def _inverse(m: int, p: float, q: float) -> np.ndarray:
+    inv = np.linalg.inv(phasing_matrix(m, p, q))
+    inv.setflags(write=False)
+    return inv
+
+
+def phasing_inverse_row(cycle: int, n_known: int, phasing: float, prephasing: float) -> np.ndarray:
+    """Row ``cycle`` (0-based) of the inverse of ``P`` truncated to the first ``n_known`` cycles.
+
+    The weights (length ``n_known``) that turn crosstalk-corrected intensities of cycles
+    ``0 .. n_known - 1`` into the phasing-corrected signal of ``cycle``; the streaming caller
+    uses ``n_known = cycle + lag + 1`` (or the run length at the end of a run).
+    """
+    if not 0 <= cycle < n_known:
+        raise ValueError(f"cycle={cycle} must lie in 0..n_known-1 (n_known={n_known})")
+    return _inverse(int(n_known), float(phasing), float(prephasing))[cycle]
+
+
+def phasing_inverse_rows(n_cycles: int, phasing: float, prephasing: float, lag: int | None) -> np.ndarray:
+    """Correction weights ``W`` (n_cycles, n_cycles), host float64: ``X[c] = sum_j W[c, j] I[j]``.
+
+    Row ``c`` is row ``c`` of the inverse of ``P`` truncated to the first ``c + lag + 1``
+    cycles (all cycles when ``lag`` is None), so it uses no cycle later than ``c + lag``:
+    what makes streaming calls final after ``lag`` cycles. Row ``c`` does not depend on
+    ``n_cycles`` beyond ``c + lag``, so a run's length need not be known in advance.
+    """
+    if lag is not None and lag < 0:
+        raise ValueError(f"lag={lag} invalid: allowed None or an int >= 0")
+    return _inverse_rows(int(n_cycles), float(phasing), float(prephasing), -1 if lag is None else int(lag))
+
+
+def correct_phasing(corrected, phasing: float, prephasing: float, lag: int | None = None, out=None):
+    """Undo phasing on crosstalk-corrected intensities ``(n_clusters, n_cycles, 4)``.
+
+    Returns ``W @ corrected`` along the cycle axis (see :func:`phasing_inverse_rows`), an
+    array of the input's module and dtype.
+    """
+    xp = get_array_module(corrected)
+    if corrected.ndim != 3 or corrected.shape[2] != 4:
+        raise ValueError(f"expected (n_clusters, n_cycles, 4), got shape {corrected.shape}")
+    w = xp.asarray(phasing_inverse_rows(corrected.shape[1], phasing, prephasing, lag), dtype=corrected.dtype)
+    if out is None:
+        return xp.matmul(w, corrected)
+    return xp.matmul(w, corrected, out=out)
+
+
+def _ratio_series(y, xp, behind: bool) -> tuple[np.ndarray, np.ndarray]:
+    # For each cycle c, sum over clusters of the corrected intensity in the channel of the
+    # base called one cycle earlier (behind) or later (ahead), over the clusters where that
+    # base differs from the calls at c and on the other side, divided by the sum of the
+    # called channel: an estimate of the lagging (leading) fraction relative to in-phase.
+    calls = xp.argmax(y, axis=2)
+    n, t, _ = y.shape
+    cyc, ratios = [], []
+    for c in range(1, t - 1):
+        other = calls[:, c - 1] if behind else calls[:, c + 1]
+        third = calls[:, c + 1] if behind else calls[:, c - 1]
+        sel = (other != calls[:, c]) & (other != third)
+        if int(xp.count_nonzero(sel)) < 50:
+            continue
+        yc = y[:, c, :][sel]
+        num = xp.sum(xp.take_along_axis(yc, other[sel][:, None], axis=1))
+        den = xp.sum(xp.take_along_axis(yc, calls[:, c][sel][:, None], axis=1))
+        if float(den) <= 0:
+            continue
+        cyc.append(c + 1)  # cycles completed = 1-based cycle number
+        ratios.append(float(num) / float(den))
+    return np.asarray(cyc, dtype=float), np.asarray(ratios)
+
+
+def estimate_phasing(corrected) -> tuple[float, float]:
+    """Estimate ``(phasing, prephasing)`` from crosstalk-corrected intensities (N, cycles, 4).
+
+    After ``c`` cycles the lagging-by-one fraction relative to the in-phase one is
+    ``c * p / (1 - p - q)`` and the leading-by-one fraction ``c * q / (1 - p - q)``. The
+    ratios measured per cycle (see ``_ratio_series``) are fitted with a line in ``c``; the
+    intercept absorbs any residual crosstalk, the slopes give ``p`` and ``q``. Needs at least
+    about 10 cycles; the first 25 are plenty.
+    """
+    xp = get_array_module(corrected)
+    if corrected.ndim != 3 or corrected.shape[2] != 4:
+        raise ValueError(f"expected (n_clusters, n_cycles, 4), got shape {corrected.shape}")
+    if corrected.shape[1] < 6:
+        raise ValueError(f"estimate_phasing needs at least 6 cycles, got {corrected.shape[1]}")
+    slopes = []
+    for behind in (True, False):
+        c, r = _ratio_series(corrected, xp, behind)
+        if len(c) < 3:
+            slopes.append(0.0)
+            continue
+        a = np.column_stack((np.ones_like(c), c))
+        (_, slope), *_ = np.linalg.lstsq(a, r, rcond=None)
+        slopes.append(max(0.0, float(slope)))
+    beta, gamma = slopes
+    return beta / (1.0 + beta + gamma), gamma / (1.0 + beta + gamma)

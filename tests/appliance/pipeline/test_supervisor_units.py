@@ -1,0 +1,76 @@
+"""The supervisor's pure parts: restart policy, CPU plan, ring budget (no processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import rt
+from appliance.config import load_config
+from appliance.pipeline import Done, GiveUp, Restart, RestartPolicy, plan_cpus, ring_budget
+
+
+def test_restart_policy_backoff_then_give_up():
+    p = RestartPolicy(max_restarts=2, backoff_s=0.5)
+    assert p.on_exit("kernel-0", 0, True) == Done("kernel-0")
+    assert p.on_exit("kernel-0", -9, False) == Restart("kernel-0", 0.5, 1)
+    assert p.on_exit("kernel-0", 1, False) == Restart("kernel-0", 1.0, 2)
+    action = p.on_exit("kernel-0", -9, False)
+    assert isinstance(action, GiveUp) and "crashed 3 times" in action.reason and "signal 9" in action.reason
+    # other stages have their own budget
+    assert p.on_exit("writer-0", 1, False) == Restart("writer-0", 0.5, 1)
+
+
+def test_exit_zero_without_finishing_is_a_crash():
+    # A stage that exited 0 but did not finish (stopped) must be restarted, not forgotten.
+    assert isinstance(RestartPolicy(1, 0.1).on_exit("basecall-0", 0, False), Restart)
+
+
+def _tree(tmp_path: Path, cpus: str, isolated: str = "") -> Path:
+    root = tmp_path / "host"
+    d = root / "sys/devices/system/cpu"
+    d.mkdir(parents=True)
+    (d / "online").write_text(cpus + "\n")
+    (d / "possible").write_text(cpus + "\n")
+    (d / "isolated").write_text(isolated + "\n")
+    return root
+
+
+NAMES = ["source-0", "preprocess-0", "kernel-0", "basecall-0", "writer-0"]
+
+
+def test_cpu_plan_one_core_each_isolated_first(tmp_path):
+    topo = rt.read_topology(_tree(tmp_path, "0-7", "4-7"))
+    plan = plan_cpus(topo, frozenset({0}), NAMES)
+    cpus = [next(iter(plan.assignments[n])) for n in NAMES]
+    assert cpus == [4, 5, 6, 7, 1] and not plan.warnings
+
+
+def test_cpu_plan_degrades_on_a_small_machine(tmp_path):
+    topo = rt.read_topology(_tree(tmp_path, "0-1"))
+    plan = plan_cpus(topo, frozenset({0}), NAMES)
+    assert all(v is None for v in plan.assignments.values())
+    assert "only 1 CPUs outside housekeeping" in plan.warnings[0]
+
+
+def test_cpu_plan_unpinned_on_request(tmp_path):
+    topo = rt.read_topology(_tree(tmp_path, "0-63"))
+    plan = plan_cpus(topo, frozenset({0}), NAMES, pin=False)
+    assert all(v is None for v in plan.assignments.values())
+
+
+def test_ring_budget_scales_with_tile_and_slots():
+    small = load_config(overrides=["source.synthetic.tile_size=256"])
+    big = load_config(overrides=["source.synthetic.tile_size=2048"])
+    ones = {e: 1 for e in small.edges}
+    assert ring_budget(big, ones) > 32 * ring_budget(small, ones) / 2
+    assert ring_budget(small, {e: 2 for e in small.edges}) == 2 * ring_budget(small, ones)
+
+
+def test_budget_refusal_names_the_fix(tmp_path):
+    from appliance.pipeline import Supervisor, SupervisorError
+
+    cfg = load_config(overrides=["source.synthetic.tile_size=5120", "edges.raw.n_slots=4096", f'output.root="{tmp_path}"'])
+    with pytest.raises(SupervisorError, match="lower edges.*n_slots"):
+        Supervisor(cfg, run_id="BUDGET")._create_rings()
