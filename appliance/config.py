@@ -165,6 +165,7 @@ class CpuSection:
 class OutputSection:
     root: str = "runs"
     keep_raw_every: int = 0
+    state_root: str = ""
 
     def validate(self, key: str) -> None:
         if not isinstance(self.keep_raw_every, int) or self.keep_raw_every < 0:

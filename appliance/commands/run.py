@@ -76,12 +76,20 @@ def _run_pipeline(config, args) -> int:
 
     notifier = None
     if args.headless:
-        from appliance.systemd import Notifier
+        import faulthandler
+
         from appliance.logjson import configure_logging
+        from appliance.systemd import NotifyConfigError, Notifier
 
         configure_logging(json=True)
-        notifier = Notifier.from_environment()
-    sup = Supervisor(config, run_id=args.run_id, notifier=notifier)
+        faulthandler.enable()  # a watchdog SIGABRT leaves every thread's traceback in the journal
+        try:
+            # unset: the stage processes must not inherit NOTIFY_SOCKET (only we speak to systemd)
+            notifier = Notifier.from_environment(unset=True)
+        except NotifyConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    sup = Supervisor(config, run_id=args.run_id, notifier=notifier, log_json=args.headless)
 
     def on_signal(signum, frame):  # only sets an event: the supervisor's loop drains
         sup.request_stop()

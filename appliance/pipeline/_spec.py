@@ -25,6 +25,7 @@ class StageSpec:
     cpus: frozenset[int] | None = None  #: None: not pinned
     parent_pid: int = 0
     stage_index: int = 0  #: position in the trace (0 = source)
+    log_json: bool = False  #: headless: one JSON object per log line, like the supervisor
     fault: dict = field(default_factory=dict)  #: test hooks: {"kill_after": n frames, "corrupt_frame": n, "slow_ms": x}
 
     @property

@@ -21,7 +21,8 @@ __all__ = ["make_handler", "synthetic_params", "frame_order"]
 
 log = logging.getLogger("appliance.stage")
 N_CHANNELS = 4
-_STATE_SKIP = ("spec", "stats")
+_STATE_SKIP = ("spec", "stats", "heartbeat")
+DISK_FULL_RETRY_S = 1.0
 
 
 def synthetic_params(config):
@@ -52,6 +53,20 @@ class Handler:
         self.spec = spec
         self.stats = stats
         self.seen: set = set()
+        self.heartbeat = lambda: None  # the runtime sets it: refreshes the stage's ring heartbeats
+
+    def alert(self, message: str, **fields) -> None:
+        """Raise an alert: logged here, and picked up by the supervisor from alerts.jsonl."""
+        import json
+        import os
+
+        log.error("%s", message)
+        line = json.dumps({"t": time.time(), "kind": "alert", "stage": self.spec.name, "message": message, **fields}) + "\n"
+        fd = os.open(self.spec.state_dir / "alerts.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())  # one small O_APPEND write: lines never interleave
+        finally:
+            os.close(fd)
 
     def state(self) -> dict:
         return {k: v for k, v in vars(self).items() if k not in _STATE_SKIP}
@@ -108,6 +123,14 @@ class SourceHandler(Handler):
         period = 1e9 / cfg.source.rate_hz if cfg.source.rate_hz > 0 else 0
         next_ns = time.monotonic_ns()
         t_start = time.monotonic()
+        try:
+            return self._acquire(out, stop, frames, start, t_start, next_ns, period, run_id, inst_id)
+        finally:
+            self.stats.extra["drops"] = sum(p.statistics().drops for p in out.producers)
+            self.stats.extra["acquisition_s"] = time.monotonic() - t_start
+
+    def _acquire(self, out, stop, frames, start, t_start, next_ns, period, run_id, inst_id) -> bool:
+        cfg = self.spec.config
         for index, image in enumerate(frames):
             if index < start:
                 continue
@@ -134,8 +157,6 @@ class SourceHandler(Handler):
                 import signal
 
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook: the camera process crashes
-        self.stats.extra["drops"] = sum(p.statistics().drops for p in out.producers)
-        self.stats.extra["acquisition_s"] = time.monotonic() - t_start
         return True
 
 
@@ -191,7 +212,9 @@ class KernelHandler(Handler):
             from kernels.chain import ChainConfig, TileChain
 
             s = self.spec.config.source.synthetic
-            self.chains[tile] = TileChain((s.tile_size, s.tile_size), ChainConfig(psf_sigma=s.psf_sigma), dark=100.0)
+            # Dark level: the camera's offset (ADU) from the instrument model the source uses.
+            dark = float(synthetic_params(self.spec.config).offset)
+            self.chains[tile] = TileChain((s.tile_size, s.tile_size), ChainConfig(psf_sigma=s.psf_sigma), dark=dark)
         return self.chains[tile]
 
     def _mark_incomplete_before(self, tile: int, cycle: int) -> None:
@@ -332,18 +355,42 @@ class WriterHandler(Handler):
         data = slot.array()
         w = self.writer
         if kind == FrameKind.POSITIONS:
-            w.write_locs(tile, data)
+            self._retry(w.write_locs, tile, data)
         elif kind == FrameKind.INTENSITIES:
-            w.write_intensities(tile, cycle, data)
+            self._retry(w.write_intensities, tile, cycle, data)
         elif kind == FrameKind.FILTER:
-            w.write_filter(tile, data.astype(bool))
+            self._retry(w.write_filter, tile, data.astype(bool))
         elif kind == FrameKind.CALLS:
-            w.write_bcl(tile, cycle, data[0], data[1])
+            self._retry(w.write_bcl, tile, cycle, data[0], data[1])
             done = self.cycle_tiles.setdefault(cycle, set())
             done.add(tile)
             if len(done) == len(self.spec.config.run.tiles) and cycle not in self.completed:
-                w.complete_cycle(cycle)
+                self._retry(w.complete_cycle, cycle)
                 self.completed.add(cycle)
+
+    def _retry(self, write, *args) -> None:
+        """Write; on a full disk raise an alert and pause (retrying) until space is freed.
+
+        While the writer waits, the rings fill and upstream stages wait in turn: a full disk
+        becomes backpressure, then counted drops at the camera, never a partial file.
+        """
+        from appliance.runfolder import RunFolderFull
+
+        paused = None
+        while True:
+            try:
+                write(*args)
+            except RunFolderFull as exc:
+                if paused is None:
+                    paused = time.monotonic()
+                    self.alert(f"run folder full, the run is paused until space is freed: {exc}", path=str(exc.path))
+                self.heartbeat()  # paused on purpose, not hung
+                time.sleep(DISK_FULL_RETRY_S)
+                continue
+            if paused is not None:
+                log.warning("space freed: the run resumes after a %.0f s pause", time.monotonic() - paused)
+                self.stats.extra["disk_full_pause_s"] = self.stats.extra.get("disk_full_pause_s", 0.0) + time.monotonic() - paused
+            return
 
     def finish(self, out) -> None:
         lat = np.asarray(self.latency_ns, np.float64) / 1e6
@@ -359,8 +406,14 @@ class WriterHandler(Handler):
             inst = SyntheticInstrument(synthetic_params(cfg), seed=cfg.run.seed)
             fasta = self.spec.state_dir / "reference.fa"
             inst.write_reference_fasta(fasta)
-            self.writer.write_reference(fasta)
-        self.writer.complete()
+            self._retry(self.writer.write_reference, fasta)
+        missing = [c for c in range(1, cfg.run.cycles + 1) if c not in self.completed]
+        if missing:
+            # Stopped before every tile had clusters (too few cycles for a template): the
+            # folder stays without completion markers, so offload and tiering leave it alone.
+            self.alert(f"run ended with {len(missing)} of {cfg.run.cycles} cycles incomplete; the run folder is left incomplete (no completion markers)")
+            return
+        self._retry(self.writer.complete)
 
 
 def run_info(spec: StageSpec):

@@ -7,9 +7,10 @@ releases input frames only after a checkpoint that covers them (see ``_checkpoin
 every input has reached end of stream it calls ``handler.finish`` and closes its outputs,
 which propagates end of stream downstream: that is how a stop drains.
 
-SIGTERM (from the supervisor, or the kernel when the supervisor dies) only sets an event:
-the loop then checkpoints, detaches without end of stream (a successor may continue) and
-exits 0.
+SIGTERM only sets an event. When the supervisor has died (the kernel sends SIGTERM then),
+the loop checkpoints, detaches without end of stream and exits. While the supervisor lives,
+a SIGTERM (sent to the whole process group by a terminal or ``timeout``) is ignored: the
+supervisor drains the pipeline through the source, which ends the stream.
 """
 
 from __future__ import annotations
@@ -118,10 +119,15 @@ def _install_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which drains
 
 
-def _prepare_process(spec: StageSpec, stop: threading.Event) -> None:
-    logging.basicConfig(level=logging.DEBUG if os.environ.get("APPLIANCE_DEBUG") else logging.INFO, format=f"%(asctime)s %(levelname)s {spec.name}: %(message)s")
+def _prepare_process(spec: StageSpec, stop: threading.Event) -> rt.ParentWatch:
+    if spec.log_json:
+        from appliance.logjson import configure_logging
+
+        configure_logging(json=True, level=logging.INFO)
+    else:
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {spec.name}: %(message)s")
     _install_signals(stop)
-    rt.exit_when_parent_dies(spec.parent_pid or None)
+    return rt.exit_when_parent_dies(spec.parent_pid or None)
     if spec.cpus:
         try:
             rt.pin(spec.cpus)
@@ -153,7 +159,7 @@ def stage_main(spec: StageSpec) -> None:
     from appliance.pipeline import handlers
 
     stop = threading.Event()
-    _prepare_process(spec, stop)
+    watch = _prepare_process(spec, stop)
     stats = StageStats()
     handler = handlers.make_handler(spec, stats)
     state = load_checkpoint(spec.checkpoint_path)
@@ -173,7 +179,7 @@ def stage_main(spec: StageSpec) -> None:
                 pass
             finished = True
         else:
-            finished = _consume(spec, handler, emitter, stop, stats)
+            finished = _consume(spec, handler, emitter, stop, stats, watch)
         status = "finished" if finished else "stopped"
     except Stopping:
         status = "stopped"
@@ -184,8 +190,9 @@ def stage_main(spec: StageSpec) -> None:
     log.info("%s: %d frames in, %d out", status, stats.frames_in, stats.frames_out)
 
 
-def _consume(spec: StageSpec, handler, emitter: Emitter, stop: threading.Event, stats: StageStats) -> bool:
+def _consume(spec: StageSpec, handler, emitter: Emitter, stop: threading.Event, stats: StageStats, watch: rt.ParentWatch) -> bool:
     consumers = [rt.Consumer(name) for name in spec.inputs]
+    handler.heartbeat = lambda: [c.heartbeat() for c in consumers]
     verify = spec.stage in spec.config.verify_at
     release_every = max(1, min(c.geometry.n_slots for c in consumers) // 2)
     pending = [0] * len(consumers)
@@ -208,8 +215,14 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stop: threading.Event, 
     try:
         while active:
             if stop.is_set():
-                checkpoint()
-                return False
+                if watch.parent_alive():
+                    # A SIGTERM to the whole process group (a terminal, `timeout`, `kill -- -PGID`):
+                    # the supervisor is alive and drains the pipeline through the source.
+                    stop.clear()
+                    log.info("SIGTERM while the supervisor lives: draining with the pipeline")
+                else:
+                    checkpoint()
+                    return False
             got = False
             for i in list(active):
                 try:

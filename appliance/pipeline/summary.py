@@ -102,10 +102,11 @@ def summarize(config: RunConfig, run_id: str, run_dir: Path, stages: dict, wall_
         "raw_bytes": raw_bytes,
         "output_bytes": written,
         "data_reduction": raw_bytes / written if written else None,
+        "run_complete": (run_dir / "CopyComplete.txt").exists(),
         "stages": stages,
         "events": events,
     }
-    if config.source.kind == "synthetic" and config.stages["writer"].mode == "disk" and (run_dir / "RunInfo.xml").exists():
+    if config.source.kind == "synthetic" and config.stages["writer"].mode == "disk" and summary["run_complete"]:
         summary["accuracy"] = score_against_truth(config, run_dir)
     return summary
 
@@ -132,5 +133,5 @@ def format_summary(s: dict) -> str:
             f"clusters detected {acc['clusters_detected']} of {acc['clusters_truth']} (recall {acc['recall'] * 100:.1f}%), "
             f"pass filter {acc['pass_filter_fraction'] * 100:.1f}%"
         )
-    lines.append(f"output: {s['output']}")
+    lines.append(f"output: {s['output']}" + ("" if s.get("run_complete", True) else " (incomplete: stopped before every cycle was written)"))
     return "\n".join(lines)

@@ -162,12 +162,14 @@ def new_run_id(config: RunConfig, root: Path) -> str:
 class Supervisor:
     """Runs one instrument run: ``run()`` returns the summary dict or raises SupervisorError."""
 
-    def __init__(self, config: RunConfig, *, run_id: str | None = None, faults: dict[str, dict] | None = None, notifier=None) -> None:
+    def __init__(self, config: RunConfig, *, run_id: str | None = None, faults: dict[str, dict] | None = None, notifier=None, log_json: bool = False) -> None:
         self.config = config
+        self.log_json = log_json
         self.root = Path(config.output.root).resolve()
         self.run_id = run_id or new_run_id(config, self.root)
         self.run_dir = self.root / self.run_id
-        self.state_dir = self.root / ".state" / self.run_id
+        state_root = Path(config.output.state_root).resolve() if config.output.state_root else self.root / ".state"
+        self.state_dir = state_root / self.run_id
         self.faults = faults or {}
         self.notifier = notifier
         self.stop_requested = threading.Event()
@@ -208,7 +210,7 @@ class Supervisor:
                         stage=stage, replica=r, inputs=tuple(inputs), outputs=tuple(outputs), config=cfg,
                         run_id=self.run_id, run_dir=self.run_dir, state_dir=self.state_dir,
                         cpus=cpus.assignments[name], parent_pid=os.getpid(), stage_index=index,
-                        fault=self.faults.get(name, {}),
+                        fault=self.faults.get(name, {}), log_json=self.log_json,
                     )
                 )
         return specs
@@ -271,7 +273,7 @@ class Supervisor:
             for spec in reversed(specs):  # consumers first, so the source finds them attached
                 self._spawn(spec)
             if self.notifier is not None:
-                self.notifier.ready()
+                self.notifier.ready(status=f"run {self.run_id}: acquiring")
             self._watch()
         except BaseException:
             self._terminate_all()
@@ -288,6 +290,9 @@ class Supervisor:
     def _watch(self) -> None:
         pending_restarts: dict[str, float] = {}
         drain_sent = False
+        drops_seen = 0
+        next_drop_check = 0.0
+        alerts_offset = 0
         hb_timeout = self.config.supervisor.heartbeat_timeout_s
         while True:
             if self.stop_requested.is_set() and not drain_sent:
@@ -297,6 +302,14 @@ class Supervisor:
                 if src is not None and src.is_alive():
                     src.terminate()  # the source ends the stream; the rest drains
             now = time.monotonic()
+            if now >= next_drop_check:
+                next_drop_check = now + 1.0
+                alerts_offset = self._read_alerts(alerts_offset)
+                drops = self._camera_drops()
+                if drops > drops_seen:
+                    self._event("alert", f"camera buffer full: {drops - drops_seen} frames dropped (total {drops}); the pipeline is slower than the camera", drops=drops)
+                    log.error("camera buffer full: %d frames dropped so far", drops)
+                    drops_seen = drops
             for name, proc in list(self._procs.items()):
                 if name in pending_restarts:
                     if now >= pending_restarts[name]:
@@ -322,10 +335,36 @@ class Supervisor:
                     self._event("error", action.reason, stage=name)
                     raise SupervisorError(action.reason + ": the run is incomplete; see the stage's log above")
             if not self._procs:
+                self._read_alerts(alerts_offset)
                 return
             if self.notifier is not None:
-                self.notifier.watchdog()
+                self.notifier.watchdog_if_due()  # only from this loop: a hung loop stops the pings
             time.sleep(0.05)
+
+    def _read_alerts(self, offset: int) -> int:
+        """Collect alerts the stages appended to alerts.jsonl since ``offset``."""
+        path = self.state_dir / "alerts.jsonl"
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return offset
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].splitlines():
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self._event(ev.pop("kind", "alert"), ev.pop("message", ""), **ev)
+        return offset + end
+
+    def _camera_drops(self) -> int:
+        total = 0
+        for ring in self._rings:
+            if ".raw." in ring.name:
+                total += ring.statistics().drops
+        return total
 
     def _heartbeat_age(self, name: str) -> float | None:
         """Oldest heartbeat of this process's ring ends (None when it has no input rings)."""

@@ -89,7 +89,7 @@ def _drifting_profile(tmp_path: Path) -> Path:
 
 
 def test_run_strict_refuses_on_tuning_drift(tmp_path, capsys):
-    assert main(["run", "--profile", str(_drifting_profile(tmp_path)), "--strict", "--quick"]) == 1
+    assert main(["run", "--profile", str(_drifting_profile(tmp_path)), "--strict"]) == 1
     err = capsys.readouterr().err
     assert "vm.swappiness" in err and "sysconfig apply" in err
 

@@ -85,3 +85,39 @@ def test_slow_writer_backpressures_without_loss(tmp_path):
     assert summary["frames_dropped"] == 0 and summary["incomplete_cycles"] == 0
     assert RunFolder(tmp_path / RUN_ID).is_complete
     assert summary["accuracy"]["error_rate"] <= 0.01
+
+
+@pytest.mark.rt
+def test_full_disk_pauses_the_run_alerts_and_resumes(tmp_path):
+    import os
+    import subprocess
+    import threading
+    import time
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs as the data root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (7 << 20))  # leaves ~1 MiB: less than the run writes
+        cfg = config(disk, f'output.state_root="{tmp_path / "state"}"')
+        sup = Supervisor(cfg, run_id=RUN_ID)
+        result = {}
+        thread = threading.Thread(target=lambda: result.update(sup.run()))
+        thread.start()
+        deadline = time.monotonic() + 120
+        while not any("run folder full" in e["message"] for e in sup.events):
+            assert thread.is_alive() and time.monotonic() < deadline, "no disk-full alert"
+            time.sleep(0.2)
+        assert not list(disk.rglob("*.tmp*")), "a partial file was left behind"
+        filler.unlink()  # the operator frees space: the run resumes
+        thread.join(120)
+        assert not thread.is_alive()
+        assert result["frames_dropped"] == 0 and result["incomplete_cycles"] == 0
+        assert RunFolder(disk / RUN_ID).verify() == []
+        assert result["accuracy"]["error_rate"] <= 0.01
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -1,0 +1,49 @@
+"""The run folder: the Illumina-style handoff between the pipeline and everything downstream.
+
+``RunFolderWriter`` writes ``RunInfo.xml``, ``.locs``, ``.filter``, per-cycle ``.bcl``, the
+project's per-cycle intensities (``.npy``), the reference FASTA, a manifest with a CRC32C
+per file, and completion markers; every file atomically (temp name, fsync, rename). picard's
+``IlluminaBasecallsToFastq`` reads the result. ``RunFolder`` reads it back and verifies it.
+See docs/run-folder.md.
+"""
+
+from appliance.runfolder.errors import RunFolderError, RunFolderFull
+from appliance.runfolder.folder import RunFolder
+from appliance.runfolder.formats import (
+    NO_CALL,
+    decode_bcl,
+    decode_filter,
+    decode_locs,
+    decode_runinfo,
+    encode_bcl,
+    encode_filter,
+    encode_locs,
+    encode_runinfo,
+)
+from appliance.runfolder.intensities import decode_intensities, encode_intensities
+from appliance.runfolder.layout import Layout
+from appliance.runfolder.manifest import FileEntry, Manifest
+from appliance.runfolder.runinfo import RunInfo
+from appliance.runfolder.writer import RunFolderWriter
+
+__all__ = [
+    "NO_CALL",
+    "FileEntry",
+    "Layout",
+    "Manifest",
+    "RunFolder",
+    "RunFolderError",
+    "RunFolderFull",
+    "RunFolderWriter",
+    "RunInfo",
+    "decode_bcl",
+    "decode_filter",
+    "decode_intensities",
+    "decode_locs",
+    "decode_runinfo",
+    "encode_bcl",
+    "encode_filter",
+    "encode_intensities",
+    "encode_locs",
+    "encode_runinfo",
+]

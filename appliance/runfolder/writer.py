@@ -1,0 +1,355 @@
+"""``RunFolderWriter``: writes one run's folder, file by file, crash-safe and idempotent.
+
+Every file goes through :func:`write_atomic` (temp name, fsync, rename, fsync of the
+directory). Writing the same content twice gives the same bytes (no clock is read). A file
+already listed complete in the manifest is never changed: writing it again with the same
+content does nothing, with different content raises. Re-opening a folder (after a crash)
+checks it belongs to the same run, removes temp files of dead writers, and continues.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from appliance.runfolder import formats
+from appliance.runfolder import intensities as _intens
+from appliance.runfolder import manifest as _manifest
+from appliance.runfolder._atomic import (
+    Written,
+    checksum_file,
+    crc32c_hex,
+    ensure_dir,
+    remove_stale_temps,
+    write_atomic,
+)
+from appliance.runfolder.errors import RunFolderError
+from appliance.runfolder.layout import (
+    COPY_COMPLETE,
+    INTENSITIES_INDEX,
+    REFERENCE,
+    RTA_COMPLETE,
+    RUN_MANIFEST,
+    RUNINFO,
+    Layout,
+)
+from appliance.runfolder.manifest import FileEntry
+from appliance.runfolder.runinfo import RunInfo
+
+Chunks = Callable[[], Iterable[bytes | bytearray | memoryview]]
+_COPY = 8 << 20
+
+
+class RunFolderWriter:
+    """Writes ``root/<run_id>/`` for ``info``; re-opening an existing folder resumes it.
+
+    ``channels`` names the intensity columns (recorded in the intensities index);
+    ``intensities=False`` writes no intensities, and then cycles complete without them.
+    Several writers (processes split by tile) may share one folder; whichever calls
+    :meth:`complete_cycle` checks that every tile's files are there.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        info: RunInfo,
+        *,
+        channels: tuple[str, ...] = ("A", "C", "G", "T"),
+        intensities: bool = True,
+    ) -> None:
+        if not isinstance(info, RunInfo):
+            raise TypeError(f"info: expected a RunInfo, got {type(info).__name__}")
+        if not channels or len(set(channels)) != len(channels):
+            raise ValueError(f"channels={channels!r}: must be unique, non-empty channel names")
+        self.info = info
+        self.layout = Layout(info.lane)
+        self.path = Path(root) / info.run_id
+        self.channels = tuple(channels)
+        self.intensities = intensities
+        self._written: dict[str, Written] = {}
+        self._clusters: dict[int, int] = {}
+
+        ensure_dir(self.path)
+        runinfo = self.path / RUNINFO
+        if runinfo.exists():
+            on_disk = formats.decode_runinfo(runinfo.read_bytes())
+            if on_disk != info:
+                diff = ", ".join(
+                    f"{k}: {getattr(on_disk, k)!r} on disk vs {getattr(info, k)!r} given"
+                    for k in info.__dataclass_fields__
+                    if getattr(on_disk, k) != getattr(info, k)
+                )
+                raise RunFolderError(
+                    f"{self.path} holds a different run ({diff}); use a new run id or move "
+                    "that folder away"
+                )
+        remove_stale_temps(self.path)
+        m = _manifest.load(self.path, info.run_id)
+        self._complete_cycles: dict[int, dict[str, FileEntry]] = {
+            c: {e.path: e for e in entries} for c, entries in m.cycles.items()
+        }
+        self._run_entries = {e.path: e for e in m.run_files}
+        self._run_complete = m.complete
+        self._put(RUNINFO, lambda: [formats.encode_runinfo(info)])
+        if intensities:
+            self._put(INTENSITIES_INDEX, lambda: [_intens.encode_index(info, self.channels)])
+
+    # -- public writes ------------------------------------------------------------------------
+
+    def write_locs(self, tile: int, xy) -> None:
+        """Cluster positions of ``tile``: float32 (N, 2) of (x, y)."""
+        self._tile(tile)
+        data = formats.encode_locs(xy)
+        self._count(tile, (len(data) - 12) // 8, "locs")
+        self._put(self.layout.locs(tile), lambda: [data])
+
+    def write_filter(self, tile: int, passed) -> None:
+        """Pass-filter flags of ``tile``: bool (N,)."""
+        self._tile(tile)
+        data = formats.encode_filter(passed)
+        self._count(tile, len(data) - 12, "filter")
+        self._put(self.layout.filter(tile), lambda: [data])
+
+    def write_bcl(self, tile: int, cycle: int, bases, quals) -> None:
+        """Base calls of ``tile`` at ``cycle``: bases uint8 (N,) 0..3 = ACGT, 4 = no-call;
+        quals uint8 (N,) Phred."""
+        self._tile(tile)
+        self._cycle(cycle)
+        data = formats.encode_bcl(bases, quals)
+        self._count(tile, len(data) - 4, f"bcl of cycle {cycle}")
+        self._put(self.layout.bcl(tile, cycle), lambda: [data])
+
+    def write_intensities(self, tile: int, cycle: int, intensities) -> None:
+        """Cluster intensities of ``tile`` at ``cycle``: float32 (N, channels)."""
+        if not self.intensities:
+            raise RunFolderError(
+                "this writer was opened with intensities=False; open it with "
+                "intensities=True to write intensities"
+            )
+        self._tile(tile)
+        self._cycle(cycle)
+        head, arr = _intens.encode_intensities(intensities, len(self.channels))
+        self._count(tile, arr.shape[0], f"intensities of cycle {cycle}")
+        self._put(self.layout.intensities(tile, cycle), lambda: [head, arr], len(head) + arr.nbytes)
+
+    def write_reference(self, fasta: bytes | bytearray | memoryview | str | os.PathLike) -> None:
+        """The reference genome (FASTA) of a synthetic run, from bytes or a file path."""
+        if isinstance(fasta, (bytes, bytearray, memoryview)):
+            data = bytes(fasta)
+            if not data.startswith(b">"):
+                raise ValueError(
+                    "fasta: FASTA content must start with '>' (a sequence header line)"
+                )
+            self._put(REFERENCE, lambda: [data])
+            return
+        src = Path(fasta)
+        if not src.is_file():
+            raise ValueError(
+                f"fasta: {src} is not a file; pass FASTA bytes or the path of a FASTA file"
+            )
+        with open(src, "rb") as f:
+            if f.read(1) != b">":
+                raise ValueError(f"fasta: {src} does not start with '>'; not a FASTA file")
+
+        def chunks():
+            with open(src, "rb") as f:
+                while b := f.read(_COPY):
+                    yield b
+
+        self._put(REFERENCE, chunks, src.stat().st_size)
+
+    # -- completion ---------------------------------------------------------------------------
+
+    def cycle_files(self, cycle: int) -> list[str]:
+        """The files (relative paths) a complete ``cycle`` consists of."""
+        self._cycle(cycle)
+        files = [self.layout.bcl(t, cycle) for t in self.info.tiles]
+        if self.intensities:
+            files += [self.layout.intensities(t, cycle) for t in self.info.tiles]
+        return files
+
+    def missing(self, cycle: int) -> list[str]:
+        """The files of ``cycle`` not written yet (empty when it can be completed)."""
+        return [p for p in self.cycle_files(cycle) if not (self.path / p).is_file()]
+
+    def complete_cycle(self, cycle: int) -> None:
+        """List ``cycle``'s files (every tile) with checksums in its manifest; raise
+        :class:`RunFolderError` naming the missing files if a tile is not written yet.
+        Completing a complete cycle again does nothing."""
+        missing = self.missing(cycle)
+        if missing:
+            raise RunFolderError(
+                f"cycle {cycle} cannot be completed: {len(missing)} file(s) not "
+                f"written yet: {', '.join(missing)}"
+            )
+        if cycle not in self._complete_cycles:
+            if self._run_complete:
+                raise RunFolderError(
+                    f"{self.path}: the run is complete; nothing is written after complete()"
+                )
+            entries = [self._entry(p) for p in self.cycle_files(cycle)]
+            data = _manifest.encode_cycle(self.info.run_id, cycle, entries)
+            self._put(Layout.cycle_manifest(cycle), lambda: [data])
+            self._complete_cycles[cycle] = {e.path: e for e in entries}
+        # (also on a repeat: a crash may have come between the manifest and the marker)
+        read = self.info.read_of_cycle(cycle)
+        if all(c in self._complete_cycles for c in self.info.read_cycles(read)):
+            self._marker(Layout.read_complete(read))
+
+    @property
+    def complete_cycles(self) -> tuple[int, ...]:
+        return tuple(sorted(self._complete_cycles))
+
+    @property
+    def is_complete(self) -> bool:
+        return self._run_complete
+
+    def complete(self) -> None:
+        """Finalise: write the run manifest, then the completion markers (RTAComplete.txt,
+        CopyComplete.txt). Needs every cycle complete and every tile's locs and filter.
+        Nothing is written after; completing again does nothing."""
+        if self._run_complete:
+            self._markers()  # a crash may have come between the run manifest and the markers
+            return
+        todo = [c for c in range(1, self.info.n_cycles + 1) if c not in self._complete_cycles]
+        if todo:
+            raise RunFolderError(
+                f"the run cannot be completed: cycle(s) {_ranges(todo)} are not "
+                "complete; call complete_cycle() for each first"
+            )
+        run_files = [RUNINFO]
+        for t in self.info.tiles:
+            run_files += [self.layout.locs(t), self.layout.filter(t)]
+        missing = [p for p in run_files if not (self.path / p).is_file()]
+        if missing:
+            raise RunFolderError(
+                f"the run cannot be completed: not written yet: {', '.join(missing)}"
+            )
+        if self.intensities:
+            run_files.append(INTENSITIES_INDEX)
+        if (self.path / REFERENCE).is_file():
+            run_files.append(REFERENCE)
+        run_files += [Layout.cycle_manifest(c) for c in range(1, self.info.n_cycles + 1)]
+        entries = [self._entry(p) for p in run_files]
+        data = _manifest.encode_run(self.info.run_id, self.info.n_cycles, entries)
+        self._put(RUN_MANIFEST, lambda: [data])
+        self._run_entries = {e.path: e for e in entries}
+        self._run_complete = True
+        self._markers()
+
+    def _markers(self) -> None:
+        # Markers last: their presence promises the run manifest is complete.
+        for read in range(1, len(self.info.reads) + 1):
+            self._marker(Layout.read_complete(read))
+        self._marker(RTA_COMPLETE)
+        self._marker(COPY_COMPLETE)
+
+    def _marker(self, rel: str) -> None:
+        """An empty completion marker (not a data file, so not in the manifest)."""
+        path = self.path / rel
+        if not path.is_file():
+            write_atomic(path, [b""], 0)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _tile(self, tile: int) -> None:
+        if tile not in self.info.tiles:
+            raise ValueError(
+                f"tile={tile!r}: not a tile of this run; allowed {list(self.info.tiles)}"
+            )
+
+    def _cycle(self, cycle: int) -> None:
+        if (
+            isinstance(cycle, bool)
+            or not isinstance(cycle, (int, np.integer))
+            or not 1 <= cycle <= self.info.n_cycles
+        ):
+            raise ValueError(f"cycle={cycle!r}: allowed 1..{self.info.n_cycles}")
+
+    def _count(self, tile: int, n: int, what: str) -> None:
+        """Every file of a tile has the same clusters; learn the count from disk on resume."""
+        known = self._clusters.get(tile)
+        if known is None:
+            known = self._count_on_disk(tile)
+        if known is not None and known != n:
+            raise ValueError(
+                f"tile {tile}: the {what} has {n} clusters, but the tile's other "
+                f"files have {known}; every file of a tile lists the same clusters"
+            )
+        self._clusters[tile] = n
+
+    def _count_on_disk(self, tile: int) -> int | None:
+        probes = [("locs", self.layout.locs(tile)), ("filter", self.layout.filter(tile))]
+        probes += [("bcl", self.layout.bcl(tile, c)) for c in range(1, self.info.n_cycles + 1)]
+        for kind, rel in probes:
+            try:
+                with open(self.path / rel, "rb") as f:
+                    head = f.read(12)
+            except FileNotFoundError:
+                continue
+            if len(head) >= (4 if kind == "bcl" else 12):
+                return formats.cluster_count(kind, head)
+        return None
+
+    def _listed(self, rel: str) -> FileEntry | None:
+        for entries in self._complete_cycles.values():
+            if rel in entries:
+                return entries[rel]
+        return self._run_entries.get(rel)
+
+    def _put(self, rel: str, chunks: Chunks, size: int | None = None) -> None:
+        listed = self._listed(rel)
+        path = self.path / rel
+        if listed is not None:
+            size_now, crc = crc32c_hex(chunks())
+            if (
+                crc == listed.crc32c
+                and size_now == listed.size
+                and path.is_file()
+                and path.stat().st_size == listed.size
+            ):
+                return  # already there, complete, identical: nothing to do
+            raise RunFolderError(
+                f"{rel} is listed complete in the manifest with other content (or is damaged "
+                "on disk); a complete file never changes. Write different data under a new run id"
+            )
+        if self._run_complete:
+            raise RunFolderError(
+                f"{self.path}: the run is complete; nothing is written after "
+                f"complete() (tried to write {rel})"
+            )
+        content = chunks()
+        if size is None and isinstance(content, list):
+            size = sum(memoryview(c).nbytes for c in content)
+        ensure_dir(path.parent, path, size)
+        self._written[rel] = write_atomic(path, content, size)
+
+    def _entry(self, rel: str) -> FileEntry:
+        """A manifest entry for a file on disk: from what this writer wrote when the file is
+        still that one (same inode, size and mtime), else read back from disk."""
+        path = self.path / rel
+        w = self._written.get(rel)
+        st = path.stat()
+        if w is not None and (w.inode, w.size, w.mtime_ns) == (
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+        ):
+            return FileEntry(rel, w.size, w.crc32c)
+        size, crc = checksum_file(path)
+        return FileEntry(rel, size, crc)
+
+
+def _ranges(xs: list[int]) -> str:
+    out, start, prev = [], xs[0], xs[0]
+    for x in xs[1:] + [None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if x is not None:
+            start = prev = x
+    return ", ".join(out)
