@@ -20,6 +20,7 @@ __all__ = [
     "RunSection",
     "SourceSection",
     "SyntheticSection",
+    "GenICamSection",
     "StageSection",
     "EdgeSection",
     "CpuSection",
@@ -93,16 +94,43 @@ class SyntheticSection:
 
 
 @dataclass(frozen=True)
+class GenICamSection:
+    """A GenICam camera through harvesters (see docs/genicam.md); 0 / "" keep the camera's own setting."""
+
+    cti: str = ""
+    serial: str = ""
+    pixel_format: str = "Mono16"
+    width: int = 0
+    height: int = 0
+    exposure_us: float = 0.0
+    frame_rate_hz: float = 0.0
+    num_buffers: int = 16
+    timeout_s: float = 5.0
+
+    def validate(self, key: str) -> None:
+        if self.pixel_format not in ("Mono8", "Mono10", "Mono12", "Mono14", "Mono16"):
+            raise _err(f"{key}.pixel_format", self.pixel_format, "Mono8, Mono10, Mono12, Mono14 or Mono16")
+        for k in ("width", "height"):
+            if not 0 <= getattr(self, k) <= 16384:
+                raise _err(f"{key}.{k}", getattr(self, k), "0 (the camera's) to 16384 px")
+        if not 1 <= self.num_buffers <= 1024:
+            raise _err(f"{key}.num_buffers", self.num_buffers, "1 to 1024")
+        if not 0 < self.timeout_s <= 600:
+            raise _err(f"{key}.timeout_s", self.timeout_s, "more than 0 and at most 600 seconds")
+
+
+@dataclass(frozen=True)
 class SourceSection:
     kind: str = "synthetic"
     rate_hz: float = 100.0
     prerender: bool = True
     replay_path: str = ""
     synthetic: SyntheticSection = field(default_factory=SyntheticSection)
+    genicam: GenICamSection = field(default_factory=GenICamSection)
 
     def validate(self, key: str) -> None:
-        if self.kind not in ("synthetic", "replay"):
-            raise _err(f"{key}.kind", self.kind, "synthetic or replay (genicam is not built yet)")
+        if self.kind not in ("synthetic", "replay", "genicam"):
+            raise _err(f"{key}.kind", self.kind, "synthetic, replay or genicam")
         if not 0 <= self.rate_hz <= 100_000:
             raise _err(f"{key}.rate_hz", self.rate_hz, "0 (unthrottled) to 100000 frames/s")
         if self.kind == "replay" and not self.replay_path:
@@ -115,6 +143,7 @@ class StageSection:
     budget_ms: float = 100.0
     backend: str = "auto"
     mode: str = "disk"
+    algorithm: str = "chain"
 
     def validate(self, key: str) -> None:
         if not isinstance(self.replicas, int) or not 1 <= self.replicas <= 64:
@@ -125,6 +154,8 @@ class StageSection:
             raise _err(f"{key}.backend", self.backend, "auto, numpy or cupy")
         if self.mode not in ("disk", "null"):
             raise _err(f"{key}.mode", self.mode, "disk or null")
+        if self.algorithm not in ("chain", "passthrough"):
+            raise _err(f"{key}.algorithm", self.algorithm, "chain or passthrough")
 
 
 @dataclass(frozen=True)
@@ -300,8 +331,9 @@ def default_config() -> RunConfig:
 def _from_dict(d: dict) -> RunConfig:
     src = dict(d["source"])
     synthetic = _build(SyntheticSection, src.pop("synthetic"), "source.synthetic")
+    genicam = _build(GenICamSection, src.pop("genicam"), "source.genicam")
     source = _build(SourceSection, src, "source")
-    source = dataclasses.replace(source, synthetic=synthetic)
+    source = dataclasses.replace(source, synthetic=synthetic, genicam=genicam)
     stages = {}
     for name in STAGES:
         stages[name] = _build(StageSection, d["stages"][name], f"stages.{name}")
@@ -312,6 +344,8 @@ def _from_dict(d: dict) -> RunConfig:
     if hugepages not in ("none", "auto", "2M", "1G"):
         raise _err("edges.hugepages", hugepages, "none, auto, 2M or 1G")
     edges = {name: _build(EdgeSection, edges_raw[name], f"edges.{name}") for name in EDGES}
+    if source.kind != "synthetic" and stages["kernel"].algorithm == "chain" and source.kind == "genicam":
+        raise _err("stages.kernel.algorithm", "chain", "passthrough with source.kind = genicam until the chain is calibrated for a real camera (dark, flat, PSF)")
     verify_at = d["integrity"]["verify_at"]
     if not isinstance(verify_at, list) or any(v not in STAGES for v in verify_at):
         raise _err("integrity.verify_at", verify_at, f"a list of stage names from {', '.join(STAGES)}")

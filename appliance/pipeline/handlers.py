@@ -93,8 +93,22 @@ class SourceHandler(Handler):
         super().__init__(spec, stats)
         self.order = frame_order(spec.config)
 
-    def _frames(self):
+    def _frames(self, start: int = 0):
         cfg = self.spec.config
+        if cfg.source.kind == "genicam":
+            from appliance.genicam import GenICamCamera
+
+            g = cfg.source.genicam
+            with GenICamCamera(
+                g.cti or None, g.serial or None, g.pixel_format, g.width or None, g.height or None,
+                g.exposure_us or None, frame_rate_hz=g.frame_rate_hz or cfg.source.rate_hz or None,
+                num_buffers=g.num_buffers,
+            ) as cam:
+                log.info("camera: %s", cam.info())
+                # A live camera: frames before `start` were acquired by the previous instance.
+                yield from ([None] * start)
+                yield from cam.frames(len(self.order) - start, timeout_s=g.timeout_s)
+            return
         if cfg.source.kind == "replay":
             root = Path(cfg.source.replay_path)
             for tile, cycle, ch in self.order:
@@ -113,14 +127,15 @@ class SourceHandler(Handler):
         cfg = self.spec.config
         # Resume after a restart: frames already committed or dropped are not sent again.
         start = sum(p.statistics().written + p.statistics().drops for p in out.producers)
-        frames = self._frames()
-        if cfg.source.prerender:
+        frames = self._frames(start)
+        if cfg.source.prerender and cfg.source.kind != "genicam":
             t0 = time.monotonic()
             frames = list(frames)
             log.info("pre-rendered %d frames in %.1f s", len(frames), time.monotonic() - t0)
         run_id = self.spec.run_id.encode()[:32]
         inst_id = cfg.run.instrument_id.encode()[:16]
-        period = 1e9 / cfg.source.rate_hz if cfg.source.rate_hz > 0 else 0
+        # A real camera paces itself; the synthetic one and replays are paced here.
+        period = 1e9 / cfg.source.rate_hz if cfg.source.rate_hz > 0 and cfg.source.kind != "genicam" else 0
         next_ns = time.monotonic_ns()
         t_start = time.monotonic()
         try:
@@ -209,12 +224,14 @@ class KernelHandler(Handler):
 
     def _chain(self, tile: int):
         if tile not in self.chains:
+            from kernels._backend import get_backend
             from kernels.chain import ChainConfig, TileChain
 
             s = self.spec.config.source.synthetic
+            backend = get_backend(self.spec.config.stages["kernel"].backend)
             # Dark level: the camera's offset (ADU) from the instrument model the source uses.
             dark = float(synthetic_params(self.spec.config).offset)
-            self.chains[tile] = TileChain((s.tile_size, s.tile_size), ChainConfig(psf_sigma=s.psf_sigma), dark=dark)
+            self.chains[tile] = TileChain((s.tile_size, s.tile_size), ChainConfig(psf_sigma=s.psf_sigma), dark=dark, xp=backend.xp)
         return self.chains[tile]
 
     def _mark_incomplete_before(self, tile: int, cycle: int) -> None:
@@ -227,9 +244,11 @@ class KernelHandler(Handler):
         chain = self.chains.get(tile)
         if chain is None or not chain.ready:
             return
+        from kernels._backend import to_host
+
         h = self.headers[tile]
         if tile not in self.positions_sent:
-            out.emit(FrameKind.POSITIONS, tile, 0, 0, np.asarray(chain.positions, np.float32), source_header=h)
+            out.emit(FrameKind.POSITIONS, tile, 0, 0, to_host(chain.positions).astype(np.float32), source_header=h)
             self.positions_sent.add(tile)
         c = self.next_cycle.get(tile, 1)
         while (tile, c) in self.results or (tile, c) in self.incomplete:
@@ -258,8 +277,12 @@ class KernelHandler(Handler):
             self.stacks[(tile, cycle)] = (stack, have)
             return
         self.stacks.pop((tile, cycle), None)
-        for r in self._chain(tile).push(cycle, stack):
-            self.results[(tile, r.cycle)] = np.asarray(r.intensities, np.float32)
+        from kernels._backend import to_host
+
+        chain = self._chain(tile)
+        # The one host-to-device copy per cycle (a no-op on the NumPy backend), and back.
+        for r in chain.push(cycle, chain.xp.asarray(stack)):
+            self.results[(tile, r.cycle)] = to_host(r.intensities).astype(np.float32)
         self._flush(tile, out)
 
     def finish(self, out) -> None:
@@ -275,6 +298,16 @@ class KernelHandler(Handler):
             chain = self.chains.get(tile)
             if chain is None or not chain.ready:
                 log.error("tile %d: too few complete cycles to build the cluster template; no output for this tile", tile)
+
+
+class PassthroughHandler(Handler):
+    """Forwards every frame unchanged (``stages.kernel.algorithm = "passthrough"``): measures
+    the data path alone, or carries a real camera's frames to disk before the chain is
+    calibrated for it."""
+
+    def on_frame(self, slot, out) -> None:
+        h = slot.header
+        out.emit(int(h["kind"]), int(h["tile"]), int(h["cycle"]), int(h["channel"]), slot.array(), source_header=h, flags=int(h["flags"]))
 
 
 class BasecallHandler(Handler):
@@ -327,15 +360,20 @@ class WriterHandler(Handler):
         self.completed: set = set()
         self.null = spec.config.stages["writer"].mode == "null"
         self._writer = None
+        self._raw_fd = self._hdr_fd = None
+        self.raw_bytes = 0
+        self.raw_frames = 0
 
     def state(self) -> dict:
         d = super().state()
-        d.pop("_writer", None)
+        for k in ("_writer", "_raw_fd", "_hdr_fd"):
+            d.pop(k, None)
         return d
 
     def restore(self, state: dict) -> None:
         super().restore(state)
         self._writer = None
+        self._raw_fd = self._hdr_fd = None
 
     @property
     def writer(self):
@@ -348,9 +386,11 @@ class WriterHandler(Handler):
     def on_frame(self, slot, out) -> None:
         h = slot.header
         kind, tile, cycle = int(h["kind"]), int(h["tile"]), int(h["cycle"])
-        log.debug("frame kind=%d tile=%d cycle=%d seq=%d", kind, tile, cycle, int(h["seq"]))
         self.latency_ns.append(time.monotonic_ns() - int(h["t_mono_ns"]))
         if self.null:
+            return
+        if kind == FrameKind.IMAGE:
+            self._retry(self._append_raw, slot)
             return
         data = slot.array()
         w = self.writer
@@ -367,6 +407,38 @@ class WriterHandler(Handler):
             if len(done) == len(self.spec.config.run.tiles) and cycle not in self.completed:
                 self._retry(w.complete_cycle, cycle)
                 self.completed.add(cycle)
+
+    def _append_raw(self, slot) -> None:
+        """Passthrough runs: append the frame to Raw/frames.bin (sequential, fsynced every
+        64 frames and at the end) and its header to Raw/headers.bin."""
+        import os
+
+        if getattr(self, "_raw_fd", None) is None:
+            raw = self.spec.run_dir / "Raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            # Resume after a restart at the size the checkpoint recorded (a frame written after
+            # it is written again, byte for byte).
+            self._raw_fd = os.open(raw / "frames.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+            self._hdr_fd = os.open(raw / "headers.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+            os.ftruncate(self._raw_fd, self.raw_bytes)
+            os.ftruncate(self._hdr_fd, self.raw_frames * 256)
+        payload = slot.payload
+        try:
+            os.pwrite(self._raw_fd, payload, self.raw_bytes)
+            os.pwrite(self._hdr_fd, slot.header.tobytes(), self.raw_frames * 256)
+        except OSError as exc:
+            import errno
+
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                from appliance.runfolder import RunFolderFull
+
+                raise RunFolderFull(f"{self.spec.run_dir / 'Raw'}: no space for a {payload.nbytes}-byte frame: free space on {self.spec.run_dir}") from exc
+            raise
+        self.raw_bytes += payload.nbytes
+        self.raw_frames += 1
+        if self.raw_frames % 64 == 0:
+            os.fsync(self._raw_fd)
+            os.fsync(self._hdr_fd)
 
     def _retry(self, write, *args) -> None:
         """Write; on a full disk raise an alert and pause (retrying) until space is freed.
@@ -400,6 +472,13 @@ class WriterHandler(Handler):
         if self.null:
             return
         cfg = self.spec.config
+        if self._raw_fd is not None:
+            import os
+
+            os.fsync(self._raw_fd)
+            os.fsync(self._hdr_fd)
+        if cfg.stages["kernel"].algorithm == "passthrough":
+            return  # raw frames only: no run folder to complete
         if cfg.source.kind == "synthetic":
             from kernels.synthetic import SyntheticInstrument
 
@@ -441,4 +520,6 @@ _HANDLERS = {
 
 
 def make_handler(spec: StageSpec, stats) -> Handler:
+    if spec.stage in ("kernel", "basecall") and spec.config.stages["kernel"].algorithm == "passthrough":
+        return PassthroughHandler(spec, stats)
     return _HANDLERS[spec.stage](spec, stats)

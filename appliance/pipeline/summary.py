@@ -102,7 +102,8 @@ def summarize(config: RunConfig, run_id: str, run_dir: Path, stages: dict, wall_
         "raw_bytes": raw_bytes,
         "output_bytes": written,
         "data_reduction": raw_bytes / written if written else None,
-        "run_complete": (run_dir / "CopyComplete.txt").exists(),
+        # passthrough runs write raw frames only (Raw/), no run folder to complete
+        "run_complete": None if config.stages["kernel"].algorithm == "passthrough" else (run_dir / "CopyComplete.txt").exists(),
         "stages": stages,
         "events": events,
     }
@@ -133,5 +134,5 @@ def format_summary(s: dict) -> str:
             f"clusters detected {acc['clusters_detected']} of {acc['clusters_truth']} (recall {acc['recall'] * 100:.1f}%), "
             f"pass filter {acc['pass_filter_fraction'] * 100:.1f}%"
         )
-    lines.append(f"output: {s['output']}" + ("" if s.get("run_complete", True) else " (incomplete: stopped before every cycle was written)"))
+    lines.append(f"output: {s['output']}" + ("" if s.get("run_complete") is not False else " (incomplete: stopped before every cycle was written)"))
     return "\n".join(lines)

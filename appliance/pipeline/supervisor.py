@@ -117,6 +117,11 @@ def payload_bytes(config: RunConfig) -> dict[str, int]:
     """Largest payload per edge: images for raw/corrected, a cluster bound for the rest."""
     side = config.source.synthetic.tile_size
     image = side * side * 2
+    if config.source.kind == "genicam":
+        g = config.source.genicam
+        image = max(image, g.width * g.height * 2)
+    if config.stages["kernel"].algorithm == "passthrough":
+        return {"raw": image, "corrected": image, "intensities": image, "calls": image}
     max_clusters = side * side // 9  # clusters closer than 3 px are not resolvable
     per_cluster = max_clusters * 4 * 4
     return {"raw": image, "corrected": image, "intensities": per_cluster, "calls": per_cluster}

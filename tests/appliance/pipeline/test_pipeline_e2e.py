@@ -121,3 +121,35 @@ def test_full_disk_pauses_the_run_alerts_and_resumes(tmp_path):
         assert result["accuracy"]["error_rate"] <= 0.01
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_stages_split_by_tile_over_replicas(tmp_path, baseline):
+    cfg = config(tmp_path, "stages.kernel.replicas=2", "stages.basecall.replicas=2", "stages.preprocess.replicas=2")
+    summary = Supervisor(cfg, run_id=RUN_ID).run()
+    assert summary["frames_dropped"] == 0 and not summary["restarts"]
+    assert {"kernel-0", "kernel-1", "basecall-1", "preprocess-1"} <= set(summary["stages"])
+    assert summary["stages"]["kernel-0"]["frames_in"] == summary["stages"]["kernel-1"]["frames_in"] == 104
+    # The same output, whichever process handled which tile.
+    assert digest(tmp_path / RUN_ID) == baseline[1]
+
+
+def test_raw_frames_kept_for_every_nth_tile(tmp_path):
+    cfg = config(tmp_path, "output.keep_raw_every=2", "run.tiles=[1101, 1102, 1103]", "run.cycles=26")
+    Supervisor(cfg, run_id=RUN_ID).run()
+    kept = {p.name.split("_")[1] for p in (tmp_path / RUN_ID / "Raw").glob("*.npy")}
+    assert kept == {"1101", "1103"}  # tiles 0 and 2 of the run
+    assert len(list((tmp_path / RUN_ID / "Raw").glob("*.npy"))) == 2 * 26 * 4
+
+
+def test_genicam_camera_through_the_data_path(tmp_path):
+    pytest.importorskip("harvesters", reason="optional GenICam packages not installed; pip install -e '.[genicam]'")
+    import numpy as np
+
+    cfg = config(
+        tmp_path, 'source.kind="genicam"', 'stages.kernel.algorithm="passthrough"', 'source.genicam.pixel_format="Mono8"',
+        "source.genicam.width=256", "source.genicam.height=256", "source.rate_hz=50", "run.cycles=3",
+    )
+    summary = Supervisor(cfg, run_id=RUN_ID).run()
+    assert summary["frames_acquired"] == 2 * 3 * 4 and summary["frames_dropped"] == 0
+    frames = np.fromfile(tmp_path / RUN_ID / "Raw" / "frames.bin", np.uint16).reshape(-1, 256, 256)
+    assert len(frames) == 24 and frames.max() <= 255 and frames.std() > 0
