@@ -78,8 +78,11 @@ class SyntheticSection:
     psf_sigma: float = 1.2
     phasing: float = 0.002
     prephasing: float = 0.001
+    unique_frames: int = 0
 
     def validate(self, key: str) -> None:
+        if not isinstance(self.unique_frames, int) or self.unique_frames < 0:
+            raise _err(f"{key}.unique_frames", self.unique_frames, "0 (render every frame) or N >= 1 (render N, then repeat them)")
         if self.tile_size not in (64, 128, 256, 512, 1024, 2048, 4096, 5120):
             raise _err(f"{key}.tile_size", self.tile_size, "64, 128, 256, 512, 1024, 2048, 4096 or 5120")
         if self.layout not in ("patterned", "random"):
@@ -179,6 +182,7 @@ class EdgeSection:
 @dataclass(frozen=True)
 class CpuSection:
     housekeeping: str = "0"
+    camera_nic: str = ""
     pin: bool = True
     mlock: bool = False
     realtime: bool = False

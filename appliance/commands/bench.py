@@ -21,6 +21,7 @@ examples:
 #: suite -> module under ``appliance.benchmarks``
 SUITES: dict[str, str] = {
     "ring": "ring",
+    "e2e": "e2e",
     "kernels": "kernels",
 }
 

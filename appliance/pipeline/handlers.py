@@ -120,6 +120,12 @@ class SourceHandler(Handler):
         from kernels.synthetic import SyntheticInstrument
 
         inst = SyntheticInstrument(synthetic_params(cfg), seed=cfg.run.seed)
+        unique = cfg.source.synthetic.unique_frames
+        if unique:
+            pool = [inst.render(tile=t, cycle=c, channel=ch) for t, c, ch in self.order[:unique]]
+            for i in range(len(self.order)):
+                yield pool[i % unique]
+            return
         for tile, cycle, ch in self.order:
             yield inst.render(tile=tile, cycle=cycle, channel=ch)
 
@@ -138,6 +144,7 @@ class SourceHandler(Handler):
         period = 1e9 / cfg.source.rate_hz if cfg.source.rate_hz > 0 and cfg.source.kind != "genicam" else 0
         next_ns = time.monotonic_ns()
         t_start = time.monotonic()
+        self.stats.extra["t_first_frame"] = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
         try:
             return self._acquire(out, stop, frames, start, t_start, next_ns, period, run_id, inst_id)
         finally:
@@ -387,6 +394,7 @@ class WriterHandler(Handler):
         h = slot.header
         kind, tile, cycle = int(h["kind"]), int(h["tile"]), int(h["cycle"])
         self.latency_ns.append(time.monotonic_ns() - int(h["t_mono_ns"]))
+        self.stats.extra["t_last_frame"] = time.monotonic()
         if self.null:
             return
         if kind == FrameKind.IMAGE:

@@ -82,6 +82,8 @@ def summarize(config: RunConfig, run_id: str, run_dir: Path, stages: dict, wall_
     writer = stages.get("writer-0", {})
     frames = int(source.get("frames_in", 0))
     acq = float(source.get("acquisition_s") or wall_s)
+    t0, t1 = source.get("t_first_frame"), writer.get("t_last_frame")
+    pipeline_s = t1 - t0 if t0 is not None and t1 is not None and t1 > t0 else None
     raw_bytes = int(source.get("bytes_in", 0))
     written = _folder_bytes(run_dir) if run_dir.exists() else 0
     summary = {
@@ -91,11 +93,15 @@ def summarize(config: RunConfig, run_id: str, run_dir: Path, stages: dict, wall_
         "frames_acquired": frames,
         "frames_dropped": int(source.get("drops", 0)),
         "acquisition_s": acq,
+        # first frame acquired -> last frame at the writer: the rate the whole pipeline sustained
+        "pipeline_s": pipeline_s,
+        "pipeline_frames_per_s": frames / pipeline_s if pipeline_s else None,
         "frames_per_s": frames / acq if acq else 0.0,
         "gb_per_s": raw_bytes / acq / 1e9 if acq else 0.0,
         "incomplete_cycles": sum(int(s.get("incomplete_cycles", 0)) for s in stages.values()),
         "latency_ms_p50": writer.get("latency_ms_p50"),
         "latency_ms_p99": writer.get("latency_ms_p99"),
+        "latency_ms_p999": writer.get("latency_ms_p999"),
         "checksum_failures": sum(int(s.get("checksum_failures", 0)) for s in stages.values()),
         "duplicates_dropped": sum(int(s.get("duplicates", 0)) for s in stages.values()),
         "restarts": restarts,
@@ -121,6 +127,7 @@ def format_summary(s: dict) -> str:
         f"({s['frames_per_s']:.1f} frames/s, {s['gb_per_s'] * 1000:.1f} MB/s), {s['frames_dropped']} dropped"
         + (f", {s['incomplete_cycles']} tile-cycles incomplete" if s.get("incomplete_cycles") else "")
         + f"; {s['wall_s']:.1f} s in all",
+        f"pipeline: {fmt(s.get('pipeline_frames_per_s'))} frames/s sustained from first frame acquired to last frame written",
         f"latency acquisition -> run folder: p50 {fmt(s['latency_ms_p50'])} ms, p99 {fmt(s['latency_ms_p99'])} ms",
         f"integrity: {s['checksum_failures']} checksum failures; restarts: {sum(s['restarts'].values())}"
         + (f" ({', '.join(f'{k} x{v}' for k, v in s['restarts'].items())})" if s["restarts"] else ""),

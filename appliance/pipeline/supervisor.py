@@ -89,8 +89,18 @@ class CpuPlan:
     warnings: tuple[str, ...]
 
 
-def plan_cpus(topology: rt.Topology, housekeeping: frozenset[int], names: list[str], pin: bool = True) -> CpuPlan:
-    """Give each process its own CPU outside the housekeeping set, isolated CPUs first.
+def plan_cpus(
+    topology: rt.Topology,
+    housekeeping: frozenset[int],
+    names: list[str],
+    pin: bool = True,
+    *,
+    gpu_node: int | None = None,
+    nic_node: int | None = None,
+) -> CpuPlan:
+    """Give each process its own CPU outside the housekeeping set, isolated CPUs first, and
+    NUMA-local where it matters: kernel stages on the GPU's node, the source and preprocess
+    stages on the camera NIC's node.
 
     With fewer free CPUs than processes the plan degrades with a warning: no pinning, the
     kernel scheduler spreads the stages over every online CPU.
@@ -110,7 +120,26 @@ def plan_cpus(topology: rt.Topology, housekeeping: frozenset[int], names: list[s
             f"stages share all CPUs (throughput and latency will vary)"
         )
         return CpuPlan(hk, {n: None for n in names}, tuple(warnings))
-    return CpuPlan(hk, {n: frozenset({free[i]}) for i, n in enumerate(names)}, tuple(warnings))
+    node_cpus = {n.id: n.cpus for n in topology.nodes}
+
+    def wants(name: str) -> frozenset[int]:
+        stage = name.rsplit("-", 1)[0]
+        if stage == "kernel" and gpu_node is not None:
+            return node_cpus.get(gpu_node, frozenset())
+        if stage in ("source", "preprocess") and nic_node is not None:
+            return node_cpus.get(nic_node, frozenset())
+        return frozenset()
+
+    assignments: dict[str, frozenset[int] | None] = {}
+    # NUMA-picky processes choose first, so the others do not take their node's CPUs.
+    for name in sorted(names, key=lambda n: not wants(n)):
+        local = [c for c in free if c in wants(name)]
+        if wants(name) and not local:
+            warnings.append(f"{name}: no free CPU on its NUMA node; placed on a remote node")
+        cpu = (local or free)[0]
+        free.remove(cpu)
+        assignments[name] = frozenset({cpu})
+    return CpuPlan(hk, {n: assignments[n] for n in names}, tuple(warnings))
 
 
 def payload_bytes(config: RunConfig) -> dict[str, int]:
@@ -196,7 +225,12 @@ class Supervisor:
         cfg = self.config
         names = [f"{s}-{r}" for s in _ORDER for r in range(self._replicas(s))]
         topo = rt.read_topology()
-        cpus = plan_cpus(topo, frozenset(rt.parse_cpulist(cfg.cpu.housekeeping)), names, cfg.cpu.pin)
+        gpus = [n for n in rt.gpu_numa_nodes().values() if n is not None]
+        nic_node = rt.net_interface_numa_node(cfg.cpu.camera_nic) if cfg.cpu.camera_nic else None
+        cpus = plan_cpus(
+            topo, frozenset(rt.parse_cpulist(cfg.cpu.housekeeping)), names, cfg.cpu.pin,
+            gpu_node=gpus[0] if gpus else None, nic_node=nic_node,
+        )
         for w in cpus.warnings:
             log.warning("cpu plan: %s", w)
             self._event("warning", w)

@@ -74,3 +74,30 @@ def test_budget_refusal_names_the_fix(tmp_path):
     cfg = load_config(overrides=["source.synthetic.tile_size=5120", "edges.raw.n_slots=4096", f'output.root="{tmp_path}"'])
     with pytest.raises(SupervisorError, match="lower edges.*n_slots"):
         Supervisor(cfg, run_id="BUDGET")._create_rings()
+
+
+def _numa_tree(tmp_path: Path) -> Path:
+    root = _tree(tmp_path, "0-7")
+    for node, cpus in ((0, "0-3"), (1, "4-7")):
+        d = root / f"sys/devices/system/node/node{node}"
+        d.mkdir(parents=True)
+        (d / "cpulist").write_text(cpus + "\n")
+    (root / "sys/devices/system/node/online").write_text("0-1\n")
+    return root
+
+
+def test_cpu_plan_is_numa_local_for_gpu_and_camera(tmp_path):
+    topo = rt.read_topology(_numa_tree(tmp_path))
+    plan = plan_cpus(topo, frozenset({0}), NAMES, gpu_node=1, nic_node=0)
+    cpu = {n: next(iter(c)) for n, c in plan.assignments.items()}
+    assert cpu["kernel-0"] in range(4, 8)
+    assert cpu["source-0"] in range(1, 4) and cpu["preprocess-0"] in range(1, 4)
+    assert len(set(cpu.values())) == len(NAMES) and 0 not in cpu.values()
+    assert not plan.warnings
+
+
+def test_cpu_plan_warns_when_the_local_node_is_full(tmp_path):
+    topo = rt.read_topology(_numa_tree(tmp_path))
+    names = [f"kernel-{i}" for i in range(5)]
+    plan = plan_cpus(topo, frozenset({0}), names, gpu_node=1)
+    assert sum("remote node" in w for w in plan.warnings) == 1
