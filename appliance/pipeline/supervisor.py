@@ -26,6 +26,7 @@ __all__ = ["Supervisor", "RestartPolicy", "Restart", "GiveUp", "Done", "Supervis
 
 log = logging.getLogger("appliance.supervisor")
 _ORDER = ("source", *STAGES)
+STATS_PERIOD_S = 0.5  #: the run's time series (stats.jsonl) is sampled at 2 Hz
 
 
 class SupervisorError(RuntimeError):
@@ -332,6 +333,7 @@ class Supervisor:
         drops_seen = 0
         next_drop_check = 0.0
         alerts_offset = 0
+        next_sample = 0.0
         hb_timeout = self.config.supervisor.heartbeat_timeout_s
         while True:
             if self.stop_requested.is_set() and not drain_sent:
@@ -341,6 +343,9 @@ class Supervisor:
                 if src is not None and src.is_alive():
                     src.terminate()  # the source ends the stream; the rest drains
             now = time.monotonic()
+            if now >= next_sample:
+                next_sample = now + STATS_PERIOD_S
+                self._sample_stats()
             if now >= next_drop_check:
                 next_drop_check = now + 1.0
                 alerts_offset = self._read_alerts(alerts_offset)
@@ -397,6 +402,21 @@ class Supervisor:
                 continue
             self._event(ev.pop("kind", "alert"), ev.pop("message", ""), **ev)
         return offset + end
+
+    def _sample_stats(self) -> None:
+        """Append one sample of ring and stage state to stats.jsonl (the run's time series)."""
+        rings = {}
+        frames = 0
+        for ring in self._rings:
+            st = ring.statistics()
+            edge = ring.name.split(f"{self.run_id}.", 1)[1]
+            rings[edge] = {"occupancy": st.occupancy, "n_slots": st.n_slots, "written": st.written, "read": st.read, "drops": st.drops}
+            if edge.startswith("raw."):
+                frames += st.written + st.drops
+        stages = {name: {"alive": proc.is_alive(), "restarts": self.policy.restarts.get(name, 0)} for name, proc in self._procs.items()}
+        line = json.dumps({"t": time.time(), "frames_acquired": frames, "rings": rings, "stages": stages})
+        with open(self.state_dir / "stats.jsonl", "a") as f:
+            f.write(line + "\n")
 
     def _camera_drops(self) -> int:
         total = 0

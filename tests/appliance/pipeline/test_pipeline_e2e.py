@@ -153,3 +153,14 @@ def test_genicam_camera_through_the_data_path(tmp_path):
     assert summary["frames_acquired"] == 2 * 3 * 4 and summary["frames_dropped"] == 0
     frames = np.fromfile(tmp_path / RUN_ID / "Raw" / "frames.bin", np.uint16).reshape(-1, 256, 256)
     assert len(frames) == 24 and frames.max() <= 255 and frames.std() > 0
+
+
+def test_replay_of_recorded_frames_gives_the_same_base_calls(tmp_path, baseline):
+    recorded = tmp_path / "recorded"
+    Supervisor(config(recorded, "output.keep_raw_every=1"), run_id=RUN_ID).run()
+    replay = tmp_path / "replay"
+    cfg = config(replay, 'source.kind="replay"', f'source.replay_path="{recorded / RUN_ID}"')
+    summary = Supervisor(cfg, run_id=RUN_ID).run()
+    assert summary["frames_acquired"] == 208 and summary["frames_dropped"] == 0
+    bcl = {k: v for k, v in baseline[1].items() if k.endswith((".bcl", ".locs", ".filter"))}
+    assert bcl and {k: v for k, v in digest(replay / RUN_ID).items() if k in bcl} == bcl
