@@ -20,12 +20,14 @@ __all__ = ["main", "COMMANDS"]
 #: verb -> module under ``appliance.commands``. Order is the order shown in ``--help``.
 COMMANDS: dict[str, str] = {
     "run": "run",
+    "report": "report",
     "bench": "bench",
     "rings": "rings",
     "clean": "clean",
     "topology": "topology",
     "sysconfig": "sysconfig",
     "simulate": "simulate",
+    "ctl": "ctl",
 }
 
 _EPILOG = """\

@@ -1,0 +1,84 @@
+"""Where the control sockets live, and the one place that reads the environment for them.
+
+The local sockets are ``ipc://<dir>/control.sock`` (ROUTER, commands) and
+``ipc://<dir>/events.sock`` (PUB, stats and events), in a directory of mode 0700 owned by
+the appliance's user; the socket files are chmod 0600. ``<dir>/control.lock`` is held
+(``flock``) by the serving process, so a second appliance refuses to start on the same
+directory instead of stealing its sockets. The default directory is
+``$XDG_RUNTIME_DIR/appliance`` when that is set, ``/run/appliance`` as root, else
+``/tmp/appliance-<uid>``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = [
+    "CONTROL_SOCKET",
+    "EVENTS_SOCKET",
+    "LOCK_FILE",
+    "SocketDirError",
+    "default_socket_dir",
+    "ipc_endpoints",
+    "prepare_socket_dir",
+]
+
+CONTROL_SOCKET = "control.sock"
+EVENTS_SOCKET = "events.sock"
+LOCK_FILE = "control.lock"
+
+# sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
+_MAX_IPC_PATH = 107
+
+
+class SocketDirError(OSError):
+    """The socket directory cannot be used safely (wrong owner, path too long, ...)."""
+
+
+def default_socket_dir(environ: Mapping[str, str] | None = None, uid: int | None = None) -> Path:
+    """The control socket directory for this user (the only reader of the environment for
+    the control plane): ``$XDG_RUNTIME_DIR/appliance``, ``/run/appliance`` for root, else
+    ``/tmp/appliance-<uid>``."""
+    env = os.environ if environ is None else environ
+    uid = os.getuid() if uid is None else uid
+    xdg = env.get("XDG_RUNTIME_DIR", "").strip()
+    if xdg:
+        return Path(xdg) / "appliance"
+    if uid == 0:
+        return Path("/run/appliance")
+    return Path(f"/tmp/appliance-{uid}")
+
+
+def ipc_endpoints(socket_dir: Path) -> tuple[str, str]:
+    """``(command endpoint, events endpoint)`` for a socket directory."""
+    socket_dir = Path(socket_dir).absolute()
+    out = []
+    for name in (CONTROL_SOCKET, EVENTS_SOCKET):
+        path = str(socket_dir / name)
+        if len(path.encode()) > _MAX_IPC_PATH:
+            raise SocketDirError(f"socket path {path} is {len(path.encode())} bytes; Unix sockets allow {_MAX_IPC_PATH}: use a shorter socket directory")
+        out.append(f"ipc://{path}")
+    return out[0], out[1]
+
+
+def prepare_socket_dir(socket_dir: Path) -> Path:
+    """Create ``socket_dir`` with mode 0700 (or tighten an existing one we own) and return its
+    absolute path. Refuse a directory owned by another user, or a symlink: anyone who can
+    write there could replace our sockets."""
+    d = Path(socket_dir).absolute()
+    d.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(d)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise SocketDirError(f"socket directory {d} is not a plain directory: remove it or choose another with --socket-dir")
+    if st.st_uid != os.getuid():
+        raise SocketDirError(f"socket directory {d} is owned by uid {st.st_uid}, not by this user ({os.getuid()}): remove it or choose another")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(d, 0o700)
+    return d
