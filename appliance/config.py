@@ -26,6 +26,7 @@ __all__ = [
     "CpuSection",
     "OutputSection",
     "SupervisorSection",
+    "MetricsSection",
     "load_config",
     "default_config",
     "EDGES",
@@ -208,6 +209,16 @@ class OutputSection:
 
 
 @dataclass(frozen=True)
+class MetricsSection:
+    port: int = 0
+    address: str = "127.0.0.1"
+
+    def validate(self, key: str) -> None:
+        if not isinstance(self.port, int) or not (self.port == 0 or 1024 <= self.port <= 65535):
+            raise _err(f"{key}.port", self.port, "0 (no exporter) or a TCP port 1024..65535")
+
+
+@dataclass(frozen=True)
 class SupervisorSection:
     max_restarts: int = 3
     backoff_s: float = 0.5
@@ -239,6 +250,7 @@ class RunConfig:
     output: OutputSection
     verify_at: tuple[str, ...]
     supervisor: SupervisorSection
+    metrics: MetricsSection = field(default_factory=MetricsSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -363,4 +375,5 @@ def _from_dict(d: dict) -> RunConfig:
         output=_build(OutputSection, d["output"], "output"),
         verify_at=tuple(verify_at),
         supervisor=_build(SupervisorSection, d["supervisor"], "supervisor"),
+        metrics=_build(MetricsSection, d["metrics"], "metrics"),
     )

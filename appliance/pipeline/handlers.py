@@ -129,7 +129,7 @@ class SourceHandler(Handler):
         for tile, cycle, ch in self.order:
             yield inst.render(tile=tile, cycle=cycle, channel=ch)
 
-    def run(self, out, stop) -> bool:
+    def run(self, out, stop, pause) -> bool:
         cfg = self.spec.config
         # Resume after a restart: frames already committed or dropped are not sent again.
         start = sum(p.statistics().written + p.statistics().drops for p in out.producers)
@@ -146,16 +146,22 @@ class SourceHandler(Handler):
         t_start = time.monotonic()
         self.stats.extra["t_first_frame"] = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
         try:
-            return self._acquire(out, stop, frames, start, t_start, next_ns, period, run_id, inst_id)
+            return self._acquire(out, stop, pause, frames, start, t_start, next_ns, period, run_id, inst_id)
         finally:
             self.stats.extra["drops"] = sum(p.statistics().drops for p in out.producers)
             self.stats.extra["acquisition_s"] = time.monotonic() - t_start
 
-    def _acquire(self, out, stop, frames, start, t_start, next_ns, period, run_id, inst_id) -> bool:
+    def _acquire(self, out, stop, pause, frames, start, t_start, next_ns, period, run_id, inst_id) -> bool:
         cfg = self.spec.config
         for index, image in enumerate(frames):
             if index < start:
                 continue
+            if pause.is_set():
+                log.info("acquisition paused")
+                while pause.is_set() and not stop.is_set():
+                    time.sleep(0.05)
+                log.info("acquisition resumed")
+                next_ns = time.monotonic_ns()  # the camera restarts its frame clock
             if stop.is_set():
                 return False
             if period:

@@ -111,22 +111,25 @@ class Emitter:
         self.stats.bytes_out += int(h["payload_bytes"])
 
 
-def _install_signals(stop: threading.Event) -> None:
-    def handler(signum, frame):  # only sets an event (see the module docstring)
+def _install_signals(stop: threading.Event, pause: threading.Event) -> None:
+    def on_term(signum, frame):  # handlers only set events (see the module docstring)
         stop.set()
 
-    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which drains
+    # The supervisor pauses and resumes acquisition with SIGUSR1 / SIGUSR2 (source only).
+    signal.signal(signal.SIGUSR1, lambda signum, frame: pause.set())
+    signal.signal(signal.SIGUSR2, lambda signum, frame: pause.clear())
 
 
-def _prepare_process(spec: StageSpec, stop: threading.Event) -> rt.ParentWatch:
+def _prepare_process(spec: StageSpec, stop: threading.Event, pause: threading.Event) -> rt.ParentWatch:
     if spec.log_json:
         from appliance.logjson import configure_logging
 
         configure_logging(json=True, level=logging.INFO)
     else:
         logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {spec.name}: %(message)s")
-    _install_signals(stop)
+    _install_signals(stop, pause)
     return rt.exit_when_parent_dies(spec.parent_pid or None)
     if spec.cpus:
         try:
@@ -159,7 +162,8 @@ def stage_main(spec: StageSpec) -> None:
     from appliance.pipeline import handlers
 
     stop = threading.Event()
-    watch = _prepare_process(spec, stop)
+    pause = threading.Event()
+    watch = _prepare_process(spec, stop, pause)
     stats = StageStats()
     handler = handlers.make_handler(spec, stats)
     state = load_checkpoint(spec.checkpoint_path)
@@ -174,7 +178,7 @@ def stage_main(spec: StageSpec) -> None:
             # The source always ends the stream, also when asked to stop early: that is
             # what lets every later stage drain what entered.
             try:
-                handler.run(emitter, stop)
+                handler.run(emitter, stop, pause)
             except Stopping:
                 pass
             finished = True

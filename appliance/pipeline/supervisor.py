@@ -214,6 +214,11 @@ class Supervisor:
         self._procs: dict[str, mp.Process] = {}
         self._specs: dict[str, StageSpec] = {}
         self.policy = RestartPolicy(config.supervisor.max_restarts, config.supervisor.backoff_s)
+        self._paused = False
+        self._done = False
+        self.latest_stats: dict = {}
+        #: called with (topic, body) for every stats sample and event: the control plane's PUB
+        self.publish = None
 
     # -- planning --------------------------------------------------------------------------
     def _replicas(self, stage: str) -> int:
@@ -280,6 +285,11 @@ class Supervisor:
         proc = self._ctx.Process(target=stage_main, args=(spec,), name=spec.name, daemon=False)
         proc.start()
         self._procs[spec.name] = proc
+        if spec.stage == "source" and self._paused:
+            import signal
+
+            time.sleep(0.5)  # let the new process install its handlers (spawn start-up)
+            os.kill(proc.pid, signal.SIGUSR1)
 
     def _summary_of(self, name: str) -> dict:
         try:
@@ -292,10 +302,40 @@ class Supervisor:
         self.events.append(ev)
         if self.notifier is not None:
             self.notifier.status(message[:200])
+        if self.publish is not None:
+            self.publish("alert" if kind in ("alert", "error") else "event", ev)
 
     def request_stop(self) -> None:
         """Drain: stop acquisition; every frame that entered is processed and written."""
         self.stop_requested.set()
+
+    @property
+    def state(self) -> str:
+        """acquiring, paused, draining or done."""
+        if self._done:
+            return "done"
+        if self.stop_requested.is_set():
+            return "draining"
+        return "paused" if self._paused else "acquiring"
+
+    def pause(self) -> bool:
+        """Pause acquisition (the camera stops; frames in the pipeline are still processed)."""
+        return self._signal_source(True)
+
+    def resume(self) -> bool:
+        return self._signal_source(False)
+
+    def _signal_source(self, paused: bool) -> bool:
+        import signal
+
+        if self.stop_requested.is_set() or self._done:
+            return False
+        self._paused = paused
+        proc = self._procs.get("source-0")
+        if proc is not None and proc.is_alive():
+            os.kill(proc.pid, signal.SIGUSR1 if paused else signal.SIGUSR2)
+        self._event("event", "acquisition paused" if paused else "acquisition resumed")
+        return True
 
     def run(self) -> dict:
         from appliance.pipeline.summary import summarize
@@ -308,6 +348,12 @@ class Supervisor:
         specs = self._plan()
         self._specs = {s.name: s for s in specs}
         t0 = time.monotonic()
+        exporter = None
+        if cfg.metrics.port:
+            from appliance.metrics import MetricsExporter
+
+            exporter = MetricsExporter(lambda: (self.latest_stats, list(self.events)), cfg.metrics.port, cfg.metrics.address).start()
+            log.info("metrics on http://%s:%d/metrics", cfg.metrics.address, exporter.port)
         try:
             self._create_rings()
             for spec in reversed(specs):  # consumers first, so the source finds them attached
@@ -319,6 +365,8 @@ class Supervisor:
             self._terminate_all()
             raise
         finally:
+            if exporter is not None:
+                exporter.stop()
             for ring in self._rings:
                 ring.close()
                 ring.unlink()
@@ -380,6 +428,8 @@ class Supervisor:
                     raise SupervisorError(action.reason + ": the run is incomplete; see the stage's log above")
             if not self._procs:
                 self._read_alerts(alerts_offset)
+                self._done = True
+                self._sample_stats()
                 return
             if self.notifier is not None:
                 self.notifier.watchdog_if_due()  # only from this loop: a hung loop stops the pings
@@ -413,10 +463,18 @@ class Supervisor:
             rings[edge] = {"occupancy": st.occupancy, "n_slots": st.n_slots, "written": st.written, "read": st.read, "drops": st.drops}
             if edge.startswith("raw."):
                 frames += st.written + st.drops
-        stages = {name: {"alive": proc.is_alive(), "restarts": self.policy.restarts.get(name, 0)} for name, proc in self._procs.items()}
-        line = json.dumps({"t": time.time(), "frames_acquired": frames, "rings": rings, "stages": stages})
+        stages = {name: {"alive": name in self._procs and self._procs[name].is_alive(), "restarts": self.policy.restarts.get(name, 0)} for name in self._specs}
+        cfg = self.config
+        sample = {
+            "t": time.time(), "run_id": self.run_id, "state": self.state, "frames_acquired": frames,
+            "frames_planned": len(cfg.run.tiles) * cfg.run.cycles * 4, "tiles": list(cfg.run.tiles),
+            "cycles": cfg.run.cycles, "rings": rings, "stages": stages,
+        }
+        self.latest_stats = sample
         with open(self.state_dir / "stats.jsonl", "a") as f:
-            f.write(line + "\n")
+            f.write(json.dumps(sample) + "\n")
+        if self.publish is not None:
+            self.publish("stats", sample)
 
     def _camera_drops(self) -> int:
         total = 0

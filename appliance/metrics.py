@@ -1,0 +1,106 @@
+"""The Prometheus exporter: the supervisor's latest stats sample, in conventional names.
+
+Metrics are computed at scrape time from the sample the supervisor takes at 2 Hz (ring
+control blocks and process state), so a scrape never touches the data path. Per-stage item
+counts come from the rings: what a stage consumed is the read counter of its input rings,
+what it produced the write counter of its output rings.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import start_http_server
+
+from appliance.config import EDGES
+
+__all__ = ["MetricsExporter", "StatsCollector"]
+
+
+class StatsCollector:
+    """A prometheus-client collector over ``snapshot()``: (stats sample, events list)."""
+
+    def __init__(self, snapshot: Callable[[], tuple[dict, list]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self):
+        sample, events = self._snapshot()
+        rings = sample.get("rings", {})
+        occ = GaugeMetricFamily("appliance_ring_occupancy", "Frames in the ring now", labels=["ring"])
+        cap = GaugeMetricFamily("appliance_ring_capacity", "Slots of the ring", labels=["ring"])
+        drops = CounterMetricFamily("appliance_ring_drops", "Frames dropped at the ring (drop_newest policy)", labels=["ring"])
+        written = CounterMetricFamily("appliance_ring_written", "Frames committed into the ring", labels=["ring"])
+        items = CounterMetricFamily("appliance_stage_items", "Frames a stage consumed (in) and produced (out)", labels=["stage", "outcome"])
+        per_stage: dict[tuple[str, str], int] = {}
+        for name, r in sorted(rings.items()):
+            occ.add_metric([name], r["occupancy"])
+            cap.add_metric([name], r["n_slots"])
+            drops.add_metric([name], r["drops"])
+            written.add_metric([name], r["written"])
+            edge, i, j = name.split(".")
+            producer, consumer = EDGES[edge]
+            out_key = (f"{producer}-{i}" if producer != "source" else "source-0", "out")
+            in_key = (f"{consumer}-{j}", "in")
+            per_stage[out_key] = per_stage.get(out_key, 0) + r["written"]
+            per_stage[in_key] = per_stage.get(in_key, 0) + r["read"]
+            if r["drops"]:
+                dk = (out_key[0], "dropped")
+                per_stage[dk] = per_stage.get(dk, 0) + r["drops"]
+        for (stage, outcome), n in sorted(per_stage.items()):
+            items.add_metric([stage, outcome], n)
+        up = GaugeMetricFamily("appliance_stage_up", "1 while the stage process runs", labels=["stage"])
+        restarts = CounterMetricFamily("appliance_stage_restarts", "Restarts of the stage after a crash", labels=["stage"])
+        for stage, st in sorted(sample.get("stages", {}).items()):
+            up.add_metric([stage], 1 if st["alive"] else 0)
+            restarts.add_metric([stage], st["restarts"])
+        frames = CounterMetricFamily("appliance_frames_acquired", "Frames the camera delivered (kept or dropped)")
+        frames.add_metric([], sample.get("frames_acquired", 0))
+        planned = GaugeMetricFamily("appliance_frames_planned", "Frames the run plans to acquire")
+        planned.add_metric([], sample.get("frames_planned", 0))
+        alerts = CounterMetricFamily("appliance_alerts", "Alerts and events raised", labels=["kind"])
+        kinds: dict[str, int] = {}
+        for ev in events:
+            kinds[ev["kind"]] = kinds.get(ev["kind"], 0) + 1
+        for kind, n in sorted(kinds.items()):
+            alerts.add_metric([kind], n)
+        state = GaugeMetricFamily("appliance_run_state", "1 for the run's current state", labels=["state"])
+        for s in ("acquiring", "paused", "draining", "done"):
+            state.add_metric([s], 1 if sample.get("state") == s else 0)
+        yield from (occ, cap, drops, written, items, up, restarts, frames, planned, alerts, state)
+
+
+class MetricsExporter:
+    """Serves ``/metrics`` over HTTP on ``address:port`` (port 0: an ephemeral one) from its
+    own registry, in a daemon thread. ``start()``/``stop()``; a context manager."""
+
+    def __init__(self, snapshot: Callable[[], tuple[dict, list]], port: int, address: str = "127.0.0.1") -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StatsCollector(snapshot))
+        self.address = address
+        self.port = port
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "MetricsExporter":
+        if self._server is None:
+            self._server, self._thread = start_http_server(self.port, self.address, self.registry)
+            self.port = self._server.server_port
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving, close the listening socket and join the thread (idempotent)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            if self._thread is not None:
+                self._thread.join(timeout)
+            self._server = self._thread = None
+
+    def __enter__(self) -> "MetricsExporter":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,72 @@
+"""The Prometheus exporter, scraped over real HTTP while a real run goes on."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from appliance.config import load_config
+from appliance.metrics import MetricsExporter
+from appliance.pipeline import Supervisor
+
+
+def _scrape(port: int) -> dict:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_exporter_serves_a_sample_with_conventional_names():
+    sample = {
+        "state": "acquiring", "frames_acquired": 12, "frames_planned": 208,
+        "rings": {"raw.0.0": {"occupancy": 3, "n_slots": 64, "written": 12, "read": 9, "drops": 1},
+                  "corrected.0.0": {"occupancy": 1, "n_slots": 64, "written": 9, "read": 8, "drops": 0}},
+        "stages": {"source-0": {"alive": True, "restarts": 0}, "kernel-0": {"alive": False, "restarts": 2}},
+    }
+    events = [{"kind": "alert"}, {"kind": "alert"}, {"kind": "event"}]
+    with MetricsExporter(lambda: (sample, events), port=0) as exp:
+        m = _scrape(exp.port)
+    assert m[("appliance_ring_occupancy", (("ring", "raw.0.0"),))] == 3
+    assert m[("appliance_ring_drops_total", (("ring", "raw.0.0"),))] == 1
+    assert m[("appliance_stage_items_total", (("outcome", "in"), ("stage", "preprocess-0")))] == 9
+    assert m[("appliance_stage_items_total", (("outcome", "out"), ("stage", "preprocess-0")))] == 9
+    assert m[("appliance_stage_items_total", (("outcome", "dropped"), ("stage", "source-0")))] == 1
+    assert m[("appliance_stage_restarts_total", (("stage", "kernel-0"),))] == 2
+    assert m[("appliance_stage_up", (("stage", "kernel-0"),))] == 0
+    assert m[("appliance_alerts_total", (("kind", "alert"),))] == 2
+    assert m[("appliance_run_state", (("state", "acquiring"),))] == 1
+
+
+def test_exporter_during_a_real_run(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a free port for the run's exporter
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = load_config(overrides=[f'output.root="{tmp_path}"', "source.synthetic.tile_size=256", "source.rate_hz=40", f"metrics.port={port}"])
+    sup = Supervisor(cfg, run_id="METRICS")
+    thread = threading.Thread(target=sup.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        seen = 0
+        while seen < 20:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.5)
+            try:
+                seen = _scrape(port).get(("appliance_frames_acquired_total", ()), 0)
+            except OSError:
+                continue
+    finally:
+        thread.join(120)
+    try:
+        _scrape(port)
+        raise AssertionError("exporter still serving after the run")
+    except OSError:
+        pass
