@@ -251,6 +251,7 @@ class RunConfig:
     verify_at: tuple[str, ...]
     supervisor: SupervisorSection
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    alerts: object = None  #: appliance.alerts.AlertRules
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -376,4 +377,18 @@ def _from_dict(d: dict) -> RunConfig:
         verify_at=tuple(verify_at),
         supervisor=_build(SupervisorSection, d["supervisor"], "supervisor"),
         metrics=_build(MetricsSection, d["metrics"], "metrics"),
+        alerts=_alerts(d["alerts"]),
     )
+
+
+def _alerts(d: dict):
+    from appliance.alerts import AlertRules
+
+    for k, v in d.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise _err(f"alerts.{k}", v, "a number >= 0")
+    if not 0 < d["ring_occupancy"] <= 1:
+        raise _err("alerts.ring_occupancy", d["ring_occupancy"], "a fraction in (0, 1]")
+    if not 0 <= d["disk_free_fraction"] < 1 or not 0 <= d["budget_within"] <= 1:
+        raise _err("alerts.disk_free_fraction/budget_within", (d["disk_free_fraction"], d["budget_within"]), "fractions in [0, 1)")
+    return AlertRules(**{k: float(v) for k, v in d.items()})

@@ -27,11 +27,13 @@ import numpy as np
 
 import rt
 from appliance.pipeline._checkpoint import load_checkpoint, save_checkpoint
+from appliance.pipeline._histogram import LatencyHistogram
 from appliance.pipeline._spec import StageSpec, frame_key
 
 __all__ = ["stage_main", "Emitter", "StageStats"]
 
 log = logging.getLogger("appliance.stage")
+LIVE_REPORT_S = 1.0  #: how often a stage rewrites its summary file while running (read by the supervisor)
 
 
 class Stopping(Exception):
@@ -52,11 +54,19 @@ class StageStats:
         self.checkpoints = 0
         self.checkpoint_bytes = 0
         self.started = time.monotonic()
+        self.budget_ms = 0.0
+        self.within_budget = 0
+        #: per frame: from leaving the previous stage (its trace stamp) to done here
+        self.latency = LatencyHistogram()
         self.extra: dict = {}
 
     def as_dict(self) -> dict:
-        d = {k: v for k, v in vars(self).items() if k != "extra"}
-        d["wall_s"] = time.monotonic() - self.started
+        d = {k: v for k, v in vars(self).items() if k not in ("extra", "latency")}
+        d["wall_s"] = wall = time.monotonic() - self.started
+        d["busy_fraction"] = self.busy_s / wall if wall > 0 else 0.0
+        d["stage_latency_ms_p50"] = self.latency.percentile(50)
+        d["stage_latency_ms_p99"] = self.latency.percentile(99)
+        d["within_budget_fraction"] = self.within_budget / self.frames_in if self.frames_in else None
         d.update(self.extra)
         return d
 
@@ -216,6 +226,8 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stop: threading.Event, 
                 pending[i] = 0
 
     idle = 0.0
+    next_report = 0.0
+    stats.budget_ms = spec.config.stages[spec.stage].budget_ms
     try:
         while active:
             if stop.is_set():
@@ -259,7 +271,16 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stop: threading.Event, 
                 pending[i] += 1
                 if fault.get("slow_ms"):
                     time.sleep(fault["slow_ms"] / 1e3)
-                stats.busy_s += time.perf_counter() - t0
+                busy = time.perf_counter() - t0
+                stats.busy_s += busy
+                if busy * 1e3 <= stats.budget_ms:
+                    stats.within_budget += 1
+                left_previous = int(h["trace_ns"][spec.stage_index - 1])
+                if left_previous:
+                    stats.latency.add(time.monotonic_ns() - left_previous)
+                if time.monotonic() >= next_report:
+                    next_report = time.monotonic() + LIVE_REPORT_S
+                    _write_summary(spec, stats, "running")
                 if fault.get("kill_after") == stats.frames_in:
                     os.kill(os.getpid(), signal.SIGKILL)  # test hook: crash mid-run
                 if sum(pending) >= release_every:

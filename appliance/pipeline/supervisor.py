@@ -27,6 +27,20 @@ __all__ = ["Supervisor", "RestartPolicy", "Restart", "GiveUp", "Done", "Supervis
 log = logging.getLogger("appliance.supervisor")
 _ORDER = ("source", *STAGES)
 STATS_PERIOD_S = 0.5  #: the run's time series (stats.jsonl) is sampled at 2 Hz
+#: per-stage figures the stages report live (every second) and each sample carries
+_LIVE_KEYS = ("frames_in", "frames_out", "busy_fraction", "stage_latency_ms_p50", "stage_latency_ms_p99", "budget_ms", "within_budget_fraction", "checksum_failures", "duplicates")
+
+
+def _host_stats(root: Path) -> dict:
+    import psutil
+
+    mem = psutil.virtual_memory()
+    try:
+        disk = psutil.disk_usage(str(root))
+        disk_free, disk_total = disk.free, disk.total
+    except OSError:
+        disk_free = disk_total = None
+    return {"memory_available": mem.available, "memory_total": mem.total, "disk_free": disk_free, "disk_total": disk_total, "cpu_percent": psutil.cpu_percent(None)}
 
 
 class SupervisorError(RuntimeError):
@@ -216,6 +230,9 @@ class Supervisor:
         self.policy = RestartPolicy(config.supervisor.max_restarts, config.supervisor.backoff_s)
         self._paused = False
         self._done = False
+        from appliance.alerts import AlertManager
+
+        self.alerts = AlertManager(config.alerts)
         self.latest_stats: dict = {}
         #: called with (topic, body) for every stats sample and event: the control plane's PUB
         self.publish = None
@@ -399,8 +416,7 @@ class Supervisor:
                 alerts_offset = self._read_alerts(alerts_offset)
                 drops = self._camera_drops()
                 if drops > drops_seen:
-                    self._event("alert", f"camera buffer full: {drops - drops_seen} frames dropped (total {drops}); the pipeline is slower than the camera", drops=drops)
-                    log.error("camera buffer full: %d frames dropped so far", drops)
+                    log.error("camera buffer full: %d frames dropped so far; the pipeline is slower than the camera", drops)
                     drops_seen = drops
             for name, proc in list(self._procs.items()):
                 if name in pending_restarts:
@@ -460,16 +476,36 @@ class Supervisor:
         for ring in self._rings:
             st = ring.statistics()
             edge = ring.name.split(f"{self.run_id}.", 1)[1]
-            rings[edge] = {"occupancy": st.occupancy, "n_slots": st.n_slots, "written": st.written, "read": st.read, "drops": st.drops}
+            rings[edge] = {
+                "occupancy": st.occupancy, "n_slots": st.n_slots, "written": st.written, "read": st.read,
+                "drops": st.drops, "peak_occupancy": st.peak_occupancy, "full_waits": st.full_waits,
+                "empty_waits": st.empty_waits, "consumer_alive": st.consumer_alive,
+                "consumer_heartbeat_age_s": st.consumer_heartbeat_age_s,
+            }
             if edge.startswith("raw."):
                 frames += st.written + st.drops
-        stages = {name: {"alive": name in self._procs and self._procs[name].is_alive(), "restarts": self.policy.restarts.get(name, 0)} for name in self._specs}
+        stages = {}
+        for name in self._specs:
+            live = self._summary_of(name)
+            stages[name] = {
+                "alive": name in self._procs and self._procs[name].is_alive(),
+                "restarts": self.policy.restarts.get(name, 0),
+                **{k: live.get(k) for k in _LIVE_KEYS},
+            }
         cfg = self.config
+        host = _host_stats(self.root)
         sample = {
-            "t": time.time(), "run_id": self.run_id, "state": self.state, "frames_acquired": frames,
+            "t": time.time(), "run_id": self.run_id, "state": self.state, "frames_acquired": frames, "host": host,
             "frames_planned": len(cfg.run.tiles) * cfg.run.cycles * 4, "tiles": list(cfg.run.tiles),
             "cycles": cfg.run.cycles, "rings": rings, "stages": stages,
         }
+        for change in self.alerts.update(sample, time.time()):
+            a = change.alert
+            if change.action == "raised":
+                self._event("alert", a.message, rule=a.rule, subject=a.subject, severity=a.severity, first_seen=a.first_seen)
+            else:
+                self._event("event", f"cleared: {a.message}", rule=a.rule, subject=a.subject, cleared=a.cleared)
+        sample["alerts"] = [{"rule": a.rule, "subject": a.subject, "severity": a.severity, "message": a.message, "first_seen": a.first_seen} for a in self.alerts.active.values()]
         self.latest_stats = sample
         with open(self.state_dir / "stats.jsonl", "a") as f:
             f.write(json.dumps(sample) + "\n")

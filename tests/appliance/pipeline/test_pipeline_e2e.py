@@ -72,6 +72,7 @@ def test_corrupt_frame_is_quarantined_counted_and_the_run_completes(tmp_path):
     cfg = config(tmp_path, 'integrity.verify_at=["preprocess", "writer"]')
     summary = Supervisor(cfg, run_id=RUN_ID, faults={"preprocess-0": {"corrupt_frame": 50}}).run()
     assert summary["checksum_failures"] == 1
+    assert any(e.get("rule") == "checksum_failures" and e["kind"] == "alert" for e in summary["events"])
     quarantined = list((tmp_path / RUN_ID / "Quarantine").glob("*.npy"))
     assert len(quarantined) == 1 and "preprocess-0_kind0" in quarantined[0].name
     # The lost frame makes its tile-cycle incomplete (no-calls), accounted, never silent.

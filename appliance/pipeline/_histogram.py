@@ -1,0 +1,40 @@
+"""A fixed-size latency histogram (log-linear buckets), cheap enough to update per frame."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["LatencyHistogram"]
+
+_SUB = 8  # buckets per power of two: about 9% resolution
+_N = 64 * _SUB
+
+
+class LatencyHistogram:
+    """Counts of nanosecond latencies in buckets ``2^k * (1 + j/8)``; percentiles in ms."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(_N, np.int64)
+
+    @staticmethod
+    def _bucket(ns: int) -> int:
+        ns = max(int(ns), 1)
+        k = ns.bit_length() - 1
+        frac = ((ns << 3) >> k) & 7 if k >= 3 else (ns << (3 - k)) & 7
+        return min(k * _SUB + frac, _N - 1)
+
+    def add(self, ns: int) -> None:
+        self.counts[self._bucket(ns)] += 1
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def percentile(self, q: float) -> float | None:
+        """The bucket's upper edge holding the q-th percentile, in ms (None when empty)."""
+        n = self.total
+        if not n:
+            return None
+        idx = int(np.searchsorted(np.cumsum(self.counts), q / 100 * n, side="left"))
+        k, j = divmod(idx, _SUB)
+        return (2**k) * (1 + (j + 1) / _SUB) / 1e6
