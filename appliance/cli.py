@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "sysconfig": "sysconfig",
     "simulate": "simulate",
     "ctl": "ctl",
+    "tui": "tui",
 }
 
 _EPILOG = """\

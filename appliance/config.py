@@ -219,6 +219,15 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class RecorderSection:
+    max_mb: int = 256
+
+    def validate(self, key: str) -> None:
+        if not isinstance(self.max_mb, int) or not 1 <= self.max_mb <= 1 << 20:
+            raise _err(f"{key}.max_mb", self.max_mb, "1 to 1048576 MiB")
+
+
+@dataclass(frozen=True)
 class SupervisorSection:
     max_restarts: int = 3
     backoff_s: float = 0.5
@@ -252,6 +261,7 @@ class RunConfig:
     supervisor: SupervisorSection
     metrics: MetricsSection = field(default_factory=MetricsSection)
     alerts: object = None  #: appliance.alerts.AlertRules
+    recorder: RecorderSection = field(default_factory=RecorderSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -378,6 +388,7 @@ def _from_dict(d: dict) -> RunConfig:
         supervisor=_build(SupervisorSection, d["supervisor"], "supervisor"),
         metrics=_build(MetricsSection, d["metrics"], "metrics"),
         alerts=_alerts(d["alerts"]),
+        recorder=_build(RecorderSection, d["recorder"], "recorder"),
     )
 
 

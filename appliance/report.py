@@ -30,6 +30,8 @@ CHANNELS = ("A", "C", "G", "T")
 OCCUPANCY_ALERT = 0.75
 #: throughput is averaged over this trailing window: stages work a cycle at a time
 RATE_WINDOW_S = 2.0
+#: the events table shows at most this many (the latest)
+MAX_EVENT_ROWS = 2000
 #: edges whose items are camera frames; the others carry one record per tile-cycle
 _FRAME_EDGES = ("raw", "corrected")
 _EDGE_CONSUMER = {"raw": "preprocess", "corrected": "kernel", "intensities": "basecall", "calls": "writer"}
@@ -202,7 +204,38 @@ def _throughput_section(run: _Run) -> str:
         "per cycle); the bottom panel counts the per-tile-cycle records after cluster extraction. "
         "Dotted red lines mark stage restarts."
     )
-    return _figure_html("Throughput over time", fig, cap, "throughput")
+    return _figure_html("Throughput over time", fig, cap, "throughput") + _busy_figure(run)
+
+
+def _busy_figure(run: _Run) -> str:
+    """Each stage's busy fraction over time, where the samples carry it (live stage stats)."""
+    stats = run.stats
+    names = sorted({n for s in stats for n, st in (s.get("stages") or {}).items() if st.get("busy_fraction") is not None}, key=_stage_sort_key)
+    if not names:
+        return ""
+    t0 = stats[0]["t"]
+    x = np.array([s["t"] - t0 for s in stats])
+    fig, (ax,) = _figure(3.0)
+    for name in names:
+        y = [((s.get("stages") or {}).get(name) or {}).get("busy_fraction") for s in stats]
+        ax.plot(x, [100.0 * v if v is not None else np.nan for v in y], label=name)
+    ax.set_ylim(0, 105)
+    ax.set_xlim(0, max(float(x[-1]), 1e-3))  # the same time axis as the throughput plot
+    ax.set_ylabel("busy, % of wall time")
+    ax.set_xlabel("seconds since the first sample")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right", ncol=2)
+    cap = (
+        "The share of time each stage process spent working rather than waiting on its rings, as "
+        "the stages reported it live. A stage near 100% is the bottleneck; its input ring fills."
+    )
+    return _figure_html("Stage busy fraction over time", fig, cap, "busy")
+
+
+def _stage_sort_key(name: str):
+    stage = name.rsplit("-", 1)[0]
+    order = ("source", *_EDGE_CONSUMER.values())
+    return (order.index(stage) if stage in order else 99, name)
 
 
 def _occupancy_section(run: _Run) -> str:
@@ -245,7 +278,31 @@ def _occupancy_section(run: _Run) -> str:
         rows,
         "rings",
     )
-    return _figure_html("Ring occupancy over time", fig, cap, "occupancy") + table
+    return _figure_html("Ring occupancy over time", fig, cap, "occupancy") + table + _drops_figure(run, names)
+
+
+def _drops_figure(run: _Run, names: list[str]) -> str:
+    """Cumulative drops per ring over time, drawn only when a ring dropped anything."""
+    stats = run.stats
+    series = {n: np.array([((s.get("rings") or {}).get(n) or {}).get("drops", np.nan) for s in stats], dtype=float) for n in names}
+    series = {n: v for n, v in series.items() if np.nanmax(v, initial=0) > 0}
+    if not series:
+        return f"<p>No ring dropped a frame in any of the {len(stats)} samples.</p>"
+    t0 = stats[0]["t"]
+    x = np.array([s["t"] - t0 for s in stats])
+    fig, (ax,) = _figure(2.8)
+    for n, v in series.items():
+        ax.plot(x, v, label=n, drawstyle="steps-post", color="tab:red" if len(series) == 1 else None)
+    ax.set_ylabel("frames dropped (cumulative)")
+    ax.set_xlabel("seconds since the first sample")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    cap = (
+        "Frames each ring refused because it was full (drop_newest policy, normally only the camera "
+        "edge): data the run never saw. The tile-cycles they belonged to are incomplete (no-calls)."
+    )
+    return _figure_html("Drops over time", fig, cap, "drops")
 
 
 def _ring_sort_key(name: str):
@@ -291,10 +348,12 @@ def _latency_section(run: _Run) -> str:
     budgets = {}
     if run.config is not None:
         budgets = {name: st.budget_ms for name, st in run.config.stages.items()}
+    per_item = dict(busy)
     rows = []
     for name, st in stages.items():
-        per = next((b for n, b in busy if n == name), None)
-        budget = budgets.get(name.rsplit("-", 1)[0])
+        per = per_item.get(name)
+        budget = budgets.get(name.rsplit("-", 1)[0])  # "kernel-0" -> stages.kernel.budget_ms
+        kept = "-" if per is None or budget is None else ("over" if per > budget else "ok")
         rows.append(
             (
                 name,
@@ -302,8 +361,8 @@ def _latency_section(run: _Run) -> str:
                 st.get("frames_out", ""),
                 _fmt(st.get("busy_s"), ".2f"),
                 _fmt(per, ".2f"),
-                _fmt(budget, ".0f") if budget is not None else "-",
-                ("over" if per is not None and budget is not None and per > budget else "ok") if budget is not None and per is not None else "-",
+                _fmt(budget, ".0f"),
+                kept,
                 _fmt(st.get("wall_s"), ".1f"),
                 st.get("checksum_failures", 0),
                 st.get("duplicates", 0),
@@ -341,7 +400,7 @@ def _intensity_section(run: _Run) -> str:
         if n:
             means[c - 1] = total / n
     if not np.isfinite(means).any():
-        return '<p class="missing">No intensities were written for this run (stopped before the first cycle, or a passthrough run).</p>'
+        return '<p class="missing">No intensities were written for this run: it stopped, or lost its frames, before any cycle was extracted.</p>'
     fig, (ax,) = _figure(3.2)
     for k, ch in enumerate(CHANNELS):
         ax.plot(cycles, means[:, k], marker="o", ms=3, label=ch, color=_CHANNEL_COLORS[ch])
@@ -364,6 +423,8 @@ def _per_cycle_errors(run: _Run) -> tuple[list[dict] | None, str]:
     acc = (run.summary or {}).get("accuracy") or {}
     if acc.get("per_cycle"):
         return acc["per_cycle"], "the run summary"
+    if (run.summary or {}).get("run_complete") is False or (run.folder is not None and not run.folder.is_complete):
+        return None, "no score against ground truth: the run folder is incomplete (the run was stopped or lost frames)"
     cfg = run.config
     if cfg is None:
         if acc:
@@ -372,8 +433,8 @@ def _per_cycle_errors(run: _Run) -> tuple[list[dict] | None, str]:
         return None, "no ground truth: not a synthetic run, or the run config is unknown (pass <code>--config/--set</code> as given to <code>appliance run</code>)"
     if cfg.source.kind != "synthetic":
         return None, "no ground truth: the run came from a camera, not the synthetic instrument"
-    if run.folder is None or not run.folder.is_complete:
-        return None, "no ground truth score: the run folder is not complete (the run was stopped)"
+    if run.folder is None:
+        return None, "no score against ground truth: there is no run folder"
     from appliance.pipeline.summary import score_against_truth
 
     scored = score_against_truth(cfg, run.run_dir)
@@ -444,7 +505,7 @@ def _pf_section(run: _Run) -> str:
     ax.set_ylabel("tile")
     ax.invert_yaxis()
     ax.grid(alpha=0.3, axis="x")
-    total = 100.0 * sum(p * k for p, k in zip(pf, n)) / 100.0 / max(sum(n), 1)
+    total = sum(p * k for p, k in zip(pf, n)) / max(sum(n), 1)
     cap = f"Share of detected clusters that pass the chastity filter, per tile; {total:.1f}% of {sum(n)} clusters overall."
     rows = [(t, k, round(p * k / 100), f"{p:.1f}") for t, k, p in zip(tiles, n, pf)]
     return _figure_html("%PF per tile", fig, cap, "pf") + _table(("tile", "clusters", "pass filter", "%PF"), rows, "pf")
@@ -452,7 +513,6 @@ def _pf_section(run: _Run) -> str:
 
 def _drops_restarts_section(run: _Run) -> str:
     s = run.summary or {}
-    parts = []
     restarts = dict(s.get("restarts") or {})
     if not restarts and run.stats:
         restarts = {k: v["restarts"] for k, v in (run.stats[-1].get("stages") or {}).items() if v.get("restarts")}
@@ -468,31 +528,86 @@ def _drops_restarts_section(run: _Run) -> str:
         ("tile-cycles incomplete", s.get("incomplete_cycles", "unknown")),
         ("stage restarts", ", ".join(f"{k} x{v}" for k, v in restarts.items()) or "none"),
     ]
-    parts.append(_table(("", ""), rows, "integrity", header=False))
-    return "".join(parts)
+    return _table(("", ""), rows, "integrity", header=False)
+
+
+def _alerts(run: _Run, events: list[dict]) -> list[dict]:
+    """One entry per alert (rule, subject): severity, first seen, cleared, from the events
+    the supervisor's alert rules logged, else from the alerts active in the stats samples."""
+    alerts: dict[tuple, dict] = {}
+    for ev in events:
+        if "rule" not in ev:
+            continue
+        key = (ev["rule"], ev.get("subject", ""))
+        a = alerts.setdefault(key, {"rule": key[0], "subject": key[1], "severity": "", "first_seen": None, "cleared": None, "message": "", "raised": 0})
+        if ev.get("cleared") is not None:
+            a["cleared"] = float(ev["cleared"])
+            continue
+        a["raised"] += 1
+        a["severity"] = ev.get("severity", a["severity"])
+        a["message"] = ev.get("message", a["message"])
+        first = ev.get("first_seen", ev.get("t"))
+        if first is not None and (a["first_seen"] is None or float(first) < a["first_seen"]):
+            a["first_seen"] = float(first)
+        if a["cleared"] is not None and first is not None and float(first) > a["cleared"]:
+            a["cleared"] = None  # raised again after it cleared
+    if alerts or not run.stats:
+        return list(alerts.values())
+    active_last = set()
+    for s in run.stats:
+        active = set()
+        for al in s.get("alerts") or []:
+            key = (al.get("rule", ""), al.get("subject", ""))
+            active.add(key)
+            a = alerts.setdefault(key, {"rule": key[0], "subject": key[1], "severity": al.get("severity", ""), "first_seen": al.get("first_seen", s["t"]), "cleared": None, "message": al.get("message", ""), "raised": 1})
+            a["cleared"] = None
+        for key in active_last - active:
+            alerts[key]["cleared"] = s["t"]
+        active_last = active
+    return list(alerts.values())
+
+
+def _utc(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return _dt.datetime.fromtimestamp(float(t), _dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
 
 
 def _events_section(run: _Run) -> str:
     events = _events(run)
-    if not events:
+    alerts = _alerts(run, events)
+    if not events and not alerts:
         return "<p>No events or alerts were recorded.</p>"
+    table = ""
+    if alerts:
+        rows = [
+            (a["severity"], a["rule"], a["subject"], _utc(a["first_seen"]), _utc(a["cleared"]) if a["cleared"] is not None else "still active at the end", a["message"])
+            for a in sorted(alerts, key=lambda a: a["first_seen"] or 0)
+        ]
+        table = "<h3>Alerts</h3>" + _table(("severity", "rule", "subject", "first seen (UTC)", "cleared (UTC)", "message"), rows, "alerts", row_class=lambda r: f"sev-{r[0]}")
+    if not events:
+        return table
+    table += "<h3>Events</h3>"
     t0 = run.stats[0]["t"] if run.stats else min(float(e.get("t", 0)) for e in events)
+    n_alerts = sum(1 for e in events if e.get("kind") in ("alert", "error"))
+    head = f"<p>{len(events)} event(s), {n_alerts} alert(s) or error(s).</p>"
+    if len(events) > MAX_EVENT_ROWS:  # a days-long run: keep the page loadable
+        head += f'<p class="note">The first {len(events) - MAX_EVENT_ROWS} events are left out; summary.json has them all.</p>'
+        events = events[-MAX_EVENT_ROWS:]
     rows = []
     for ev in events:
         t = float(ev.get("t", 0))
         extra = {k: v for k, v in ev.items() if k not in ("t", "kind", "message")}
         rows.append(
             (
-                _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3],
+                _utc(t),
                 f"{t - t0:+.1f}",
                 ev.get("kind", ""),
                 ev.get("message", ""),
                 ", ".join(f"{k}={v}" for k, v in extra.items()),
             )
         )
-    n_alerts = sum(1 for e in events if e.get("kind") in ("alert", "error"))
-    head = f"<p>{len(events)} event(s), {n_alerts} alert(s) or error(s).</p>"
-    return head + _table(("UTC", "s", "kind", "message", "details"), rows, "events", row_class=lambda r: f"kind-{r[2]}")
+    return table + head + _table(("UTC", "s", "kind", "message", "details"), rows, "events", row_class=lambda r: f"kind-{r[2]}")
 
 
 # -- HTML ----------------------------------------------------------------------------------
@@ -562,8 +677,8 @@ table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem} td,th{border:1px
 th{background:#f3f3f3} figure{margin:.5rem 0} figure img{max-width:100%;height:auto} figcaption{font-size:.85rem;color:#444}
 .missing{color:#8a5a00;background:#fff6e0;padding:.4rem .6rem;border-left:3px solid #e0a000}
 .note{font-size:.85rem;color:#444} .notes p{color:#a00}
-tr.kind-alert td,tr.kind-error td{background:#fde8e8} tr.kind-warning td{background:#fff6e0}
-#per-cycle-error{max-height:none} code{background:#f3f3f3;padding:0 .2rem}
+tr.kind-alert td,tr.kind-error td,tr.sev-critical td{background:#fde8e8} tr.kind-warning td,tr.sev-warning td{background:#fff6e0}
+code{background:#f3f3f3;padding:0 .2rem}
 """
 
 

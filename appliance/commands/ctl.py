@@ -150,6 +150,7 @@ def _watch(args: argparse.Namespace, client) -> int:
         return _fail(args, "unreachable", str(exc), EXIT_UNREACHABLE)
     end = None if args.duration is None else time.monotonic() + args.duration
     n = 0
+    reported: dict[str, int] = {}
     with sub:
         while args.count is None or n < args.count:
             wait = None if end is None else end - time.monotonic()
@@ -162,6 +163,10 @@ def _watch(args: argparse.Namespace, client) -> int:
             except ControlError as exc:
                 print(f"appliance ctl: skipped a message: {exc}", file=sys.stderr)
                 continue
+            missed = sub.missed.get(topic, 0)
+            if topic != "stats" and missed > reported.get(topic, 0):
+                print(f"appliance ctl: missed {missed - reported.get(topic, 0)} {topic} message(s) (reading too slowly?)", file=sys.stderr)
+                reported[topic] = missed
             line = {"topic": topic, "seq": body.get("seq"), "t": body.get("t"), "data": body.get("data")}
             print(_dumps(line), flush=True)
             n += 1

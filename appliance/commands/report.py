@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "write a run's HTML report: throughput, rings, latency, intensities, error rate, %PF, alerts"
+HELP = "write a run's HTML report: throughput, rings, latency, intensities, error rate, pass filter, alerts"
 DESCRIPTION = """\
 Write one self-contained HTML page about a run (plots embedded, no other files needed) and
 print its path. It shows throughput and ring occupancy over time (from the stats the

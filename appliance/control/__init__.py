@@ -27,6 +27,7 @@ from appliance.control.protocol import (
     TOPICS,
     ProtocolError,
 )
+from appliance.control.logs import PublishingLogHandler
 from appliance.control.server import BUILTIN_COMMANDS, ControlServer, ControlServerError
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "PROTOCOL_VERSION",
     "ProtocolError",
+    "PublishingLogHandler",
     "SocketDirError",
     "Subscription",
     "TOPICS",

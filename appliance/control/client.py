@@ -221,6 +221,10 @@ class Subscription:
         self._sock = sock
         self.topics = topics
         self.timeout_s = timeout_s
+        #: messages missed per topic, from gaps in ``seq`` since the first message received
+        #: (for ``stats`` gaps are normal: the server coalesces snapshots to its rate limit)
+        self.missed: dict[str, int] = {t: 0 for t in topics}
+        self._last_seq: dict[str, int] = {}
 
     def __enter__(self) -> Subscription:
         return self
@@ -240,9 +244,16 @@ class Subscription:
             raise ControlTimeout(f"no message on {', '.join(sorted(self.topics))} within {timeout_s:g} s")
         frames = self._sock.recv_multipart()
         try:
-            return decode_pub(frames)
+            topic, body = decode_pub(frames)
         except ProtocolError as exc:
             raise ControlError(exc.code, exc.message) from None
+        seq = body.get("seq")
+        if isinstance(seq, int):
+            last = self._last_seq.get(topic)
+            if last is not None and seq > last + 1:
+                self.missed[topic] = self.missed.get(topic, 0) + seq - last - 1
+            self._last_seq[topic] = seq
+        return topic, body
 
     def close(self) -> None:
         if not self._sock.closed:

@@ -10,8 +10,12 @@ a snapshot); a handler exception becomes an ``internal`` error reply and the ser
 serving. ``publish()`` may be called from any thread: it hands the encoded message to the
 server thread over an inproc PUSH socket (guarded by a lock, since ZeroMQ sockets are not
 thread-safe). ``stats`` goes out at most ``pub_max_hz`` per second, latest value wins;
-``event``, ``alert`` and ``log`` are never rate-limited, and any message that cannot be
-delivered is counted in :meth:`ControlServer.counters` (the ``control_status`` command).
+``event``, ``alert`` and ``log`` are never rate-limited. Every PUB message carries a per-topic
+``seq``, so a subscriber sees any message it missed as a gap (``Subscription.missed``); what
+the server itself could not queue is counted in :meth:`ControlServer.counters` (the
+``control_status`` command). A subscriber that stops reading loses messages once its queue
+(10000) is full, without holding back the others; ``lossless_pub=True`` instead makes such a
+message go to no subscriber and counts it as dropped on the server.
 """
 
 from __future__ import annotations
@@ -57,9 +61,10 @@ BUILTIN_COMMANDS = ("ping", "version", "help", "control_status")
 # (ZMQ_MAXMSGSIZE), so a client cannot make the server buffer arbitrarily large messages.
 # Between MAX_REQUEST_BYTES and this a request gets a `too_large` reply.
 _HARD_MAX_FRAME = 1024 * 1024
-_PUB_HWM = 10_000  # per subscriber; with XPUB_NODROP a full queue is a counted drop
+_PUB_HWM = 10_000  # messages queued per subscriber
 _INPROC_HWM = 100_000  # publish() -> server thread
 _BATCH = 256  # messages handled per socket per loop turn, so one flood cannot starve the rest
+_ZAP_DOMAIN = "appliance"  # the ZAP domain of the TCP sockets; their keys are checked in it
 _TCP_RE = re.compile(r"tcp://(?P<host>\[[^\]]+\]|[^:\[\]]+):(?P<port>\*|\d+)\Z")
 
 
@@ -90,6 +95,7 @@ class ControlServer:
         tcp: str | None = None,
         curve_dir: Path | None = None,
         pub_max_hz: float = 10.0,
+        lossless_pub: bool = False,
     ) -> None:
         if endpoint is not None and not endpoint.startswith("ipc://"):
             raise ControlServerError(f"endpoint {endpoint!r} must be ipc://PATH: TCP goes through tcp= and requires CURVE keys (curve_dir=)")
@@ -112,14 +118,18 @@ class ControlServer:
         self._curve_dir = Path(curve_dir) if curve_dir is not None else None
         self._period = 1.0 / float(pub_max_hz)
         self.pub_max_hz = float(pub_max_hz)
+        self.lossless_pub = bool(lossless_pub)
 
         self._state_lock = threading.Lock()  # start/stop
-        self._lock = threading.Lock()  # counters and the publish PUSH socket
+        # Counters and the publish PUSH socket. Reentrant, so a log handler that publishes can
+        # never deadlock against a log call made while it is held.
+        self._lock = threading.RLock()
         self._started = False
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._ctx: zmq.Context | None = None
         self._auth = None
+        self._monitors: list[zmq.Socket] = []
         self._push: zmq.Socket | None = None
         self._lock_fd: int | None = None
         self._files: list[Path] = []
@@ -136,6 +146,7 @@ class ControlServer:
             "undeliverable_replies": 0,
             "subscriptions": 0,
             "unsubscriptions": 0,
+            "auth_failures": 0,
             "pub": {t: {"published": 0, "sent": 0, "coalesced": 0, "dropped": 0} for t in TOPICS},
         }
 
@@ -285,7 +296,11 @@ class ControlServer:
         s = ctx.socket(zmq.XPUB)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, _PUB_HWM)
-        s.setsockopt(zmq.XPUB_NODROP, 1)  # a full subscriber queue -> EAGAIN -> counted drop
+        if self.lossless_pub:
+            # A full subscriber queue makes the send fail (EAGAIN): the message goes to no
+            # subscriber and is counted as dropped. Otherwise ZeroMQ drops it for the stalled
+            # subscriber only, which sees the gap in `seq`.
+            s.setsockopt(zmq.XPUB_NODROP, 1)
         s.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription, for the counters
         s.setsockopt(zmq.MAXMSGSIZE, 1024)  # subscribers send only short subscription frames
         return s
@@ -304,15 +319,18 @@ class ControlServer:
         self._auth.start()
         # Every CURVE client is checked against the public keys in `authorized`; the ZAP
         # handler refuses the handshake for any other key (and for clients without keys).
-        self._auth.configure_curve(domain="*", location=str(authorized))
+        self._auth.configure_curve(domain=_ZAP_DOMAIN, location=str(authorized))
         router, xpub = self._router(ctx), self._xpub(ctx)
         for s in (router, xpub):
             s.setsockopt(zmq.CURVE_SERVER, 1)
             s.setsockopt(zmq.CURVE_PUBLICKEY, public)
             s.setsockopt(zmq.CURVE_SECRETKEY, secret)
-            s.setsockopt(zmq.ZAP_DOMAIN, b"appliance")
+            s.setsockopt(zmq.ZAP_DOMAIN, _ZAP_DOMAIN.encode())
         self._routers.append(router)
         self._xpubs.append(xpub)
+        # Failed CURVE handshakes (no keys, unknown key) are counted from socket monitors.
+        failed = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        self._monitors = [router.get_monitor_socket(failed), xpub.get_monitor_socket(failed)]
         host, port = _split_tcp(self._tcp)
         if port is not None:
             router.bind(f"tcp://{host}:{port}")
@@ -333,7 +351,7 @@ class ControlServer:
 
     def _teardown(self) -> None:
         """Close everything start() created (the server thread is gone or never ran)."""
-        for s in [*getattr(self, "_routers", []), *getattr(self, "_xpubs", []), getattr(self, "_pull", None), self._push]:
+        for s in [*self._monitors, *getattr(self, "_routers", []), *getattr(self, "_xpubs", []), getattr(self, "_pull", None), self._push]:
             if s is not None and not s.closed:
                 s.close(linger=0)
         if self._auth is not None:
@@ -409,10 +427,12 @@ class ControlServer:
             # The thread owns its sockets: close them here, in the thread that used them.
             for s in [*self._routers, *self._xpubs, self._pull]:
                 s.close(linger=0)
+            for m in self._monitors:
+                m.close(linger=0)
 
     def _serve(self) -> None:
         poller = zmq.Poller()
-        for s in (*self._routers, *self._xpubs, self._pull):
+        for s in (*self._routers, *self._xpubs, self._pull, *self._monitors):
             poller.register(s, zmq.POLLIN)
         next_slot: dict[str, float] = {t: 0.0 for t in THROTTLED_TOPICS}
         pending: dict[str, list[bytes]] = {}
@@ -438,6 +458,9 @@ class ControlServer:
             for s in self._xpubs:
                 if s in ready:
                     self._drain_subscriptions(s)
+            for m in self._monitors:
+                if m in ready:
+                    self._drain_monitor(m)
             if self._pull in ready:
                 for _ in range(_BATCH * 16):
                     try:
@@ -468,12 +491,22 @@ class ControlServer:
             try:
                 s.send_multipart(frames, zmq.NOBLOCK)
                 sent += 1
-            except zmq.ZMQError:  # Again: some subscriber's queue is full (XPUB_NODROP)
+            except zmq.ZMQError:  # Again: a subscriber's queue is full (lossless_pub only)
                 dropped += 1
         with self._lock:
             pub = self._c["pub"][topic]
             pub["sent"] += 1 if sent else 0
             pub["dropped"] += 1 if dropped else 0
+
+    def _drain_monitor(self, m: zmq.Socket) -> None:
+        for _ in range(_BATCH):
+            try:
+                frames = m.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) == 2:  # a monitor event: [event id + value, endpoint]
+                self._count("auth_failures")
+                log.warning("control: refused a TCP client whose CURVE handshake failed (%s)", frames[1].decode(errors="replace"))
 
     def _drain_subscriptions(self, s: zmq.Socket) -> None:
         for _ in range(_BATCH):

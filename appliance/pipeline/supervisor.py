@@ -219,6 +219,8 @@ class Supervisor:
         self.run_dir = self.root / self.run_id
         state_root = Path(config.output.state_root).resolve() if config.output.state_root else self.root / ".state"
         self.state_dir = state_root / self.run_id
+        self._recorder_dir = state_root / "recorder"
+        self.recorder = None
         self.faults = faults or {}
         self.notifier = notifier
         self.stop_requested = threading.Event()
@@ -319,8 +321,11 @@ class Supervisor:
         self.events.append(ev)
         if self.notifier is not None:
             self.notifier.status(message[:200])
+        topic = "alert" if kind in ("alert", "error") else "event"
+        if self.recorder is not None:
+            self.recorder.record(topic, ev)
         if self.publish is not None:
-            self.publish("alert" if kind in ("alert", "error") else "event", ev)
+            self.publish(topic, ev)
 
     def request_stop(self) -> None:
         """Drain: stop acquisition; every frame that entered is processed and written."""
@@ -362,6 +367,9 @@ class Supervisor:
             log.warning("removed stale ring %s of a dead previous instance", name)
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        from appliance.recorder import FlightRecorder
+
+        self.recorder = FlightRecorder(self._recorder_dir, max_bytes=cfg.recorder.max_mb << 20, segment_bytes=min(8 << 20, cfg.recorder.max_mb << 18))
         specs = self._plan()
         self._specs = {s.name: s for s in specs}
         t0 = time.monotonic()
@@ -384,6 +392,7 @@ class Supervisor:
         finally:
             if exporter is not None:
                 exporter.stop()
+            self.recorder.close()
             for ring in self._rings:
                 ring.close()
                 ring.unlink()
@@ -509,6 +518,7 @@ class Supervisor:
         self.latest_stats = sample
         with open(self.state_dir / "stats.jsonl", "a") as f:
             f.write(json.dumps(sample) + "\n")
+        self.recorder.record("stats", sample)
         if self.publish is not None:
             self.publish("stats", sample)
 

@@ -22,6 +22,8 @@ from appliance.runfolder import RunFolder
 RUN_ID = "REPORT"
 ALL_FIGURES = {"throughput", "occupancy", "latency", "intensity", "errors", "pf"}
 STATS_FIGURES = {"throughput", "occupancy"}
+#: drawn when the stats samples carry the stages' live busy fraction
+BUSY = "busy"
 
 
 def config(root: Path, *extra: str):
@@ -129,11 +131,18 @@ def test_report_of_a_real_run_has_every_plot_drawn(run):
     assert path == state_dir / "report.html"
     assert RunFolder(run_dir).verify() == []  # nothing was added inside the run folder
     page = _Page(path.read_text())
-    assert set(page.figures) == ALL_FIGURES, page.missing
-    assert len(page.images) == len(ALL_FIGURES)  # every image is in a figure, all inline
+    stats = load_stats(state_dir / "stats.jsonl")
+    busy = any(st.get("busy_fraction") is not None for s in stats for st in s["stages"].values())
+    assert set(page.figures) == ALL_FIGURES | ({BUSY} if busy else set()), page.missing
+    assert len(page.images) == len(page.figures)  # every image is in a figure, all inline
     for src in page.images:
         check_png(src)
     assert page.missing == []
+    assert "drops" not in page.figures and "No ring dropped a frame" in path.read_text()
+    # One occupancy row per ring the supervisor sampled.
+    sampled = {name for s in stats for name in s["rings"]}
+    assert {row[0] for row in page.tables["rings"][1:]} == sampled
+    assert {name.split(".")[0] for name in sampled} == {"raw", "corrected", "intensities", "calls"}
     # %PF per tile agrees with the run folder's filter files.
     folder = RunFolder(run_dir)
     pf = {row[0]: row for row in page.tables["pf"][1:]}
@@ -196,9 +205,28 @@ def test_a_run_without_stats_still_gets_a_report(run, tmp_path):
     assert path == bare / "report.html"
     page = _Page(path.read_text())
     assert set(page.figures) == ALL_FIGURES - STATS_FIGURES
+    assert "No ring dropped" not in path.read_text()  # no samples: nothing claimed either way
     for src in page.images:
         check_png(src)
     assert sum("No stats recorded" in m for m in page.missing) == len(STATS_FIGURES)
+
+
+def test_a_run_that_drops_frames_shows_the_drops_and_alerts(tmp_path):
+    # A lossy 8-slot camera ring in front of a slowed preprocess stage: the camera overruns it,
+    # the run loses most frames and cannot complete. The report must still tell the story.
+    cfg = config(tmp_path, 'edges.raw.policy="drop_newest"', "edges.raw.n_slots=8")
+    sup = Supervisor(cfg, run_id=RUN_ID, faults={"preprocess-0": {"slow_ms": 20}})
+    summary = sup.run()
+    assert summary["frames_dropped"] > 0 and summary["run_complete"] is False
+    page = _Page(write_report(sup.run_dir, summary=summary).read_text())
+    assert {"throughput", "occupancy", "drops", "latency"} <= set(page.figures)
+    for src in page.images:
+        check_png(src)
+    integrity = dict(page.tables["integrity"])
+    assert integrity["frames dropped at the camera"] == str(summary["frames_dropped"])
+    alerts = {(r[1], r[2]): r for r in page.tables["alerts"][1:]}
+    assert ("frames_dropped", "raw.0.0") in alerts
+    assert any("run folder is incomplete" in m for m in page.missing)
 
 
 def test_stats_reader_skips_a_line_cut_short(run, tmp_path):

@@ -263,3 +263,83 @@ def test_publish_after_stop_is_counted(sock_dir):
     assert srv.counters()["pub"]["event"]["dropped"] == 1
     with pytest.raises(TypeError):
         srv.publish("event", object())
+
+
+def _stalled_subscriber(ctx, endpoint):
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVHWM, 10)
+    s.setsockopt(zmq.SUBSCRIBE, b"event")
+    s.connect(endpoint)
+    return s
+
+
+def test_a_stalled_subscriber_does_not_hold_back_the_others(server, sock_dir):
+    """A subscriber that stops reading loses messages (its gap shows in seq) while a healthy
+    one gets every event."""
+    ctx = zmq.Context()
+    stalled = _stalled_subscriber(ctx, server.endpoints["events"])
+    n = 25_000
+    try:
+        with ControlClient(sock_dir) as c, c.subscribe(["event"], timeout_s=5.0) as healthy:
+            wait_for(lambda: server.counters()["subscriptions"] >= 2, what="subscriptions")
+            got = 0
+            for i in range(n):
+                server.publish("event", {"i": i, "pad": "x" * 200})
+                while healthy._sock.poll(0):  # read as we go, like a live TUI
+                    healthy.recv(0)
+                    got += 1
+            while got < n:
+                healthy.recv(5.0)
+                got += 1
+            assert healthy.missed == {"event": 0}
+        assert server.counters()["pub"]["event"] == {"published": n, "sent": n, "coalesced": 0, "dropped": 0}
+        seqs = []
+        while stalled.poll(200):
+            seqs.append(msgpack.unpackb(stalled.recv_multipart()[1])["seq"])
+        assert 0 < len(seqs) < n and seqs == sorted(seqs) and seqs[-1] - seqs[0] + 1 > len(seqs)  # a gap
+    finally:
+        stalled.close()
+        ctx.term()
+
+
+def test_lossless_pub_counts_drops(sock_dir):
+    """With lossless_pub a message that a stalled subscriber cannot take goes to nobody and is
+    counted: sent + dropped adds up to what was published."""
+    ctx = zmq.Context()
+    with ControlServer(handlers={}, run_dir_for_sockets=sock_dir, lossless_pub=True) as srv:
+        stalled = _stalled_subscriber(ctx, srv.endpoints["events"])
+        try:
+            wait_for(lambda: srv.counters()["subscriptions"] >= 1, what="subscription")
+            n = 25_000
+            for i in range(n):
+                srv.publish("event", {"i": i, "pad": "x" * 200})
+            wait_for(lambda: sum(srv.counters()["pub"]["event"][k] for k in ("sent", "dropped")) == n, what="the publish queue to drain")
+            pub = srv.counters()["pub"]["event"]
+            assert pub["published"] == n and pub["dropped"] > 0 and pub["sent"] > 0
+        finally:
+            stalled.close()
+    ctx.term()
+
+
+def test_log_handler_publishes_records(server, client):
+    import logging
+
+    from appliance.control.logs import PublishingLogHandler
+
+    logger = logging.getLogger("appliance.test_control_logs")
+    handler = PublishingLogHandler(server)
+    logger.addHandler(handler)
+    try:
+        with client.subscribe(["log"], timeout_s=2.0) as sub:
+            wait_for(lambda: server.counters()["subscriptions"] >= 1, what="subscription")
+            logger.warning("disk at %d%%", 91)
+            try:
+                raise OSError("full")
+            except OSError:
+                logger.exception("write failed")
+            first, second = sub.recv(2.0)[1]["data"], sub.recv(2.0)[1]["data"]
+    finally:
+        logger.removeHandler(handler)
+    assert first["level"] == "WARNING" and first["message"] == "disk at 91%" and first["logger"] == logger.name
+    assert first["exc"] is None and "OSError: full" in second["exc"]
