@@ -82,7 +82,7 @@ class AlertManager:
             if st.get("checksum_failures") and self._grew(("checksum_failures", stage), st["checksum_failures"]):
                 firing[("checksum_failures", stage)] = f"{st['checksum_failures']} frames failed their checksum at {stage} (quarantined)"
             within = st.get("within_budget_fraction")
-            if within is not None and (st.get("frames_in") or 0) >= 20 and within < r.budget_within:
+            if within is not None and st.get("budget_ms") and (st.get("frames_in") or 0) >= 20 and within < r.budget_within:
                 firing[("stage_over_budget", stage)] = f"stage {stage}: only {within:.0%} of frames within its {st.get('budget_ms')} ms budget"
         host = sample.get("host") or {}
         if host.get("disk_total") and host.get("disk_free") is not None:

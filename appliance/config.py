@@ -219,6 +219,23 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class ControlSection:
+    enabled: bool = True
+    socket_dir: str = ""
+    tcp: str = ""
+    curve_dir: str = ""
+    pub_max_hz: float = 10.0
+
+    def validate(self, key: str) -> None:
+        if self.tcp and not self.tcp.startswith("tcp://"):
+            raise _err(f"{key}.tcp", self.tcp, 'tcp://HOST:PORT, or "" for local ipc:// sockets only')
+        if self.tcp and not self.curve_dir:
+            raise _err(f"{key}.curve_dir", self.curve_dir, "a folder of CURVE keys whenever control.tcp is set (docs/control-protocol.md): TCP is never unauthenticated")
+        if not 0.1 <= self.pub_max_hz <= 100:
+            raise _err(f"{key}.pub_max_hz", self.pub_max_hz, "0.1 to 100")
+
+
+@dataclass(frozen=True)
 class RecorderSection:
     max_mb: int = 256
 
@@ -262,6 +279,7 @@ class RunConfig:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     alerts: object = None  #: appliance.alerts.AlertRules
     recorder: RecorderSection = field(default_factory=RecorderSection)
+    control: ControlSection = field(default_factory=ControlSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -389,6 +407,7 @@ def _from_dict(d: dict) -> RunConfig:
         metrics=_build(MetricsSection, d["metrics"], "metrics"),
         alerts=_alerts(d["alerts"]),
         recorder=_build(RecorderSection, d["recorder"], "recorder"),
+        control=_build(ControlSection, d["control"], "control"),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -41,6 +42,7 @@ class FlightRecorder:
         self._index = int(_SEGMENT.match(segs[-1].name).group(1)) if segs else 0
         self._fd: int | None = None
         self._size = 0
+        self._lock = threading.Lock()  # the supervisor records from its loop and the control thread
 
     def _open(self) -> None:
         path = self.folder / f"flight-{self._index:08d}.jsonl"
@@ -54,6 +56,10 @@ class FlightRecorder:
 
     def record(self, topic: str, body: dict) -> None:
         line = (json.dumps({"topic": topic, "t": body.get("t", time.time()), "body": body}, default=str) + "\n").encode()
+        with self._lock:
+            self._append(line)
+
+    def _append(self, line: bytes) -> None:
         if self._fd is None:
             self._open()
         if self._size and self._size + len(line) > self.segment_bytes:
@@ -74,9 +80,10 @@ class FlightRecorder:
             p.unlink()
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def __enter__(self) -> "FlightRecorder":
         return self

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -40,3 +42,19 @@ def no_shared_memory_leaks():
 def ring_name() -> str:
     """A ring name unique to this test."""
     return f"aptest.{os.getpid()}.{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_control_socket_dir():
+    """Every appliance started by the tests (in-process or as a subprocess) puts its control
+    sockets in a private, short runtime directory instead of /run/appliance, so a test run
+    never collides with a real appliance or with another test session on the same machine."""
+    old = os.environ.get("XDG_RUNTIME_DIR")
+    folder = tempfile.mkdtemp(prefix="aprt-")
+    os.environ["XDG_RUNTIME_DIR"] = folder
+    yield Path(folder)
+    if old is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = old
+    shutil.rmtree(folder, ignore_errors=True)

@@ -110,4 +110,11 @@ def _run_pipeline(config, args) -> int:
     if args.json:
         args.json.write_text(text)
     print(format_summary(summary))
+    from appliance.report import ReportError, write_report
+
+    try:
+        report = write_report(sup.run_dir, sup.state_dir, summary=summary, config=config)
+        print(f"report: {report}")
+    except ReportError as exc:  # the run itself succeeded; say why there is no report
+        print(f"warning: no run report: {exc}", file=sys.stderr)
     return 0

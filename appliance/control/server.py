@@ -84,7 +84,15 @@ def _split_tcp(endpoint: str) -> tuple[str, int | None]:
 
 class ControlServer:
     """The appliance's control plane server; see the module docstring and
-    docs/control-protocol.md. ``start()``/``stop()`` are idempotent; it is a context manager."""
+    docs/control-protocol.md. ``start()``/``stop()`` are idempotent; it is a context manager.
+
+    ``handlers`` maps command names to callables taking the request's ``args`` dict (or to
+    :class:`~appliance.control.Command` objects that also describe and check the arguments).
+    ``run_dir_for_sockets`` is the socket directory (``default_socket_dir()`` for the
+    standard one). ``endpoint`` overrides the command socket's ``ipc://`` path only (the
+    events socket and the lock stay in the directory). ``tcp="tcp://HOST:PORT"`` (PORT may be
+    ``*``) adds CURVE-only TCP sockets, with keys from ``curve_dir`` (:mod:`.curve`).
+    """
 
     def __init__(
         self,

@@ -66,7 +66,7 @@ class StageStats:
         d["busy_fraction"] = self.busy_s / wall if wall > 0 else 0.0
         d["stage_latency_ms_p50"] = self.latency.percentile(50)
         d["stage_latency_ms_p99"] = self.latency.percentile(99)
-        d["within_budget_fraction"] = self.within_budget / self.frames_in if self.frames_in else None
+        d["within_budget_fraction"] = self.within_budget / self.frames_in if self.frames_in and self.budget_ms else None
         d.update(self.extra)
         return d
 

@@ -367,12 +367,14 @@ class Supervisor:
             log.warning("removed stale ring %s of a dead previous instance", name)
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
         from appliance.recorder import FlightRecorder
 
         self.recorder = FlightRecorder(self._recorder_dir, max_bytes=cfg.recorder.max_mb << 20, segment_bytes=min(8 << 20, cfg.recorder.max_mb << 18))
         specs = self._plan()
         self._specs = {s.name: s for s in specs}
         t0 = time.monotonic()
+        server = self._start_control() if cfg.control.enabled else None
         exporter = None
         if cfg.metrics.port:
             from appliance.metrics import MetricsExporter
@@ -392,12 +394,17 @@ class Supervisor:
         finally:
             if exporter is not None:
                 exporter.stop()
+            if server is not None:
+                self._stop_control(server)
             self.recorder.close()
             for ring in self._rings:
                 ring.close()
                 ring.unlink()
             self._rings = []
         wall = time.monotonic() - t0
+        # Checkpoints exist to survive a crash mid-run; a finished run no longer needs them.
+        for ckpt in self.state_dir.glob("*.ckpt"):
+            ckpt.unlink()
         summaries = {name: self._summary_of(name) for name in self._specs}
         return summarize(cfg, self.run_id, self.run_dir, summaries, wall, self.events, dict(self.policy.restarts))
 
@@ -521,6 +528,59 @@ class Supervisor:
         self.recorder.record("stats", sample)
         if self.publish is not None:
             self.publish("stats", sample)
+
+    # -- the control plane ------------------------------------------------------------------
+    def _start_control(self):
+        """Serve status/stop/pause/resume/events over ZeroMQ and publish stats, events, logs."""
+        from appliance.control import Arg, Command, CommandError, ControlServer, ControlServerError, PublishingLogHandler
+        from appliance.control.paths import default_socket_dir
+
+        c = self.config.control
+
+        def status(args):
+            return {**self.latest_stats, "run_id": self.run_id, "state": self.state, "config": self.config.to_dict()}
+
+        def stop(args):
+            self.request_stop()
+            return {"stopping": True, "run_id": self.run_id}
+
+        def pause(args):
+            if not self.pause():
+                raise CommandError("not_running", f"run {self.run_id} is {self.state}: only an acquiring run can be paused")
+            return {"paused": True}
+
+        def resume(args):
+            if not self.resume():
+                raise CommandError("not_running", f"run {self.run_id} is {self.state}: nothing to resume")
+            return {"paused": False}
+
+        handlers = {
+            "status": Command(status, "the latest stats sample, the run's state and its config"),
+            "stop": Command(stop, "drain: stop acquisition; every frame that entered is written"),
+            "pause": Command(pause, "pause acquisition (frames in the pipeline are still processed)"),
+            "resume": Command(resume, "resume a paused acquisition"),
+            "events": Command(lambda a: self.events[-a.get("last", 50):], "the most recent events and alerts", (Arg("last", "int"),)),
+        }
+        server = ControlServer(
+            handlers=handlers,
+            run_dir_for_sockets=Path(c.socket_dir) if c.socket_dir else default_socket_dir(),
+            tcp=c.tcp or None,
+            curve_dir=Path(c.curve_dir) if c.curve_dir else None,
+            pub_max_hz=c.pub_max_hz,
+        )
+        try:
+            server.start()
+        except ControlServerError as exc:
+            raise SupervisorError(f"control plane: {exc}") from None
+        self.publish = server.publish
+        self._log_handler = PublishingLogHandler(server)
+        logging.getLogger("appliance").addHandler(self._log_handler)
+        return server
+
+    def _stop_control(self, server) -> None:
+        logging.getLogger("appliance").removeHandler(self._log_handler)
+        self.publish = None
+        server.stop()
 
     def _camera_drops(self) -> int:
         total = 0

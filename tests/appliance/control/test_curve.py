@@ -32,6 +32,7 @@ def keyed(tmp_path):
         "good": CurveKeys.from_files(good_secret, server_public),
         "stranger": CurveKeys.from_files(stranger_secret, server_public),
         "server_public": server_public,
+        "good_secret_file": good_secret,
     }
 
 
@@ -98,3 +99,19 @@ def test_key_errors(tmp_path, keyed):
     with pytest.raises(ControlServerError, match="does not exist"):
         ControlServer(handlers={}, run_dir_for_sockets=tmp_path / "s2", tcp="tcp://127.0.0.1:*", curve_dir=tmp_path / "empty").start()
     assert not (tmp_path / "s2" / "control.sock").exists()
+
+
+def test_ctl_over_tcp(tcp_server, keyed, capsys):
+    import json
+
+    from appliance.cli import main
+
+    ep = tcp_server.endpoints["tcp_command"]
+    keys = ["--client-key", str(keyed["good_secret_file"]), "--server-key", str(keyed["server_public"])]
+    assert main(["ctl", "--connect", ep, *keys, "--json", "status"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"state": "idle"}
+    assert main(["ctl", "--connect", ep, "--timeout", "1", "--json", "status"]) == 3
+    err = json.loads(capsys.readouterr().out)["error"]
+    assert err["code"] == "unreachable" and "handshake" in err["message"]
+    assert main(["ctl", "--connect", ep, "--client-key", str(keyed["server_public"]), "--server-key", str(keyed["server_public"]), "ping"]) == 2
+    assert "no secret" in capsys.readouterr().err

@@ -4,6 +4,8 @@ a ping afterwards."""
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 import zmq
 from hypothesis import HealthCheck, given, settings
@@ -89,7 +91,7 @@ def test_fuzz_raw_messages(tmp_path):
         with ControlClient(sock_dir) as c:
             assert c.request("ping") == "pong"
         counters = srv.counters()
-        assert counters["requests"] >= 300 and counters["undeliverable_replies"] == 0
+        assert srv.running and counters["requests"] >= 300 and counters["undeliverable_replies"] == 0
 
 
 def test_fuzz_the_pub_socket(tmp_path):
@@ -110,8 +112,15 @@ def test_fuzz_the_pub_socket(tmp_path):
         try:
             with ControlClient(sock_dir) as c:
                 assert c.request("ping") == "pong"
-                c_ = c.request("control_status")
-            assert c_["subscriptions"] >= 1
+                # The XSUB's subscribe frames are counted, its junk frames dropped and counted.
+                deadline = time.monotonic() + 5.0
+                while time.monotonic() < deadline:
+                    status = c.request("control_status")
+                    if status["subscriptions"] >= 1 and status["dropped_messages"] >= 2:
+                        break
+                    time.sleep(0.02)
+            assert status["subscriptions"] >= 1 and status["dropped_messages"] >= 2
+            assert srv.running
         finally:
             xsub.close()
             dealer.close()

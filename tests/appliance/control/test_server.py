@@ -231,6 +231,7 @@ def test_stats_are_rate_limited_and_events_all_arrive(server, client):
     assert stats[-1]["data"] == {"i": 999} and stats[-1]["seq"] == 1000  # the latest value wins
     assert [e["data"]["i"] for e in events] == list(range(0, 1000, 20))
     assert [e["seq"] for e in events] == list(range(1, 51))
+    assert sub.missed == {"stats": 1000 - len(stats) - (stats[0]["seq"] - 1), "event": 0}
     pub = server.counters()["pub"]
     assert pub["stats"]["published"] == 1000
     assert pub["stats"]["sent"] + pub["stats"]["coalesced"] == 1000
@@ -297,7 +298,10 @@ def test_a_stalled_subscriber_does_not_hold_back_the_others(server, sock_dir):
         seqs = []
         while stalled.poll(200):
             seqs.append(msgpack.unpackb(stalled.recv_multipart()[1])["seq"])
-        assert 0 < len(seqs) < n and seqs == sorted(seqs) and seqs[-1] - seqs[0] + 1 > len(seqs)  # a gap
+        assert 0 < len(seqs) < n and seqs == list(range(1, len(seqs) + 1))  # the head, then lost
+        server.publish("event", {"i": n})  # the stalled subscriber reads again: it sees the gap
+        assert stalled.poll(2000)
+        assert msgpack.unpackb(stalled.recv_multipart()[1])["seq"] == n + 1
     finally:
         stalled.close()
         ctx.term()

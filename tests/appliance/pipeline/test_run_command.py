@@ -69,3 +69,38 @@ def test_headless_run_notifies_systemd_and_drains_on_sigterm(tmp_path):
     records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert records and all({"ts", "level", "msg"} <= set(r) for r in records)
     assert "run HEADLESS" in out
+
+
+def test_ctl_against_a_running_appliance_pause_resume_stop(tmp_path):
+    """The CLI client and the live stats stream against a real `appliance run` process."""
+    from appliance.control import ControlClient
+    from appliance.control.paths import default_socket_dir
+
+    args = [
+        sys.executable, "-m", "appliance", "run", "--run-id", "CTL",
+        "--set", f'output.root="{tmp_path / "runs"}"', "--set", "source.synthetic.tile_size=256",
+        "--set", "source.rate_hz=10",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        sock_dir = default_socket_dir()
+        deadline = time.monotonic() + 60
+        while not (sock_dir / "control.sock").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "no control socket"
+            time.sleep(0.1)
+        with ControlClient(sock_dir, timeout_s=5) as client:
+            with client.subscribe(["stats"]) as sub:
+                topic, body = sub.recv(timeout_s=10)
+            assert topic == "stats" and body["data"]["run_id"] == "CTL"
+            assert client.request("pause") == {"paused": True}
+            assert client.request("status")["state"] == "paused"
+            assert client.request("resume") == {"paused": False}
+            assert client.request("stop")["stopping"] is True
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    assert "run CTL" in out
+    assert not (sock_dir / "control.sock").exists()  # removed at exit
