@@ -106,6 +106,8 @@ def _pair(ctx, consumer, cargs, producer, pargs, timeout: float):
         return out
     finally:
         for p in procs:
+            if p.pid is None:  # never started (the other one failed first)
+                continue
             if p.is_alive():
                 p.kill()
             p.join(5)
@@ -117,12 +119,12 @@ def _ring_name() -> str:
     return f"appliance.bench.{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
 
-def _ring_throughput(ctx, size: int, n: int, batch: int, timeout: float) -> float:
+def _ring_throughput(ctx, size: int, n: int, batch: int, timeout: float, hugepages: str = "none") -> float:
     import rt
 
     n_slots = ring_slots_for(size)
     name = _ring_name()
-    with rt.Ring.create(name, payload_bytes=size, n_slots=n_slots, wait="yield"):
+    with rt.Ring.create(name, payload_bytes=size, n_slots=n_slots, wait="yield", hugepages=hugepages):
         out = _pair(ctx, w.ring_consumer, (name, n, batch), w.ring_producer, (name, size, n, batch), timeout)
     return (out["end"] - out["start"]) / 1e9
 
@@ -206,6 +208,7 @@ def run_benchmark(
     tmpdir: Path | None = None,
     timeout: float = 300.0,
     progress=None,
+    hugepages: str = "none",
 ) -> dict:
     """Run the whole suite and return a JSON-ready dict (``throughput``, ``latency``, ``machine``)."""
     ctx = mp.get_context("spawn")
@@ -220,9 +223,9 @@ def run_benchmark(
         measured["memcpy hot"] = (n, memcpy_seconds(size, n, 1))
         if progress:
             progress(f"{_label(size)}: ring")
-        measured["ring"] = (n, _ring_throughput(ctx, size, n, 1, timeout))
+        measured["ring"] = (n, _ring_throughput(ctx, size, n, 1, timeout, hugepages))
         if size <= 4096:
-            measured[f"ring batch {_BATCH}"] = (n, _ring_throughput(ctx, size, n, _BATCH, timeout))
+            measured[f"ring batch {_BATCH}"] = (n, _ring_throughput(ctx, size, n, _BATCH, timeout, hugepages))
         if progress:
             progress(f"{_label(size)}: multiprocessing.Queue")
         measured["mp.Queue"] = (n, _queue_throughput(ctx, size, n, timeout))
@@ -257,6 +260,7 @@ def run_benchmark(
         "suite": "ring",
         "machine": machine_description(),
         "scale": scale,
+        "hugepages": hugepages,
         "throughput": [asdict(r) for r in rows],
         "latency": [asdict(r) for r in lat_rows],
     }
@@ -285,6 +289,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny counts (scale 0.01, 500 latency messages): a smoke run")
     parser.add_argument("--latency-rate", type=int, default=10_000, help="messages/s for the latency test (default 10000)")
     parser.add_argument("--latency-messages", type=int, default=10_000, help="messages per latency run (default 10000)")
+    parser.add_argument("--hugepages", default="none", choices=("none", "auto", "2M", "1G"), help="back the benchmark rings with hugepages (needs a hugetlbfs mount and free pages; falls back with a logged reason)")
     parser.add_argument("--json", type=Path, default=Path("out/bench-ring.json"), help="where to write the JSON (default out/bench-ring.json)")
 
 
@@ -294,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
     scale = 0.01 if args.quick else args.scale
     lat_n = 500 if args.quick else args.latency_messages
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
-    result = run_benchmark(sizes, scale, lat_n, args.latency_rate, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
+    result = run_benchmark(sizes, scale, lat_n, args.latency_rate, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True), hugepages=args.hugepages)
     print(format_table(result))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
