@@ -19,6 +19,7 @@ RULES = {
     "disk_free_low": "critical",
     "heartbeat_stale": "warning",
     "stage_over_budget": "warning",
+    "e2e_latency_over_budget": "warning",
 }
 
 
@@ -84,6 +85,9 @@ class AlertManager:
             within = st.get("within_budget_fraction")
             if within is not None and st.get("budget_ms") and (st.get("frames_in") or 0) >= 20 and within < r.budget_within:
                 firing[("stage_over_budget", stage)] = f"stage {stage}: only {within:.0%} of frames within its {st.get('budget_ms')} ms budget"
+        p99, budget = sample.get("e2e_latency_ms_p99"), sample.get("e2e_latency_budget_ms")
+        if p99 is not None and budget and p99 > budget:
+            firing[("e2e_latency_over_budget", "run")] = f"end-to-end latency p99 {p99:.0f} ms over its {budget:.0f} ms budget (supervisor.e2e_latency_p99_ms)"
         host = sample.get("host") or {}
         if host.get("disk_total") and host.get("disk_free") is not None:
             free = host["disk_free"] / host["disk_total"]

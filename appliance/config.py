@@ -251,6 +251,7 @@ class SupervisorSection:
     heartbeat_timeout_s: float = 30.0
     sysconfig_profile: str = ""
     strict: bool = False
+    e2e_latency_p99_ms: float = 0.0
 
     def validate(self, key: str) -> None:
         if not isinstance(self.max_restarts, int) or not 0 <= self.max_restarts <= 100:

@@ -58,15 +58,19 @@ class StageStats:
         self.within_budget = 0
         #: per frame: from leaving the previous stage (its trace stamp) to done here
         self.latency = LatencyHistogram()
+        #: per frame: from acquisition to done here (the end-to-end latency at the writer)
+        self.e2e = LatencyHistogram()
         self.extra: dict = {}
 
     def as_dict(self) -> dict:
-        d = {k: v for k, v in vars(self).items() if k not in ("extra", "latency")}
+        d = {k: v for k, v in vars(self).items() if k not in ("extra", "latency", "e2e")}
         d["wall_s"] = wall = time.monotonic() - self.started
         d["busy_fraction"] = self.busy_s / wall if wall > 0 else 0.0
         d["stage_latency_ms_p50"] = self.latency.percentile(50)
         d["stage_latency_ms_p99"] = self.latency.percentile(99)
         d["within_budget_fraction"] = self.within_budget / self.frames_in if self.frames_in and self.budget_ms else None
+        d["e2e_latency_ms_p50"] = self.e2e.percentile(50)
+        d["e2e_latency_ms_p99"] = self.e2e.percentile(99)
         d.update(self.extra)
         return d
 
@@ -275,9 +279,12 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stop: threading.Event, 
                 stats.busy_s += busy
                 if busy * 1e3 <= stats.budget_ms:
                     stats.within_budget += 1
+                now_ns = time.monotonic_ns()
                 left_previous = int(h["trace_ns"][spec.stage_index - 1])
                 if left_previous:
-                    stats.latency.add(time.monotonic_ns() - left_previous)
+                    stats.latency.add(now_ns - left_previous)
+                if h["t_mono_ns"]:
+                    stats.e2e.add(now_ns - int(h["t_mono_ns"]))
                 if time.monotonic() >= next_report:
                     next_report = time.monotonic() + LIVE_REPORT_S
                     _write_summary(spec, stats, "running")

@@ -28,7 +28,7 @@ log = logging.getLogger("appliance.supervisor")
 _ORDER = ("source", *STAGES)
 STATS_PERIOD_S = 0.5  #: the run's time series (stats.jsonl) is sampled at 2 Hz
 #: per-stage figures the stages report live (every second) and each sample carries
-_LIVE_KEYS = ("frames_in", "frames_out", "busy_fraction", "stage_latency_ms_p50", "stage_latency_ms_p99", "budget_ms", "within_budget_fraction", "checksum_failures", "duplicates")
+_LIVE_KEYS = ("frames_in", "frames_out", "busy_fraction", "stage_latency_ms_p50", "stage_latency_ms_p99", "budget_ms", "within_budget_fraction", "checksum_failures", "duplicates", "e2e_latency_ms_p50", "e2e_latency_ms_p99")
 
 
 def _host_stats(root: Path) -> dict:
@@ -510,10 +510,13 @@ class Supervisor:
             }
         cfg = self.config
         host = _host_stats(self.root)
+        writer = stages.get("writer-0", {})
         sample = {
             "t": time.time(), "run_id": self.run_id, "state": self.state, "frames_acquired": frames, "host": host,
             "frames_planned": len(cfg.run.tiles) * cfg.run.cycles * 4, "tiles": list(cfg.run.tiles),
             "cycles": cfg.run.cycles, "rings": rings, "stages": stages,
+            "e2e_latency_ms_p99": writer.get("e2e_latency_ms_p99"),
+            "e2e_latency_budget_ms": cfg.supervisor.e2e_latency_p99_ms,
         }
         for change in self.alerts.update(sample, time.time()):
             a = change.alert

@@ -58,5 +58,13 @@ def test_disk_budget_and_heartbeat_rules():
 
 def test_every_rule_has_a_runbook_entry():
     runbook = (Path(__file__).parents[2] / "docs" / "runbook.md").read_text()
-    headings = set(re.findall(r"^## `([a-z_]+)`", runbook, re.M))
+    headings = set(re.findall(r"^## `([a-z0-9_]+)`", runbook, re.M))
     assert set(RULES) <= headings, set(RULES) - headings
+
+
+def test_end_to_end_latency_budget():
+    m = AlertManager()
+    got = actions(m.update({"e2e_latency_ms_p99": 3000.0, "e2e_latency_budget_ms": 2000.0}, 0))
+    assert got == [("raised", "e2e_latency_over_budget", "run")]
+    assert actions(m.update({"e2e_latency_ms_p99": 100.0, "e2e_latency_budget_ms": 2000.0}, 1)) == [("cleared", "e2e_latency_over_budget", "run")]
+    assert m.update({"e2e_latency_ms_p99": 3000.0, "e2e_latency_budget_ms": 0.0}, 2) == []  # no budget set
