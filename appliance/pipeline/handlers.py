@@ -296,6 +296,10 @@ class KernelHandler(Handler):
         # The one host-to-device copy per cycle (a no-op on the NumPy backend), and back.
         for r in chain.push(cycle, chain.xp.asarray(stack)):
             self.results[(tile, r.cycle)] = to_host(r.intensities).astype(np.float32)
+        if chain.xp.__name__ == "cupy":  # GPU use, reported live with the stage's stats
+            pool = chain.xp.get_default_memory_pool()
+            free, total = chain.xp.cuda.runtime.memGetInfo()
+            self.stats.extra.update(gpu_pool_used_bytes=int(pool.used_bytes()), gpu_memory_used_bytes=int(total - free), gpu_memory_total_bytes=int(total))
         self._flush(tile, out)
 
     def finish(self, out) -> None:
