@@ -58,6 +58,7 @@ class ChainConfig:
     extraction: str = "psf"
     extraction_radius: int = 2
     detection_threshold: float | str = "otsu"
+    out_of_frame: str = "nan"  # a cluster drifted out of view: "nan" (no-call downstream) or "clamp"
     edge_margin: float = 2.0  # px: clusters must stay this far inside every template frame
 
     def __post_init__(self) -> None:
@@ -83,6 +84,8 @@ class ChainConfig:
             raise _bad("extraction", self.extraction, ", ".join(_EXTRACTIONS))
         if self.extraction_radius < 1:
             raise _bad("extraction_radius", self.extraction_radius, ">= 1")
+        if self.out_of_frame not in ("nan", "clamp"):
+            raise _bad("out_of_frame", self.out_of_frame, "nan, clamp")
         if isinstance(self.detection_threshold, str) and self.detection_threshold not in (
                 "otsu", "noise"):
             raise _bad("detection_threshold", self.detection_threshold, "a number, otsu, noise")
@@ -242,5 +245,6 @@ class TileChain:
             off = (drift[0] + self.offsets[k][0], drift[1] + self.offsets[k][1])
             extract_intensities(corr[k], self.positions, offset=off, method=cfg.extraction,
                                 sigma=cfg.psf_sigma, radius=cfg.extraction_radius,
-                                background=(grid, cfg.background_block), out=out[:, k])
+                                background=(grid, cfg.background_block), out=out[:, k],
+                                outside=cfg.out_of_frame)
         return CycleResult(cycle=int(cycle), intensities=out, drift=drift)

@@ -53,13 +53,18 @@ def _bilinear(image: Any, pos: Any, xp: Any) -> Any:
 
 def extract_intensities(image: Any, positions: Any, *, offset: tuple[float, float] = (0.0, 0.0),
                         method: str = "psf", sigma: float = 1.2, radius: int = 2,
-                        background: Any = None, out: Any = None) -> Any:
+                        background: Any = None, out: Any = None, outside: str = "clamp") -> Any:
     """Intensity of each cluster of ``positions`` ((N, 2), ``(x, y)``) in ``image``, float32.
 
     ``offset`` ``(dx, dy)`` is the frame's displacement from the reference frame.
     ``background`` is subtracted: a scalar, a full frame, or ``(grid, block)`` from
     :func:`kernels.background.background_grid` (sampled at each cluster, cheapest).
+    ``outside``: for a cluster whose centre lies outside the frame in this image (drift moved
+    it out of view), ``"clamp"`` measures at the nearest in-frame position, ``"nan"`` returns
+    NaN (no signal: the base caller makes it a no-call instead of a likely wrong call).
     """
+    if outside not in ("clamp", "nan"):
+        raise ValueError(f"outside={outside!r}; allowed values: clamp, nan")
     xp = get_array_module(image, positions)
     if method not in _METHODS:
         raise ValueError(f"method={method!r}; allowed values: {', '.join(_METHODS)}")
@@ -80,6 +85,8 @@ def extract_intensities(image: Any, positions: Any, *, offset: tuple[float, floa
         if bg is not None:
             val -= bg
         out[...] = val
+        if outside == "nan":
+            _nan_outside(out, pos, *image.shape, xp)
         return out
     h, w = image.shape
     if h < 2 * radius + 1 or w < 2 * radius + 1:
@@ -112,7 +119,14 @@ def extract_intensities(image: Any, positions: Any, *, offset: tuple[float, floa
     if bg is not None:
         num -= bg * (wy.sum(axis=1) * wx.sum(axis=1))
     xp.divide(num, sw2, out=out)
+    if outside == "nan":
+        _nan_outside(out, pos, h, w, xp)
     return out
+
+
+def _nan_outside(out: Any, pos: Any, h: int, w: int, xp: Any) -> None:
+    gone = (pos[:, 0] < -0.5) | (pos[:, 0] > w - 0.5) | (pos[:, 1] < -0.5) | (pos[:, 1] > h - 0.5)
+    out[gone] = xp.nan
 
 
 def extract_channels(images: Any, positions: Any, offsets: Any, *, method: str = "psf",

@@ -25,6 +25,7 @@ examples:
   appliance tui --connect tcp://imager1:5560 --client-key me.key_secret --server-key server.key
   appliance tui --replay /data/runs/251125_SIM01_0001_FC0001 --speed 4
   appliance tui --replay /data/runs/.state/T1/stats.jsonl --speed 0   as fast as it draws
+  appliance tui --replay /data/runs/.state/recorder                 every run the flight recorder holds
 """
 
 
@@ -32,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--connect", metavar="ENDPOINT", help="tcp://HOST:PORT or ipc://PATH of the appliance's command socket")
     where.add_argument("--socket-dir", metavar="DIR", help="directory of the local control sockets")
-    where.add_argument("--replay", metavar="PATH", help="replay a run: its run folder, its state folder or a stats.jsonl file")
+    where.add_argument("--replay", metavar="PATH", help="replay a run: its run folder, its state folder, a stats.jsonl file, or the flight recorder folder (ROOT/.state/recorder)")
     parser.add_argument("--speed", type=float, default=1.0, metavar="X", help="replay speed, times real time (default 1; 0 = as fast as possible)")
     parser.add_argument("--client-key", metavar="FILE", help="this client's CURVE secret key file (NAME.key_secret), for tcp://")
     parser.add_argument("--server-key", metavar="FILE", help="the server's CURVE public key file (server.key), for tcp://")

@@ -53,11 +53,21 @@ def test_chain_registration_gate_and_intensities(xp, layout):
     inten = np.stack([host(r.intensities) for r in results], axis=1)  # (N, cycles, 4)
     assert inten.dtype == np.float32 and inten.shape == (len(pos), N_CYCLES, 4)
     signal = inst.cluster_signal(1101)[:, :N_CYCLES, :] * inst.params.gain
+    # clusters drifted out of view in a cycle have NaN there (no signal), and only those
+    frame_xy = np.stack([truth.frame_positions(c, 0)[ti] for c in range(1, N_CYCLES + 1)], axis=1)
+    size = inst.params.tile_shape[0]
+    # channel offsets are at most 2 px, so a cluster lost in any channel is near an edge in channel 0
+    near_edge = ((frame_xy < 3) | (frame_xy > size - 4)).any(axis=-1)  # (N, cycles)
+    lost = np.isnan(inten[fi]).any(axis=-1)
+    assert not (lost & ~near_edge).any()
     a, b = inten[fi].ravel(), signal[ti].ravel()
-    assert np.corrcoef(a, b)[0, 1] > 0.95
+    ok = np.isfinite(a)
+    assert ok.mean() > 0.8
+    assert np.corrcoef(a[ok], b[ok])[0, 1] > 0.95
     # the brightest channel is the base for nearly all clusters in these early cycles
+    seen = ~lost
     calls = inten[fi].argmax(axis=-1)
-    assert (calls == truth.sequences[ti, :N_CYCLES]).mean() > 0.97
+    assert (calls[seen] == truth.sequences[ti, :N_CYCLES][seen]).mean() > 0.97
 
 
 def test_per_channel_registration_and_dft_refinement(xp):
