@@ -609,6 +609,7 @@ class _End:
                 continue
             now = time.monotonic()
             if deadline is not None and now >= deadline:
+                ctl[self._HEARTBEAT] = time.monotonic_ns()  # alive: a short timeout is still a wait
                 self._timed_out()
             if now >= next_peer_check:
                 next_peer_check = now + self._peer_check_interval

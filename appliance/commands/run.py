@@ -31,6 +31,7 @@ examples:
   appliance run --config myrun.toml --json summary.json
   appliance run --headless                # under systemd: notify protocol, JSON log lines
   appliance run --profile instrument --strict
+  appliance run --fault writer-0:slow_ms=200   # drill: a throttled writer raises alerts
 """
 
 
@@ -42,6 +43,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--headless", action="store_true", help="run under systemd: sd_notify READY/WATCHDOG/STATUS/STOPPING, JSON log lines")
     parser.add_argument("--profile", metavar="NAME", help="verify the host against this sysconfig profile first (overrides supervisor.sysconfig_profile)")
     parser.add_argument("--strict", action="store_true", help="refuse to start when the host differs from the profile")
+    parser.add_argument(
+        "--fault", action="append", default=[], metavar="STAGE:KEY=VALUE",
+        help="fault drill: writer-0:slow_ms=50 throttles the writer (backpressure, alerts), "
+        "kernel-0:kill_after=100 SIGKILLs it after 100 frames (restart from checkpoint), "
+        "preprocess-0:corrupt_frame=50 flips a bit (quarantine). Repeatable; for operator training and tests",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,8 +78,29 @@ def run(args: argparse.Namespace) -> int:
     return _run_pipeline(config, args)
 
 
+def parse_faults(items: list[str]) -> dict[str, dict]:
+    """``["writer-0:slow_ms=50", ...]`` -> ``{"writer-0": {"slow_ms": 50}}``; ValueError names the bad item."""
+    faults: dict[str, dict] = {}
+    for item in items:
+        stage, sep, kv = item.partition(":")
+        key, eq, value = kv.partition("=")
+        if not sep or not eq or key not in ("slow_ms", "kill_after", "corrupt_frame"):
+            raise ValueError(f"--fault {item!r}: write STAGE:KEY=VALUE with KEY one of slow_ms, kill_after, corrupt_frame (e.g. writer-0:slow_ms=50)")
+        try:
+            faults.setdefault(stage, {})[key] = float(value) if key == "slow_ms" else int(value)
+        except ValueError:
+            raise ValueError(f"--fault {item!r}: {key} needs a number") from None
+    return faults
+
+
 def _run_pipeline(config, args) -> int:
     from appliance.pipeline import Supervisor, SupervisorError, format_summary
+
+    try:
+        faults = parse_faults(args.fault)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     notifier = None
     if args.headless:
@@ -89,7 +117,7 @@ def _run_pipeline(config, args) -> int:
         except NotifyConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    sup = Supervisor(config, run_id=args.run_id, notifier=notifier, log_json=args.headless)
+    sup = Supervisor(config, run_id=args.run_id, notifier=notifier, log_json=args.headless, faults=faults)
 
     def on_signal(signum, frame):  # only sets an event: the supervisor's loop drains
         sup.request_stop()

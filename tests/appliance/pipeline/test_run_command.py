@@ -104,3 +104,11 @@ def test_ctl_against_a_running_appliance_pause_resume_stop(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert "run CTL" in out
     assert not (sock_dir / "control.sock").exists()  # removed at exit
+
+
+def test_fault_option_is_parsed_and_bad_ones_are_named(tmp_path, capsys):
+    from appliance.commands.run import parse_faults
+
+    assert parse_faults(["writer-0:slow_ms=50", "kernel-0:kill_after=3"]) == {"writer-0": {"slow_ms": 50.0}, "kernel-0": {"kill_after": 3}}
+    assert main(["run", "--fault", "writer-0:fast=1", "--set", f'output.root="{tmp_path}"']) == 2
+    assert "KEY one of slow_ms, kill_after, corrupt_frame" in capsys.readouterr().err
