@@ -81,6 +81,35 @@ class Handler:
         pass
 
 
+LIVE_PARAMS = "live_params.json"
+
+
+class LiveParams:
+    """Parameters changed during a run (``appliance ctl set``): a small JSON file the
+    supervisor replaces atomically; read at most every 0.25 s, by modification time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._values: dict = {}
+        self._mtime = 0
+        self._next = 0.0
+
+    def get(self, key: str):
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + 0.25
+            try:
+                mtime = self.path.stat().st_mtime_ns
+                if mtime != self._mtime:
+                    import json
+
+                    self._values = json.loads(self.path.read_text())
+                    self._mtime = mtime
+            except (FileNotFoundError, ValueError):
+                pass
+        return self._values.get(key)
+
+
 class SourceHandler(Handler):
     """The synthetic camera (or a replay of recorded frames) at a fixed frame rate.
 
@@ -153,9 +182,13 @@ class SourceHandler(Handler):
 
     def _acquire(self, out, stop, pause, frames, start, t_start, next_ns, period, run_id, inst_id) -> bool:
         cfg = self.spec.config
+        live = LiveParams(self.spec.state_dir / LIVE_PARAMS)
         for index, image in enumerate(frames):
             if index < start:
                 continue
+            rate = live.get("source.rate_hz")
+            if rate is not None and cfg.source.kind != "genicam":
+                period = 1e9 / rate if rate > 0 else 0
             if pause.is_set():
                 log.info("acquisition paused")
                 while pause.is_set() and not stop.is_set():

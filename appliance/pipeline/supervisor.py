@@ -26,6 +26,15 @@ __all__ = ["Supervisor", "RestartPolicy", "Restart", "GiveUp", "Done", "Supervis
 
 log = logging.getLogger("appliance.supervisor")
 _ORDER = ("source", *STAGES)
+#: parameters that may change during a run (``appliance ctl set KEY VALUE``), with their ranges
+LIVE_KEYS = {
+    "source.rate_hz": (0.0, 100_000.0),
+    "alerts.ring_occupancy": (0.01, 1.0),
+    "alerts.ring_occupancy_for_s": (0.0, 3600.0),
+    "alerts.disk_free_fraction": (0.0, 0.99),
+    "alerts.heartbeat_stale_s": (0.0, 3600.0),
+    "alerts.budget_within": (0.0, 1.0),
+}
 STATS_PERIOD_S = 0.5  #: the run's time series (stats.jsonl) is sampled at 2 Hz
 #: per-stage figures the stages report live (every second) and each sample carries
 _LIVE_KEYS = ("frames_in", "frames_out", "busy_fraction", "stage_latency_ms_p50", "stage_latency_ms_p99", "budget_ms", "within_budget_fraction", "checksum_failures", "duplicates", "e2e_latency_ms_p50", "e2e_latency_ms_p99", "gpu_memory_used_bytes", "gpu_memory_total_bytes")
@@ -232,6 +241,7 @@ class Supervisor:
         self.policy = RestartPolicy(config.supervisor.max_restarts, config.supervisor.backoff_s)
         self._paused = False
         self._done = False
+        self._live: dict = {}
         from appliance.alerts import AlertManager
 
         self.alerts = AlertManager(config.alerts)
@@ -346,6 +356,27 @@ class Supervisor:
 
     def resume(self) -> bool:
         return self._signal_source(False)
+
+    def set_live(self, key: str, value) -> dict:
+        """Change a parameter that is safe to change mid-run (``LIVE_KEYS``)."""
+        from appliance.control import CommandError
+
+        if key not in LIVE_KEYS:
+            raise CommandError("not_live", f"{key!r} cannot change during a run; live parameters: {', '.join(LIVE_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not LIVE_KEYS[key][0] <= value <= LIVE_KEYS[key][1]:
+            lo, hi = LIVE_KEYS[key]
+            raise CommandError("bad_value", f"{key} = {value!r}: allowed a number from {lo} to {hi}")
+        from appliance.pipeline.handlers import LIVE_PARAMS
+
+        self._live[key] = float(value)
+        if key.startswith("alerts."):
+            self.alerts.rules = dataclasses.replace(self.alerts.rules, **{key.split(".", 1)[1]: float(value)})
+        path = self.state_dir / LIVE_PARAMS
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._live))
+        os.replace(tmp, path)
+        self._event("event", f"live parameter {key} set to {value}")
+        return dict(self._live)
 
     def _signal_source(self, paused: bool) -> bool:
         import signal
@@ -563,6 +594,7 @@ class Supervisor:
             "pause": Command(pause, "pause acquisition (frames in the pipeline are still processed)"),
             "resume": Command(resume, "resume a paused acquisition"),
             "events": Command(lambda a: self.events[-a.get("last", 50):], "the most recent events and alerts", (Arg("last", "int"),)),
+            "set": Command(lambda a: self.set_live(a["key"], a["value"]), f"change a live parameter ({', '.join(LIVE_KEYS)})", (Arg("key", "str"), Arg("value", "any"))),
         }
         server = ControlServer(
             handlers=handlers,

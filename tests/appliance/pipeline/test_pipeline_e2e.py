@@ -192,3 +192,32 @@ def test_pause_and_resume_acquisition(tmp_path, baseline):
     assert result["frames_acquired"] == 208 and result["frames_dropped"] == 0
     assert sup.state == "done"
     assert digest(tmp_path / RUN_ID) == baseline[1]  # a pause changes nothing in the output
+
+
+def test_live_rate_change_and_refused_keys(tmp_path, baseline):
+    import threading
+    import time
+
+    from appliance.control import CommandError
+
+    cfg = config(tmp_path, "source.rate_hz=10")
+    sup = Supervisor(cfg, run_id=RUN_ID)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(sup.run()))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while sup.latest_stats.get("frames_acquired", 0) < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        with pytest.raises(CommandError, match="cannot change during a run"):
+            sup.set_live("run.cycles", 5)
+        with pytest.raises(CommandError, match="allowed a number"):
+            sup.set_live("source.rate_hz", -1)
+        assert sup.set_live("source.rate_hz", 0)["source.rate_hz"] == 0.0  # unthrottled from now on
+    finally:
+        thread.join(60)
+    assert not thread.is_alive()
+    # at 10 frames/s the 208 frames would take 21 s; unthrottled they come at once
+    assert result["acquisition_s"] < 15
+    assert digest(tmp_path / RUN_ID) == baseline[1]
