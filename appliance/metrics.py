@@ -12,12 +12,16 @@ import threading
 from typing import Callable
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import start_http_server
 
 from appliance.config import EDGES
+from appliance.pipeline._histogram import LatencyHistogram
 
-__all__ = ["MetricsExporter", "StatsCollector"]
+__all__ = ["MetricsExporter", "StatsCollector", "LATENCY_BUCKETS_S"]
+
+#: histogram bucket bounds (seconds) of the exported latency histograms
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class StatsCollector:
@@ -69,7 +73,22 @@ class StatsCollector:
         state = GaugeMetricFamily("appliance_run_state", "1 for the run's current state", labels=["state"])
         for s in ("acquiring", "paused", "draining", "done"):
             state.add_metric([s], 1 if sample.get("state") == s else 0)
-        yield from (occ, cap, drops, written, items, up, restarts, frames, planned, alerts, state)
+        stage_lat = HistogramMetricFamily("appliance_stage_latency_seconds", "Per frame: leaving the previous stage to done in this one (from the frames' trace timestamps)", labels=["stage"])
+        e2e = HistogramMetricFamily("appliance_e2e_latency_seconds", "Per frame: acquisition to done at the writer")
+        for stage, st in sorted(sample.get("stages", {}).items()):
+            if st.get("stage_latency_hist"):
+                stage_lat.add_metric([stage], *self._buckets(st["stage_latency_hist"]))
+            if stage.startswith("writer") and st.get("e2e_latency_hist"):
+                e2e.add_metric([], *self._buckets(st["e2e_latency_hist"]))
+        yield from (occ, cap, drops, written, items, up, restarts, frames, planned, alerts, state, stage_lat, e2e)
+
+    @staticmethod
+    def _buckets(sparse: dict) -> tuple[list[tuple[str, int]], float]:
+        counts, total = LatencyHistogram.cumulative(sparse, LATENCY_BUCKETS_S)
+        buckets = [(repr(b), c) for b, c in zip(LATENCY_BUCKETS_S, counts)] + [("+Inf", total)]
+        # the sum is estimated from bucket upper edges (the histogram keeps no exact sum)
+        approx_sum = sum(LatencyHistogram.upper_edge_s(int(i)) * n for i, n in sparse.items())
+        return buckets, approx_sum
 
 
 class MetricsExporter:

@@ -30,6 +30,21 @@ class LatencyHistogram:
     def total(self) -> int:
         return int(self.counts.sum())
 
+    def sparse(self) -> dict[str, int]:
+        """Non-empty buckets as ``{index: count}`` (JSON-friendly, for the live reports)."""
+        return {str(i): int(c) for i, c in enumerate(self.counts) if c}
+
+    @staticmethod
+    def upper_edge_s(index: int) -> float:
+        k, j = divmod(index, _SUB)
+        return (2**k) * (1 + (j + 1) / _SUB) / 1e9
+
+    @classmethod
+    def cumulative(cls, sparse: dict[str, int], bounds_s: tuple[float, ...]) -> tuple[list[int], int]:
+        """Counts at or below each bound (a bucket counts where its upper edge falls), and the total."""
+        items = sorted((cls.upper_edge_s(int(i)), n) for i, n in sparse.items())
+        return [sum(n for edge, n in items if edge <= b) for b in bounds_s], sum(n for _, n in items)
+
     def percentile(self, q: float) -> float | None:
         """The bucket's upper edge holding the q-th percentile, in ms (None when empty)."""
         n = self.total

@@ -71,6 +71,8 @@ class StageStats:
         d["within_budget_fraction"] = self.within_budget / self.frames_in if self.frames_in and self.budget_ms else None
         d["e2e_latency_ms_p50"] = self.e2e.percentile(50)
         d["e2e_latency_ms_p99"] = self.e2e.percentile(99)
+        d["stage_latency_hist"] = self.latency.sparse()
+        d["e2e_latency_hist"] = self.e2e.sparse()
         d.update(self.extra)
         return d
 

@@ -22,12 +22,22 @@ def _scrape(port: int) -> dict:
     return out
 
 
+def _hist(seconds):
+    from appliance.pipeline._histogram import LatencyHistogram
+
+    h = LatencyHistogram()
+    for x in seconds:
+        h.add(int(x * 1e9))
+    return h.sparse()
+
+
 def test_exporter_serves_a_sample_with_conventional_names():
     sample = {
         "state": "acquiring", "frames_acquired": 12, "frames_planned": 208,
         "rings": {"raw.0.0": {"occupancy": 3, "n_slots": 64, "written": 12, "read": 9, "drops": 1},
                   "corrected.0.0": {"occupancy": 1, "n_slots": 64, "written": 9, "read": 8, "drops": 0}},
-        "stages": {"source-0": {"alive": True, "restarts": 0}, "kernel-0": {"alive": False, "restarts": 2}},
+        "stages": {"source-0": {"alive": True, "restarts": 0}, "kernel-0": {"alive": False, "restarts": 2},
+                   "writer-0": {"alive": True, "restarts": 0, "stage_latency_hist": _hist([2e-3, 2e-3, 0.2]), "e2e_latency_hist": _hist([0.3, 3.0])}},
     }
     events = [{"kind": "alert"}, {"kind": "alert"}, {"kind": "event"}]
     with MetricsExporter(lambda: (sample, events), port=0) as exp:
@@ -41,6 +51,11 @@ def test_exporter_serves_a_sample_with_conventional_names():
     assert m[("appliance_stage_up", (("stage", "kernel-0"),))] == 0
     assert m[("appliance_alerts_total", (("kind", "alert"),))] == 2
     assert m[("appliance_run_state", (("state", "acquiring"),))] == 1
+    assert m[("appliance_stage_latency_seconds_bucket", (("le", "0.0025"), ("stage", "writer-0")))] == 2
+    assert m[("appliance_stage_latency_seconds_bucket", (("le", "+Inf"), ("stage", "writer-0")))] == 3
+    assert m[("appliance_stage_latency_seconds_count", (("stage", "writer-0"),))] == 3
+    assert m[("appliance_e2e_latency_seconds_bucket", (("le", "0.5"),))] == 1
+    assert m[("appliance_e2e_latency_seconds_bucket", (("le", "5.0"),))] == 2
 
 
 def test_exporter_during_a_real_run(tmp_path):
