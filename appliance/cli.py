@@ -20,6 +20,7 @@ __all__ = ["main", "COMMANDS"]
 #: verb -> module under ``appliance.commands``. Order is the order shown in ``--help``.
 COMMANDS: dict[str, str] = {
     "run": "run",
+    "serve": "serve",
     "report": "report",
     "bench": "bench",
     "rings": "rings",

@@ -564,12 +564,9 @@ class Supervisor:
             self.publish("stats", sample)
 
     # -- the control plane ------------------------------------------------------------------
-    def _start_control(self):
-        """Serve status/stop/pause/resume/events over ZeroMQ and publish stats, events, logs."""
-        from appliance.control import Arg, Command, CommandError, ControlServer, ControlServerError, PublishingLogHandler
-        from appliance.control.paths import default_socket_dir
-
-        c = self.config.control
+    def control_commands(self) -> dict:
+        """The control-plane commands of this run: status, stop, pause, resume, events, set."""
+        from appliance.control import Arg, Command, CommandError
 
         def status(args):
             return {**self.latest_stats, "run_id": self.run_id, "state": self.state, "config": self.config.to_dict()}
@@ -588,7 +585,7 @@ class Supervisor:
                 raise CommandError("not_running", f"run {self.run_id} is {self.state}: nothing to resume")
             return {"paused": False}
 
-        handlers = {
+        return {
             "status": Command(status, "the latest stats sample, the run's state and its config"),
             "stop": Command(stop, "drain: stop acquisition; every frame that entered is written"),
             "pause": Command(pause, "pause acquisition (frames in the pipeline are still processed)"),
@@ -596,26 +593,19 @@ class Supervisor:
             "events": Command(lambda a: self.events[-a.get("last", 50):], "the most recent events and alerts", (Arg("last", "int"),)),
             "set": Command(lambda a: self.set_live(a["key"], a["value"]), f"change a live parameter ({', '.join(LIVE_KEYS)})", (Arg("key", "str"), Arg("value", "any"))),
         }
-        server = ControlServer(
-            handlers=handlers,
-            run_dir_for_sockets=Path(c.socket_dir) if c.socket_dir else default_socket_dir(),
-            tcp=c.tcp or None,
-            curve_dir=Path(c.curve_dir) if c.curve_dir else None,
-            pub_max_hz=c.pub_max_hz,
-        )
-        try:
-            server.start()
-        except ControlServerError as exc:
-            raise SupervisorError(f"control plane: {exc}") from None
+
+    def _start_control(self):
+        """Serve this run's commands over ZeroMQ and publish stats, events, logs."""
+        server = start_control_server(self.config.control, self.control_commands())
         self.publish = server.publish
-        self._log_handler = PublishingLogHandler(server)
-        logging.getLogger("appliance").addHandler(self._log_handler)
+        self._log_handler = attach_log_publisher(server)
         return server
 
     def _stop_control(self, server) -> None:
         logging.getLogger("appliance").removeHandler(self._log_handler)
         self.publish = None
         server.stop()
+
 
     def _camera_drops(self) -> int:
         total = 0
@@ -651,3 +641,32 @@ class Supervisor:
     def cleanup_state(self) -> None:
         """Remove checkpoints and stage summaries of a finished run."""
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def start_control_server(c, handlers: dict):
+    """Start a ControlServer for the ``[control]`` config section ``c`` with ``handlers``;
+    SupervisorError when another appliance holds the socket directory."""
+    from appliance.control import ControlServer, ControlServerError
+    from appliance.control.paths import default_socket_dir
+
+    server = ControlServer(
+        handlers=handlers,
+        run_dir_for_sockets=Path(c.socket_dir) if c.socket_dir else default_socket_dir(),
+        tcp=c.tcp or None,
+        curve_dir=Path(c.curve_dir) if c.curve_dir else None,
+        pub_max_hz=c.pub_max_hz,
+    )
+    try:
+        server.start()
+    except ControlServerError as exc:
+        raise SupervisorError(f"control plane: {exc}") from None
+    return server
+
+
+def attach_log_publisher(server) -> logging.Handler:
+    """Publish the appliance's log records on the server's ``log`` topic."""
+    from appliance.control import PublishingLogHandler
+
+    handler = PublishingLogHandler(server)
+    logging.getLogger("appliance").addHandler(handler)
+    return handler

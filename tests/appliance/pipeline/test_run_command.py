@@ -112,3 +112,51 @@ def test_fault_option_is_parsed_and_bad_ones_are_named(tmp_path, capsys):
     assert parse_faults(["writer-0:slow_ms=50", "kernel-0:kill_after=3"]) == {"writer-0": {"slow_ms": 50.0}, "kernel-0": {"kill_after": 3}}
     assert main(["run", "--fault", "writer-0:fast=1", "--set", f'output.root="{tmp_path}"']) == 2
     assert "KEY one of slow_ms, kill_after, corrupt_frame" in capsys.readouterr().err
+
+
+def test_serve_starts_runs_on_command_and_drains_on_sigterm(tmp_path):
+    from appliance.control import ControlClient, ControlError
+    from appliance.control.paths import default_socket_dir
+
+    args = [
+        sys.executable, "-m", "appliance", "serve",
+        "--set", f'output.root="{tmp_path / "runs"}"', "--set", "source.synthetic.tile_size=256",
+        "--set", "source.rate_hz=0", "--set", 'edges.raw.policy="block"',
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        sock_dir = default_socket_dir()
+        deadline = time.monotonic() + 60
+        while not (sock_dir / "control.sock").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        with ControlClient(sock_dir, timeout_s=5) as client:
+            assert client.request("status")["state"] == "idle"
+            try:
+                client.request("pause")
+                raise AssertionError("pause without a run must fail")
+            except ControlError as exc:
+                assert exc.code == "not_running"
+            started = client.request("start", run_id="S1", set=["run.cycles=26"])
+            assert started["run_id"] == "S1"
+            try:
+                client.request("start", run_id="S2")
+                raise AssertionError("a second concurrent run must be refused")
+            except ControlError as exc:
+                assert exc.code == "busy"
+            while client.request("status")["state"] != "idle":
+                assert time.monotonic() < deadline + 120
+                time.sleep(0.5)
+            last = client.request("status")["last_summary"]
+            assert last["run_id"] == "S1" and last["run_complete"] and last["frames_dropped"] == 0
+            client.request("start", run_id="S2", set=['source.rate_hz=10'])
+            time.sleep(2)
+        proc.send_signal(signal.SIGTERM)  # drains S2, then exits
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    assert "run S2" in out
+    assert RunFolder(tmp_path / "runs" / "S1").is_complete

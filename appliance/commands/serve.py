@@ -1,0 +1,68 @@
+"""``appliance serve``: stay up and start runs on command over the control plane."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+HELP = "run as a service: the control plane stays up and starts runs on command (ctl start)"
+DESCRIPTION = """\
+Start the control plane and wait for commands instead of running once: `appliance ctl start`
+starts a run (with the service's configuration plus the command's overrides), and status,
+stop, pause, resume, events and set act on the current run. One run at a time. SIGTERM or
+Ctrl-C drains the current run, then exits 0.
+
+examples:
+  appliance serve
+  appliance ctl start 'set=["run.cycles=30"]' run_id=TEST1     # from a second terminal
+  appliance ctl status
+  appliance serve --config site.toml --headless               # under systemd
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="run config (TOML) for every run; ctl start adds overrides")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one key for every run (repeatable)")
+    parser.add_argument("--headless", action="store_true", help="under systemd: READY/STOPPING and JSON log lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    from appliance.config import ConfigError
+    from appliance.pipeline import SupervisorError
+    from appliance.service import Service
+
+    notifier = None
+    if args.headless:
+        from appliance.logjson import configure_logging
+        from appliance.systemd import Notifier
+
+        configure_logging(json=True)
+        notifier = Notifier.from_environment(unset=True)
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            service = Service(args.config, args.overrides).start()
+        except (ConfigError, SupervisorError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, ConfigError) else 1
+        print("appliance serving; start a run with `appliance ctl start`", flush=True)
+        if notifier is not None:
+            notifier.ready(status="idle: waiting for `ctl start`")
+        while not stop.wait(0.5):
+            if notifier is not None:
+                notifier.watchdog_if_due()
+        if notifier is not None:
+            notifier.stopping()
+        service.shutdown()
+        if service.last_summary:
+            from appliance.pipeline import format_summary
+
+            print(format_summary(service.last_summary))
+        return 0
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

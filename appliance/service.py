@@ -1,0 +1,152 @@
+"""``appliance serve``: a long-running appliance that starts runs on command.
+
+One control server lives as long as the service; each ``start`` runs a
+:class:`~appliance.pipeline.Supervisor` in a thread with the service's configuration plus the
+command's overrides, and the run's commands (status, stop, pause, resume, events, set) are
+forwarded to it. One run at a time: the instrument has one camera.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+
+from appliance.config import ConfigError, RunConfig, load_config
+
+__all__ = ["Service"]
+
+log = logging.getLogger("appliance.service")
+
+
+class Service:
+    """Holds the control server; ``start_run`` / ``wait`` / ``shutdown``. A context manager."""
+
+    def __init__(self, config_path: Path | None = None, overrides: tuple[str, ...] = ()) -> None:
+        self.config_path = config_path
+        self.overrides = tuple(overrides)
+        self.base: RunConfig = load_config(config_path, overrides)
+        self.supervisor = None
+        self.thread: threading.Thread | None = None
+        self.last_summary: dict | None = None
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._server = None
+        self._log_handler = None
+
+    # -- commands --------------------------------------------------------------------------
+    def _commands(self) -> dict:
+        from appliance.control import Arg, Command
+
+        forwarded = {}
+        for name in ("status", "stop", "pause", "resume", "events", "set"):
+            forwarded[name] = Command(self._forward(name), *_help_and_args(name))
+
+        def start(args):
+            return self.start_run(list(args.get("set", [])), args.get("run_id"))
+
+        forwarded["start"] = Command(start, "start a run: set = ['section.key=value', ...] overrides, run_id (optional)",
+                                     (Arg("set", "list"), Arg("run_id", "str")))
+        return forwarded
+
+    def _forward(self, name: str):
+        from appliance.control import CommandError
+
+        def handler(args):
+            sup = self.supervisor
+            running = sup is not None and self.thread is not None and self.thread.is_alive()
+            if not running:
+                if name == "status":
+                    return {"state": "idle", "run_id": sup.run_id if sup else None, "last_summary": _brief(self.last_summary), "last_error": self.last_error}
+                if name == "events" and sup is not None:
+                    return sup.events[-args.get("last", 50):]
+                raise CommandError("not_running", "no run is going: start one with `appliance ctl start`")
+            return sup.control_commands()[name].handler(args)
+
+        return handler
+
+    def start_run(self, overrides: list[str], run_id: str | None = None) -> dict:
+        from appliance.control import CommandError
+        from appliance.pipeline import Supervisor
+
+        with self._lock:
+            if self.thread is not None and self.thread.is_alive():
+                raise CommandError("busy", f"run {self.supervisor.run_id} is going: stop it first (one camera, one run)")
+            try:
+                cfg = load_config(self.config_path, [*self.overrides, *overrides])
+            except ConfigError as exc:
+                raise CommandError("bad_config", str(exc)) from None
+            # the service owns the control sockets; the run publishes through them
+            cfg = dataclasses.replace(cfg, control=dataclasses.replace(cfg.control, enabled=False))
+            sup = Supervisor(cfg, run_id=run_id)
+            sup.publish = self._server.publish if self._server is not None else None
+            self.supervisor = sup
+            self.last_error = None
+            self.thread = threading.Thread(target=self._run, args=(sup,), name=f"run-{sup.run_id}", daemon=True)
+            self.thread.start()
+            return {"started": True, "run_id": sup.run_id, "output": str(sup.run_dir)}
+
+    def _run(self, sup) -> None:
+        from appliance.pipeline import SupervisorError
+
+        try:
+            self.last_summary = sup.run()
+        except SupervisorError as exc:
+            self.last_error = str(exc)
+            log.error("run %s failed: %s", sup.run_id, exc)
+        except Exception as exc:  # a bug: keep serving, report it
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("run %s crashed", sup.run_id)
+
+    # -- life cycle ------------------------------------------------------------------------
+    def start(self) -> "Service":
+        from appliance.pipeline.supervisor import attach_log_publisher, start_control_server
+
+        self._server = start_control_server(self.base.control, self._commands())
+        self._log_handler = attach_log_publisher(self._server)
+        return self
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def shutdown(self, timeout: float = 300.0) -> None:
+        """Drain the current run (if any), wait for it, then close the control sockets."""
+        if self.supervisor is not None and self.thread is not None and self.thread.is_alive():
+            self.supervisor.request_stop()
+            self.thread.join(timeout)
+        if self._server is not None:
+            logging.getLogger("appliance").removeHandler(self._log_handler)
+            self._server.stop()
+            self._server = None
+
+    def __enter__(self) -> "Service":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def _help_and_args(name: str):
+    from appliance.control import Arg
+
+    return {
+        "status": ("the current run's stats and state, or idle and the last run's summary",),
+        "stop": ("drain the current run",),
+        "pause": ("pause acquisition of the current run",),
+        "resume": ("resume acquisition of the current run",),
+        "events": ("the current (or last) run's recent events and alerts", (Arg("last", "int"),)),
+        "set": ("change a live parameter of the current run", (Arg("key", "str"), Arg("value", "any"))),
+    }[name]
+
+
+def _brief(summary: dict | None) -> dict | None:
+    if not summary:
+        return None
+    keep = ("run_id", "output", "frames_acquired", "frames_dropped", "run_complete", "checksum_failures")
+    brief = {k: summary.get(k) for k in keep}
+    acc = summary.get("accuracy")
+    if acc:
+        brief["error_rate"] = acc.get("error_rate")
+    return brief
