@@ -33,6 +33,7 @@ REDRAW_HZ = 4.0
 #: action -> what the help screen says about its key (every binding has an entry).
 KEY_HELP: dict[str, str] = {
     "help": "this help (Esc or ? closes it)",
+    "start_run": "start a run (under appliance serve)",
     "stop_run": "drain: acquisition ends, frames in flight are written",
     "pause_run": "pause acquisition (the pipeline keeps processing)",
     "resume_run": "resume a paused acquisition",
@@ -45,6 +46,7 @@ KEY_HELP: dict[str, str] = {
 }
 
 _COMMANDS = {
+    "start_run": ("start", "Start a run?", "The appliance service (appliance serve) starts a run with its configuration."),
     "stop_run": ("stop", "Stop the run?", "Acquisition ends now; frames already acquired are still processed and written."),
     "pause_run": ("pause", "Pause acquisition?", "The camera stops; frames in the pipeline are still processed."),
     "resume_run": ("resume", "Resume acquisition?", "The camera starts acquiring again."),
@@ -143,6 +145,7 @@ class ApplianceApp(App[None]):
     ENABLE_COMMAND_PALETTE = False  # every action has its key (see the help screen)
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("g", "start_run", "Start"),
         Binding("s", "stop_run", "Stop"),
         Binding("p", "pause_run", "Pause"),
         Binding("r", "resume_run", "Resume"),
@@ -396,6 +399,9 @@ class ApplianceApp(App[None]):
                 self._redraw()
 
         self.push_screen(ConfirmScreen(question, detail), answered)
+
+    def action_start_run(self) -> None:
+        self._ask("start_run")
 
     def action_stop_run(self) -> None:
         self._ask("stop_run")
