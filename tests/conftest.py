@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -58,3 +60,18 @@ def private_control_socket_dir():
     else:
         os.environ["XDG_RUNTIME_DIR"] = old
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def no_leaked_threads():
+    """Fail the test if it leaves a thread running (give threads 3 s to finish)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 3.0
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    if leaked:
+        pytest.fail(f"test leaked threads: {[t.name for t in leaked]}")

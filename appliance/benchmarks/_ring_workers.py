@@ -186,9 +186,13 @@ def zmq_consumer(addr, n, ready, results) -> None:
     sock.setsockopt(zmq.RCVHWM, 1000)
     sock.bind(addr)
     ready.set()
-    for _ in range(n):
+    got = 0
+    # Rarely (seen about once in 30 suite runs) ZeroMQ never delivers some messages; a silence
+    # of 10 s ends the run and reports the loss instead of hanging the benchmark.
+    while got < n and sock.poll(10_000):
         sock.recv(copy=False)
-    results.put(("end", time.monotonic_ns()))
+        got += 1
+    results.put(("end", time.monotonic_ns() if got == n else -(n - got)))
     sock.close(linger=0)
     ctx.term()
 
@@ -221,9 +225,11 @@ def zmq_latency_consumer(addr, n, ready, results) -> None:
     sock.bind(addr)
     ready.set()
     lat = np.empty(n, np.int64)
-    for i in range(n):
+    got = 0
+    while got < n and sock.poll(10_000):  # see zmq_consumer: a silence ends the run
         msg = sock.recv()
-        lat[i] = time.monotonic_ns() - int.from_bytes(msg[:8], "little")
-    results.put(("lat", lat))
+        lat[got] = time.monotonic_ns() - int.from_bytes(msg[:8], "little")
+        got += 1
+    results.put(("lat", lat[:got]))
     sock.close(linger=0)
     ctx.term()

@@ -18,6 +18,7 @@ from appliance.config import load_config
 from appliance.pipeline import Supervisor
 from appliance.report import ReportError, load_stats, write_report
 from appliance.runfolder import RunFolder
+from tests.runs import small_run_config
 
 RUN_ID = "REPORT"
 ALL_FIGURES = {"throughput", "occupancy", "latency", "intensity", "errors", "pf"}
@@ -27,17 +28,7 @@ BUSY = "busy"
 
 
 def config(root: Path, *extra: str):
-    # The pipeline e2e tests' settings: 256 px tiles, unthrottled, lossless camera edge.
-    return load_config(
-        overrides=[
-            f'output.root="{root}"',
-            "source.synthetic.tile_size=256",
-            "source.rate_hz=0",
-            'edges.raw.policy="block"',
-            "supervisor.backoff_s=0.1",
-            *extra,
-        ]
-    )
+    return small_run_config(root, *extra)
 
 
 @pytest.fixture(scope="module")

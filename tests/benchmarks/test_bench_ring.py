@@ -70,8 +70,10 @@ def test_bench_ring_harness_smoke(tmp_path, capsys):
     result = json.loads(out.read_text())
     transports = {(r["size"], r["transport"]) for r in result["throughput"]}
     for size in (64, 65536):
-        for t in ("ring", "mp.Queue", "zmq ipc", "memcpy", "memcpy hot"):
+        for t in ("ring", "mp.Queue", "memcpy", "memcpy hot"):
             assert (size, t) in transports
+        # zmq is a reference: a rare lost message is reported as a failure, not a hang
+        assert (size, "zmq ipc") in transports or any(f"{size} B" in f for f in result["failures"])
     assert (64, "ring batch 256") in transports
     assert all(r["msgs_per_s"] > 0 and r["vs_queue"] > 0 for r in result["throughput"])
     lat = {r["transport"]: r for r in result["latency"]}

@@ -15,22 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import load_config
+from tests.runs import small_run_config
 
 SIZE = (80, 24)
 
 
 def run_config(root: Path, *extra: str):
-    """A small real run: 256 px tiles, lossless, as tests/appliance/pipeline does."""
-    return load_config(
-        overrides=[
-            f'output.root="{root}"',
-            "source.synthetic.tile_size=256",
-            'edges.raw.policy="block"',
-            "supervisor.backoff_s=0.1",
-            *extra,
-        ]
-    )
+    """A small real run as tests/appliance/pipeline does it, at the camera's default rate."""
+    return small_run_config(root, "source.rate_hz=20", *extra)
 
 
 @pytest.fixture(scope="session")
@@ -47,18 +39,9 @@ def real_run(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_threads():
+def _no_leaked_threads(no_leaked_threads):
     """Fail a test that leaves a thread running (source threads, servers, supervisors)."""
-    before = set(threading.enumerate())
     yield
-    deadline = time.monotonic() + 3.0
-    while True:
-        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not leaked or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    if leaked:
-        pytest.fail(f"test leaked threads: {[t.name for t in leaked]}")
 
 
 @pytest.fixture

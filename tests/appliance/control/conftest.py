@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_threads():
+def _no_leaked_threads(no_leaked_threads):
     """Fail a test that leaves a thread running (server threads, ZAP authenticators)."""
-    before = set(threading.enumerate())
     yield
-    deadline = time.monotonic() + 2.0
-    while True:
-        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not leaked or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    if leaked:
-        pytest.fail(f"test leaked threads: {[t.name for t in leaked]}")
 
 
 @pytest.fixture

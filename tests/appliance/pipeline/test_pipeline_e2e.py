@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import load_config
+from tests.runs import small_run_config
 from appliance.pipeline import Supervisor
 from appliance.runfolder import RunFolder
 
@@ -17,16 +17,7 @@ RUN_ID = "E2E"
 
 def config(root: Path, *extra: str):
     # Lossless and unthrottled so that runs are comparable frame for frame.
-    return load_config(
-        overrides=[
-            f'output.root="{root}"',
-            "source.synthetic.tile_size=256",
-            "source.rate_hz=0",
-            'edges.raw.policy="block"',
-            "supervisor.backoff_s=0.1",
-            *extra,
-        ]
-    )
+    return small_run_config(root, *extra)
 
 
 def digest(run_dir: Path) -> dict[str, str]:
