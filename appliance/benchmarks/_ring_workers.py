@@ -174,7 +174,7 @@ def zmq_producer(addr, size, n, ready, go, results) -> None:
     for _ in range(n):
         sock.send(src, copy=copy)
     results.put(("start", t0))
-    sock.close(linger=-1)
+    sock.close(linger=10_000)  # bounded: a lost peer must not hang the benchmark
     ctx.term()
 
 
@@ -213,7 +213,7 @@ def zmq_latency_producer(addr, n, rate, ready, go, results) -> None:
         sock.send(time.monotonic_ns().to_bytes(8, "little") + bytes(56))
         next_ns += period
     results.put(("start", 0))
-    sock.close(linger=-1)
+    sock.close(linger=10_000)  # bounded: a lost peer must not hang the benchmark
     ctx.term()
 
 
