@@ -82,7 +82,7 @@ def _datapath(size: int, frames: int) -> list[str]:
     cycles = max(1, math.ceil(frames / (tiles * 4)))
     return [
         f"source.synthetic.tile_size={size}", "source.synthetic.unique_frames=8", f"run.cycles={cycles}",
-        'stages.kernel.algorithm="passthrough"', "edges.raw.n_slots=16", "edges.corrected.n_slots=16",
+        'stages.kernel.algorithm="passthrough"', "edges.raw.n_slots=64", "edges.corrected.n_slots=16",
         "edges.intensities.n_slots=16", "edges.calls.n_slots=16",
     ]
 
