@@ -99,9 +99,6 @@ class RestartPolicy:
         self.restarts[name] = n
         return Restart(name, self.backoff_s * 2 ** (n - 1), n)
 
-    def on_hung(self, name: str, age_s: float) -> Restart | GiveUp:
-        return self.on_exit(name, -9, False)
-
 
 # -- CPU plan and memory budget ------------------------------------------------------------
 
@@ -267,8 +264,7 @@ class Supervisor:
             gpu_node=gpus[0] if gpus else None, nic_node=nic_node,
         )
         for w in cpus.warnings:
-            log.warning("cpu plan: %s", w)
-            self._event("warning", w)
+            self._event("warning", f"cpu plan: {w}")
         specs = []
         for index, stage in enumerate(_ORDER):
             for r in range(self._replicas(stage)):
@@ -326,7 +322,11 @@ class Supervisor:
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
-    def _event(self, kind: str, message: str, **fields) -> None:
+    def _event(self, kind: str, message: str, *, logged: bool = False, **fields) -> None:
+        """Record an event or alert: the run's events, the flight recorder, the control
+        plane's PUB, systemd STATUS, and the log (unless a stage ``logged`` it already)."""
+        if not logged and kind in ("alert", "error", "warning"):
+            log.log(logging.ERROR if kind == "error" else logging.WARNING, "%s", message)
         ev = {"t": time.time(), "kind": kind, "message": message, **fields}
         self.events.append(ev)
         if self.notifier is not None:
@@ -442,8 +442,7 @@ class Supervisor:
     def _watch(self) -> None:
         pending_restarts: dict[str, float] = {}
         drain_sent = False
-        drops_seen = 0
-        next_drop_check = 0.0
+        next_alert_read = 0.0
         alerts_offset = 0
         next_sample = 0.0
         hb_timeout = self.config.supervisor.heartbeat_timeout_s
@@ -458,13 +457,9 @@ class Supervisor:
             if now >= next_sample:
                 next_sample = now + STATS_PERIOD_S
                 self._sample_stats()
-            if now >= next_drop_check:
-                next_drop_check = now + 1.0
+            if now >= next_alert_read:  # camera drops are the frames_dropped alert rule's
+                next_alert_read = now + 1.0
                 alerts_offset = self._read_alerts(alerts_offset)
-                drops = self._camera_drops()
-                if drops > drops_seen:
-                    log.error("camera buffer full: %d frames dropped so far; the pipeline is slower than the camera", drops)
-                    drops_seen = drops
             for name, proc in list(self._procs.items()):
                 if name in pending_restarts:
                     if now >= pending_restarts[name]:
@@ -484,7 +479,6 @@ class Supervisor:
                     del self._procs[name]
                 elif isinstance(action, Restart):
                     self._event("alert", f"stage {name} crashed (exit {proc.exitcode}); restart {action.attempt} in {action.delay_s:.1f} s", stage=name)
-                    log.warning("stage %s exited with %s; restarting in %.1f s", name, proc.exitcode, action.delay_s)
                     pending_restarts[name] = now + action.delay_s
                 else:
                     self._event("error", action.reason, stage=name)
@@ -513,7 +507,7 @@ class Supervisor:
                 ev = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            self._event(ev.pop("kind", "alert"), ev.pop("message", ""), **ev)
+            self._event(ev.pop("kind", "alert"), ev.pop("message", ""), logged=True, **ev)
         return offset + end
 
     def _sample_stats(self) -> None:
@@ -606,13 +600,6 @@ class Supervisor:
         self.publish = None
         server.stop()
 
-
-    def _camera_drops(self) -> int:
-        total = 0
-        for ring in self._rings:
-            if ".raw." in ring.name:
-                total += ring.statistics().drops
-        return total
 
     def _heartbeat_age(self, name: str) -> float | None:
         """Oldest heartbeat of this process's ring ends (None when it has no input rings)."""

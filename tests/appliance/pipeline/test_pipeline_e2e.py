@@ -4,6 +4,8 @@ byte-identical output after SIGKILL of each stage, checksum quarantine, backpres
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,21 @@ RUN_ID = "E2E"
 def config(root: Path, *extra: str):
     # Lossless and unthrottled so that runs are comparable frame for frame.
     return small_run_config(root, *extra)
+
+
+def start_in_thread(sup: Supervisor) -> tuple[threading.Thread, dict]:
+    """Run ``sup`` in a thread; its summary lands in the returned dict."""
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(sup.run()))
+    thread.start()
+    return thread, result
+
+
+def wait_until(condition, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
 
 
 def digest(run_dir: Path) -> dict[str, str]:
@@ -83,9 +100,6 @@ def test_slow_writer_backpressures_without_loss(tmp_path):
 def test_full_disk_pauses_the_run_alerts_and_resumes(tmp_path):
     import os
     import subprocess
-    import threading
-    import time
-
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a small tmpfs as the data root")
     disk = tmp_path / "disk"
@@ -97,9 +111,7 @@ def test_full_disk_pauses_the_run_alerts_and_resumes(tmp_path):
         filler.write_bytes(b"\0" * (7 << 20))  # leaves ~1 MiB: less than the run writes
         cfg = config(disk, f'output.state_root="{tmp_path / "state"}"')
         sup = Supervisor(cfg, run_id=RUN_ID)
-        result = {}
-        thread = threading.Thread(target=lambda: result.update(sup.run()))
-        thread.start()
+        thread, result = start_in_thread(sup)
         deadline = time.monotonic() + 120
         while not any("run folder full" in e["message"] for e in sup.events):
             assert thread.is_alive() and time.monotonic() < deadline, "no disk-full alert"
@@ -159,19 +171,11 @@ def test_replay_of_recorded_frames_gives_the_same_base_calls(tmp_path, baseline)
 
 
 def test_pause_and_resume_acquisition(tmp_path, baseline):
-    import threading
-    import time
-
     cfg = config(tmp_path, "source.rate_hz=40")
     sup = Supervisor(cfg, run_id=RUN_ID)
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(sup.run()))
-    thread.start()
+    thread, result = start_in_thread(sup)
     try:
-        deadline = time.monotonic() + 60
-        while sup.latest_stats.get("frames_acquired", 0) < 40:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: sup.latest_stats.get("frames_acquired", 0) >= 40, what="40 frames")
         assert sup.pause() and sup.state == "paused"
         time.sleep(1.0)  # in-flight frames settle
         before = sup.latest_stats["frames_acquired"]
@@ -186,21 +190,13 @@ def test_pause_and_resume_acquisition(tmp_path, baseline):
 
 
 def test_live_rate_change_and_refused_keys(tmp_path, baseline):
-    import threading
-    import time
-
     from appliance.control import CommandError
 
     cfg = config(tmp_path, "source.rate_hz=10")
     sup = Supervisor(cfg, run_id=RUN_ID)
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(sup.run()))
-    thread.start()
+    thread, result = start_in_thread(sup)
     try:
-        deadline = time.monotonic() + 60
-        while sup.latest_stats.get("frames_acquired", 0) < 10:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: sup.latest_stats.get("frames_acquired", 0) >= 10, what="10 frames")
         with pytest.raises(CommandError, match="cannot change during a run"):
             sup.set_live("run.cycles", 5)
         with pytest.raises(CommandError, match="allowed a number"):
