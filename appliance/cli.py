@@ -39,6 +39,9 @@ examples:
   appliance rings               list the rings in /dev/shm with their owners and statistics
   appliance clean               remove rings whose owning processes are dead
   appliance topology            NUMA nodes, CPUs, isolated CPUs as this host reports them
+  appliance tui                 the operator console for a running appliance (second terminal)
+  appliance ctl status --json   the same figures for scripts; ctl stop drains the run
+  appliance serve               stay up and start runs on command (appliance ctl start)
 
 `appliance VERB --help` explains each verb.
 """
