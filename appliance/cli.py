@@ -30,6 +30,9 @@ COMMANDS: dict[str, str] = {
     "simulate": "simulate",
     "ctl": "ctl",
     "tui": "tui",
+    "storage": "storage",
+    "jobs": "jobs",
+    "algo": "algo",
 }
 
 _EPILOG = """\

@@ -281,6 +281,8 @@ class RunConfig:
     alerts: object = None  #: appliance.alerts.AlertRules
     recorder: RecorderSection = field(default_factory=RecorderSection)
     control: ControlSection = field(default_factory=ControlSection)
+    storage: object = None  #: appliance.storage.StorageSection
+    offload: object = None  #: appliance.offload.OffloadConfig
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -409,7 +411,21 @@ def _from_dict(d: dict) -> RunConfig:
         alerts=_alerts(d["alerts"]),
         recorder=_build(RecorderSection, d["recorder"], "recorder"),
         control=_build(ControlSection, d["control"], "control"),
+        storage=_storage(d["storage"]),
+        offload=_offload(d["offload"]),
     )
+
+
+def _storage(d: dict):
+    from appliance.storage.policy import storage_section
+
+    return storage_section(d)
+
+
+def _offload(d: dict):
+    from appliance.offload.config import load_offload
+
+    return load_offload(d)
 
 
 def _alerts(d: dict):

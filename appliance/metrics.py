@@ -18,7 +18,7 @@ from prometheus_client.exposition import start_http_server
 from appliance.config import EDGES
 from appliance.pipeline._histogram import LatencyHistogram
 
-__all__ = ["MetricsExporter", "StatsCollector", "LATENCY_BUCKETS_S"]
+__all__ = ["MetricsExporter", "StatsCollector", "StorageCollector", "LATENCY_BUCKETS_S"]
 
 #: histogram bucket bounds (seconds) of the exported latency histograms
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -89,6 +89,31 @@ class StatsCollector:
         # the sum is estimated from bucket upper edges (the histogram keeps no exact sum)
         approx_sum = sum(LatencyHistogram.upper_edge_s(int(i)) * n for i, n in sparse.items())
         return buckets, approx_sum
+
+
+class StorageCollector:
+    """Storage tiering gauges over ``stats()`` of an ``appliance.storage.StorageManager``
+    (register it on ``MetricsExporter.registry``; the shape is in docs/storage.md)."""
+
+    def __init__(self, stats: Callable[[], dict]) -> None:
+        self._stats = stats
+
+    def collect(self):
+        s = self._stats()
+        size = GaugeMetricFamily("appliance_storage_bytes", "Bytes with a verified copy on the tier", labels=["tier"])
+        files = GaugeMetricFamily("appliance_storage_files", "Files with a verified copy on the tier", labels=["tier"])
+        for tier, t in sorted(s.get("tiers", {}).items()):
+            size.add_metric([tier], t["bytes"])
+            files.add_metric([tier], t["files"])
+        free = GaugeMetricFamily("appliance_storage_hot_free_fraction", "Free fraction of the hot tier's file system")
+        free.add_metric([], s.get("hot_free_fraction", 1.0))
+        pending = GaugeMetricFamily("appliance_storage_pending_moves", "Copies, archives and deletes the policy wants and are not done yet")
+        pending.add_metric([], s.get("pending_moves", 0))
+        corrupt = GaugeMetricFamily("appliance_storage_corrupt_copies", "Copies marked corrupt and not yet repaired")
+        corrupt.add_metric([], s.get("corrupt_copies", 0))
+        failures = CounterMetricFamily("appliance_storage_verification_failures", "Copies that failed a verify re-read (copy, scrub, verify)")
+        failures.add_metric([], s.get("verification_failures", 0))
+        yield from (size, files, free, pending, corrupt, failures)
 
 
 class MetricsExporter:

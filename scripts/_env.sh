@@ -18,6 +18,17 @@ stamp="$VENV/.appliance-installed"
 want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "installing the appliance and its dependencies into $VENV ..." >&2
+    # mappy (minimap2, for the align-qc job) builds from source: it needs a C compiler and
+    # zlib's headers. Install them where we can; otherwise say what is missing.
+    if [ ! -e /usr/include/zlib.h ]; then
+        if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "installing zlib1g-dev (mappy builds against it)" >&2
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zlib1g-dev build-essential >/dev/null; } \
+                || echo "warning: could not install zlib1g-dev; installing mappy will fail" >&2
+        else
+            echo "warning: /usr/include/zlib.h is missing: install zlib's headers (Debian: zlib1g-dev) and a C compiler, or mappy will not build" >&2
+        fi
+    fi
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
     "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]" >&2
     echo "$want" > "$stamp"

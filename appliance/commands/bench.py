@@ -23,6 +23,8 @@ SUITES: dict[str, str] = {
     "ring": "ring",
     "e2e": "e2e",
     "kernels": "kernels",
+    "storage": "storage",
+    "ledger": "ledger",
 }
 
 

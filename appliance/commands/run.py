@@ -43,6 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--headless", action="store_true", help="run under systemd: sd_notify READY/WATCHDOG/STATUS/STOPPING, JSON log lines")
     parser.add_argument("--profile", metavar="NAME", help="verify the host against this sysconfig profile first (overrides supervisor.sysconfig_profile)")
     parser.add_argument("--strict", action="store_true", help="refuse to start when the host differs from the profile")
+    parser.add_argument("--no-offload", action="store_true", help="do not run the offload jobs (fastq, align-qc, ...) of this run here; appliance serve or appliance jobs work picks them up")
     parser.add_argument(
         "--fault", action="append", default=[], metavar="STAGE:KEY=VALUE",
         help="fault drill: writer-0:slow_ms=50 throttles the writer (backpressure, alerts), "
@@ -145,4 +146,47 @@ def _run_pipeline(config, args) -> int:
         print(f"report: {report}")
     except ReportError as exc:  # the run itself succeeded; say why there is no report
         print(f"warning: no run report: {exc}", file=sys.stderr)
+    if config.offload.enabled and config.offload.run_wait_s > 0 and not args.no_offload and summary.get("run_complete"):
+        summary["offload"] = _offload(config, sup)
+        text = json.dumps(summary, indent=2, default=str)
+        (sup.state_dir / "summary.json").write_text(text)
+        if args.json:
+            args.json.write_text(text)
     return 0
+
+
+def _offload(config, sup) -> dict:
+    """Run this run's offload jobs (cycle-qc, fastq, align-qc, and a candidate's shadow
+    reprocess + compare) through the ledger, wait for them, print their headline figures."""
+    from appliance.offload import OffloadError, Orchestrator
+    from appliance.offload.orchestrator import run_jobs_summary
+
+    wait = config.offload.run_wait_s
+    print(f"offload: running the jobs of {sup.run_id} (up to {wait:g} s; --no-offload skips this) ...", flush=True)
+    try:
+        orch = Orchestrator(config.offload, sup.run_dir.parent, runs=[sup.run_id])
+        orch.start()
+    except (OffloadError, OSError) as exc:
+        print(f"warning: offload not run: {exc}; `appliance jobs work` runs the jobs later", file=sys.stderr)
+        return {"error": str(exc)}
+    try:
+        jobs, ended = orch.wait_for_run(sup.run_id, wait)
+    finally:
+        # jobs still running after the wait go back to the queue for appliance serve / jobs work
+        orch.stop(timeout=10.0, drain=False)
+    result = run_jobs_summary(jobs, ended)
+    states = ", ".join(f"{k} {'/'.join(f'{n} {s}' for s, n in v.items())}" for k, v in result["jobs"].items())
+    print(f"offload jobs: {states}")
+    fq, aq, cmp_ = result.get("fastq"), result.get("align-qc"), result.get("compare")
+    if fq and fq["state"] == "succeeded":
+        print(f"  fastq     {fq.get('reads')} reads ({fq.get('pf_reads')} PF) -> {fq['output']}")
+    if aq and aq["state"] == "succeeded":
+        print(f"  align-qc  {aq['pct_aligned']:.2f}% aligned, error rate {100 * aq['error_rate']:.3f}% (minimap2 against the run's reference)")
+    if cmp_ and cmp_["state"] == "succeeded":
+        print(f"  compare   candidate verdict: {cmp_.get('verdict')} -> {cmp_['output']}")
+    for name, fig in (("fastq", fq), ("align-qc", aq), ("compare", cmp_)):
+        if fig and fig["state"] != "succeeded":
+            print(f"  {name:<9} {fig['state']}: {fig.get('error') or 'not finished'} (appliance jobs ls --run {sup.run_id})")
+    if not ended:
+        print(f"  not all jobs ended within offload.run_wait_s = {wait:g} s; they stay queued in the ledger", file=sys.stderr)
+    return result

@@ -270,14 +270,15 @@ class KernelHandler(Handler):
 
     def _chain(self, tile: int):
         if tile not in self.chains:
+            from appliance.analysis.algorithms import build_chain, run_algorithm
             from kernels._backend import get_backend
-            from kernels.chain import ChainConfig, TileChain
 
-            s = self.spec.config.source.synthetic
             backend = get_backend(self.spec.config.stages["kernel"].backend)
-            # Dark level: the camera's offset (ADU) from the instrument model the source uses.
-            dark = float(synthetic_params(self.spec.config).offset)
-            self.chains[tile] = TileChain((s.tile_size, s.tile_size), ChainConfig(psf_sigma=s.psf_sigma), dark=dark, xp=backend.xp)
+            # The registry's production algorithm, pinned for the run (its parameters over the
+            # config's psf_sigma and the camera's dark level: see pipeline_settings).
+            alg, settings = run_algorithm(self.spec.run_dir.parent, self.spec.state_dir, self.spec.config)
+            self.stats.extra["algorithm"] = alg.key
+            self.chains[tile] = build_chain(alg, settings, backend.xp)
         return self.chains[tile]
 
     def _mark_incomplete_before(self, tile: int, cycle: int) -> None:
@@ -387,7 +388,11 @@ class BasecallHandler(Handler):
         kind, tile = int(h["kind"]), int(h["tile"])
         if kind == FrameKind.POSITIONS:
             pos = slot.array()
-            self.callers[tile] = StreamingBasecaller(len(pos), expected_cycles=self.spec.config.run.cycles)
+            from appliance.analysis.algorithms import run_algorithm
+
+            alg, _settings = run_algorithm(self.spec.run_dir.parent, self.spec.state_dir, self.spec.config)
+            self.stats.extra["algorithm"] = alg.key
+            self.callers[tile] = StreamingBasecaller(len(pos), expected_cycles=self.spec.config.run.cycles, **alg.basecall_kwargs())
             out.emit(FrameKind.POSITIONS, tile, 0, 0, pos, source_header=h)
             return
         intens = slot.array()

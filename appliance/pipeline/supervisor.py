@@ -394,6 +394,13 @@ class Supervisor:
         from appliance.pipeline.summary import summarize
 
         cfg = self.config
+        if getattr(cfg.storage, "enabled", False):  # refuse a new run past the critical watermark
+            from appliance.storage import StorageThrottled, admission_check
+
+            try:
+                admission_check(cfg)
+            except StorageThrottled as exc:
+                raise SupervisorError(str(exc)) from exc
         for name in rt.clean_dead_rings():
             log.warning("removed stale ring %s of a dead previous instance", name)
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)

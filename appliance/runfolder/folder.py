@@ -18,6 +18,7 @@ from appliance.runfolder.layout import (
     COPY_COMPLETE,
     INTENSITIES_INDEX,
     REFERENCE,
+    RAW_DIR,
     RTA_COMPLETE,
     RUN_MANIFEST,
     RUNINFO,
@@ -90,7 +91,8 @@ class RunFolder:
         """Problems found, one line each (empty when the folder matches its manifest).
 
         Checks every listed file's presence, size and CRC32C; for a complete run also that
-        every cycle is listed and no file is left unlisted; reports leftover temp files.
+        every cycle is listed and no file is left unlisted (the raw audit frames in ``Raw/`` are
+        not in the manifest); reports leftover temp files.
         """
         problems: list[str] = []
         try:
@@ -146,6 +148,7 @@ class RunFolder:
                     and rel not in listed
                     and rel != RUN_MANIFEST
                     and not _MARKER_RE.match(rel)
+                    and not rel.startswith(RAW_DIR + "/")
                 ):
                     problems.append(f"{rel}: present but not listed in the manifest")
         return problems

@@ -15,6 +15,9 @@ INTENSITIES_INDEX = "Data/Intensities/intensities.json"
 REFERENCE = "Reference/genome.fa"
 RTA_COMPLETE = "RTAComplete.txt"
 COPY_COMPLETE = "CopyComplete.txt"
+#: raw audit frames kept by the preprocess stage (output.keep_raw_every); not in the manifest:
+#: they are written during acquisition, before any cycle is complete
+RAW_DIR = "Raw"
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,17 @@ def test_verify_detects_a_flipped_byte_and_a_missing_file(tmp_path, tiles):
     assert len(problems) == 3
 
 
+def test_verify_accepts_the_raw_audit_frames_outside_the_manifest(tmp_path, tiles):
+    # Raw/ is written during acquisition (output.keep_raw_every) and never listed
+    write_run(tmp_path, tiles)
+    rf = RunFolder(tmp_path / INFO.run_id)
+    (rf.path / "Raw").mkdir()
+    np.save(rf.path / "Raw/s_1101_c1_ch0.npy", np.zeros((4, 4), np.uint16))
+    assert rf.verify() == []
+    (rf.path / "RawX.txt").write_text("x")  # only the Raw/ folder is exempt
+    assert rf.verify() == ["RawX.txt: present but not listed in the manifest"]
+
+
 def test_verify_reports_a_corrupt_manifest(tmp_path, tiles):
     write_run(tmp_path, tiles)
     rf = RunFolder(tmp_path / INFO.run_id)

@@ -1,0 +1,686 @@
+"""The job ledger: the durable system of record of every offload job (SQLite, WAL mode).
+
+Several processes use one ledger file at once (the orchestrator, its workers heartbeating their
+leases, ``appliance jobs`` from a shell): every write is one short ``BEGIN IMMEDIATE``
+transaction, readers never block writers (WAL), and a busy file is waited on
+(``busy_timeout``). Each job has an idempotency key; submitting the same key again returns the
+existing job. Jobs move through the states::
+
+    queued --lease--> leased --start--> running --complete--> succeeded
+      ^                  |                 |
+      |                  +---- fail / lease expired ----+--> retrying --(backoff)--> leased ...
+      |                                                 +--> held (attempts used up, or a permanent error)
+      +--- requeue (held, cancelled) / retry (held) ----+
+    queued, retrying, leased, running, held --cancel--> cancelled
+
+Every transition is recorded in the ``events`` table with its time and reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import random
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from appliance.offload.admission import ALERT_RULE, Watermarks, admits, over_watermark
+from appliance.offload.config import CLASSES, OffloadConfig
+from appliance.offload.errors import AdmissionRefused, LedgerError, OffloadError
+
+__all__ = [
+    "Job",
+    "Ledger",
+    "RetryPolicy",
+    "STATES",
+    "Submitted",
+    "backoff_delay",
+    "job_key",
+    "run_inputs",
+    "SCHEMA_VERSION",
+]
+
+STATES = ("queued", "leased", "running", "succeeded", "retrying", "held", "cancelled")
+ACTIVE = ("leased", "running")
+WAITING = ("queued", "retrying")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a kind may fail and how long to wait between attempts."""
+
+    max_attempts: int = 3
+    backoff_s: float = 5.0
+    backoff_cap_s: float = 300.0
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+    r = rng or random
+    return r.uniform(0.0, min(cap, base * (2 ** max(0, attempt - 1))))
+
+
+def job_key(kind: str, params: Mapping[str, Any], inputs: Mapping[str, str] | None = None,
+            algorithm: str | None = None, algorithm_version: str | None = None) -> str:
+    """The idempotency key: sha256 over the kind, the parameters, the input checksums and the
+    algorithm name@version. Same inputs and algorithm -> same key -> the same job."""
+    doc = {
+        "kind": kind,
+        "params": params,
+        "inputs": dict(sorted((inputs or {}).items())),
+        "algorithm": f"{algorithm}@{algorithm_version}" if algorithm else None,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def run_inputs(run_dir: str | Path, cycle: int | None = None) -> dict[str, str]:
+    """Checksums of what a job on ``run_dir`` depends on: the per-cycle manifest of ``cycle``, or
+    ``Manifest/run.json`` for a whole-run job (it lists every file with its checksum)."""
+    from appliance.runfolder.layout import RUN_MANIFEST, Layout
+
+    rel = Layout.cycle_manifest(cycle) if cycle is not None else RUN_MANIFEST
+    path = Path(run_dir) / rel
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise OffloadError(f"{path}: cannot read the manifest a job depends on ({exc.strerror}); "
+                           "submit the job once the run (or cycle) is complete") from None
+    return {rel: hashlib.sha256(data).hexdigest()}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ledger row."""
+
+    id: int
+    key: str
+    kind: str
+    priority: str
+    params: dict
+    state: str
+    attempts: int
+    max_attempts: int
+    next_attempt_at: float
+    lease_owner: str | None
+    lease_expires: float | None
+    heartbeat_at: float | None
+    error: str | None
+    error_transient: bool | None
+    result: dict | None
+    output_dir: str | None
+    algorithm: str | None
+    algorithm_version: str | None
+    depends_on: int | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What :meth:`Ledger.submit` did: the job and whether it was created now (False: the key
+    existed and this is the job submitted earlier)."""
+
+    job: Job
+    created: bool
+
+
+# -- schema ------------------------------------------------------------------------------------
+
+def _m1(c: sqlite3.Connection) -> None:
+    c.execute("""CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        params TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        lease_owner TEXT, lease_expires REAL, heartbeat_at REAL,
+        error TEXT, error_transient INTEGER,
+        result TEXT, output_dir TEXT,
+        created_at REAL NOT NULL, started_at REAL, finished_at REAL)""")
+    c.execute("CREATE INDEX jobs_state ON jobs(state, priority, next_attempt_at)")
+
+
+def _m2(c: sqlite3.Connection) -> None:
+    c.execute("ALTER TABLE jobs ADD COLUMN algorithm TEXT")
+    c.execute("ALTER TABLE jobs ADD COLUMN algorithm_version TEXT")
+    c.execute("ALTER TABLE jobs ADD COLUMN depends_on INTEGER REFERENCES jobs(id)")
+    c.execute("CREATE INDEX jobs_depends_on ON jobs(depends_on)")
+    c.execute("""CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        at REAL NOT NULL,
+        from_state TEXT, to_state TEXT NOT NULL,
+        owner TEXT, reason TEXT NOT NULL DEFAULT '')""")
+    c.execute("CREATE INDEX events_job ON events(job_id, id)")
+    c.execute("CREATE INDEX events_to ON events(to_state, at)")
+    # jobs of a version-1 file get their history started here
+    c.execute("INSERT INTO events(job_id, at, from_state, to_state, reason) "
+              "SELECT id, created_at, NULL, state, 'history starts at migration to schema 2' FROM jobs")
+
+
+#: ordered migrations: MIGRATIONS[i] takes a file from version i to version i + 1
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_m1, _m2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = tuple(Job.__dataclass_fields__)
+
+
+def _row_to_job(row: sqlite3.Row) -> Job:
+    d = {k: row[k] for k in _COLUMNS}
+    d["params"] = json.loads(d["params"])
+    d["result"] = json.loads(d["result"]) if d["result"] is not None else None
+    d["error_transient"] = None if d["error_transient"] is None else bool(d["error_transient"])
+    return Job(**d)
+
+
+class Ledger:
+    """A ledger file, opened (and created or migrated) by this process.
+
+    One connection per instance, guarded by a lock, so an instance may be shared by threads;
+    other processes open their own. ``on_alert`` is called with an alert dict when the
+    backpressure watermark is passed or cleared (as seen by this instance).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        config: OffloadConfig | None = None,
+        policy: Callable[[str], RetryPolicy] | None = None,
+        on_alert: Callable[[dict], None] | None = None,
+        busy_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.config = config or OffloadConfig()
+        self.watermarks = Watermarks(self.config.depth_high, self.config.oldest_age_s)
+        self._policy = policy or self._default_policy
+        self.on_alert = on_alert
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._lock = threading.RLock()
+        self._alert_active: str | None = None
+        self.refused = 0  #: submissions this instance refused (admission)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(f"cannot create the ledger's folder {self.path.parent}: {exc.strerror}; "
+                              "set offload.ledger to a writable path") from None
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
+                                         check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open the ledger {self.path}: {exc}; check the path and its permissions") from None
+        try:
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise LedgerError(f"the ledger {self.path} cannot use WAL mode (got {mode}): put it on a local file system")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise LedgerError(f"the ledger {self.path} is not a readable SQLite database ({exc}); move it aside "
+                              "and restart (jobs are resubmitted by the next data-root scan), or restore a backup") from None
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _default_policy(self, kind: str) -> RetryPolicy:
+        from appliance.offload.kinds import default_registry
+
+        try:
+            k = default_registry().get(kind, self.config)
+        except KeyError:
+            return RetryPolicy()
+        return RetryPolicy(k.max_attempts, k.backoff_s, k.backoff_cap_s)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise LedgerError(f"ledger {self.path} is busy or unwritable ({exc}); another process holds it "
+                                  "too long, or the disk is full") from None
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                self._conn.execute("ROLLBACK")
+                raise LedgerError(f"ledger {self.path}: the write failed ({exc}); free disk space and retry") from None
+
+    def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    def _migrate(self) -> None:
+        with self._tx() as c:
+            version = c.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LedgerError(f"the ledger {self.path} has schema version {version}, newer than this "
+                                  f"appliance's {SCHEMA_VERSION}: upgrade the appliance software")
+            for i in range(version, SCHEMA_VERSION):
+                MIGRATIONS[i](c)
+            if version != SCHEMA_VERSION:
+                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def schema_version(self) -> int:
+        return self._read("PRAGMA user_version")[0][0]
+
+    def _event(self, c, job_id: int, frm: str | None, to: str, reason: str, owner: str | None, now: float) -> None:
+        c.execute("INSERT INTO events(job_id, at, from_state, to_state, owner, reason) VALUES (?,?,?,?,?,?)",
+                  (job_id, now, frm, to, owner, reason))
+
+    def _get(self, c, job_id: int) -> Job | None:
+        row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _row_to_job(row) if row else None
+
+    def _must(self, c, job_id: int) -> Job:
+        job = self._get(c, job_id)
+        if job is None:
+            raise LedgerError(f"no job {job_id} in {self.path} (appliance jobs ls lists them)")
+        return job
+
+    # -- submission -------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        kind: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        priority: str | None = None,
+        key: str | None = None,
+        inputs: Mapping[str, str] | None = None,
+        depends_on: int | None = None,
+        output_dir: str | Path | None = None,
+        algorithm: str | None = None,
+        algorithm_version: str | None = None,
+        max_attempts: int | None = None,
+        wait_s: float | None = None,
+        reason: str = "submitted",
+    ) -> Submitted:
+        """Add a job, or return the job with the same idempotency key (``created`` False).
+
+        Batch and reprocess submissions past a watermark wait up to ``wait_s`` (default
+        ``offload.admission_wait_s``) and are then refused with :class:`AdmissionRefused`;
+        realtime submissions are always admitted.
+        """
+        params = dict(params or {})
+        pol = self._policy(kind)
+        if priority is None:
+            from appliance.offload.kinds import default_registry
+
+            try:
+                priority = default_registry().get(kind).priority
+            except KeyError:
+                priority = "batch"
+        if priority not in CLASSES:
+            raise ValueError(f"priority {priority!r} is not one of {', '.join(CLASSES)}")
+        try:
+            params_json = json.dumps(params, sort_keys=True)
+        except TypeError as exc:
+            raise ValueError(f"job parameters must be JSON: {exc}") from None
+        key = key or job_key(kind, params, inputs, algorithm, algorithm_version)
+        existing = self.by_key(key)
+        if existing is not None:
+            return Submitted(existing, False)
+        wait = self.config.admission_wait_s if wait_s is None else wait_s
+        deadline = self._clock() + wait
+        while True:
+            depth, oldest = self._depth_and_age()
+            refusal = admits(priority, depth, oldest, self.watermarks)
+            self._alert(over_watermark(depth, oldest, self.watermarks))
+            if refusal is None:
+                break
+            if self._clock() >= deadline:
+                self.refused += 1
+                raise AdmissionRefused(f"{kind} job refused ({priority} class): {refusal}")
+            time.sleep(min(0.5, max(0.01, deadline - self._clock())))
+        now = self._clock()
+        with self._tx() as c:
+            row = c.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
+            if row is not None:  # another process submitted it meanwhile
+                return Submitted(_row_to_job(row), False)
+            if depends_on is not None and self._get(c, depends_on) is None:
+                raise LedgerError(f"depends_on: no job {depends_on}")
+            cur = c.execute(
+                "INSERT INTO jobs(key, kind, priority, params, state, attempts, max_attempts, next_attempt_at, "
+                "output_dir, algorithm, algorithm_version, depends_on, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (key, kind, priority, params_json, "queued", 0, max_attempts or pol.max_attempts, now,
+                 str(output_dir) if output_dir is not None else None, algorithm, algorithm_version, depends_on, now),
+            )
+            job_id = cur.lastrowid
+            self._event(c, job_id, None, "queued", reason, None, now)
+            return Submitted(self._get(c, job_id), True)
+
+    def set_output_dir(self, job_id: int, output_dir: str | Path) -> None:
+        """Record where a job's output goes (the orchestrator fills it in at first dispatch)."""
+        with self._tx() as c:
+            c.execute("UPDATE jobs SET output_dir = ? WHERE id = ? AND output_dir IS NULL", (str(output_dir), job_id))
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _row_to_job(rows[0]) if rows else None
+
+    def by_key(self, key: str) -> Job | None:
+        rows = self._read("SELECT * FROM jobs WHERE key = ?", (key,))
+        return _row_to_job(rows[0]) if rows else None
+
+    def jobs(self, *, state: str | None = None, kind: str | None = None, priority: str | None = None,
+             run: str | None = None, limit: int = 100) -> list[Job]:
+        """Jobs newest first, filtered by state, kind, priority class and run (``params.run``)."""
+        where, args = [], []
+        for col, v in (("state", state), ("kind", kind), ("priority", priority), ("json_extract(params, '$.run')", run)):
+            if v is not None:
+                where.append(f"{col} = ?")
+                args.append(v)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+        return [_row_to_job(r) for r in self._read(sql, (*args, int(limit)))]
+
+    def events(self, job_id: int | None = None, limit: int = 1000) -> list[dict]:
+        """A job's history (or the whole ledger's, newest last): time, from, to, owner, reason."""
+        if job_id is None:
+            rows = self._read("SELECT * FROM (SELECT * FROM events ORDER BY id DESC LIMIT ?) ORDER BY id", (limit,))
+        else:
+            rows = self._read("SELECT * FROM events WHERE job_id = ? ORDER BY id LIMIT ?", (job_id, limit))
+        return [dict(r) for r in rows]
+
+    def ready(self, per_class: int = 64, now: float | None = None) -> list[Job]:
+        """Jobs that may be leased now (waiting, backoff over, dependency succeeded), oldest
+        first, at most ``per_class`` of each class."""
+        now = self._clock() if now is None else now
+        out: list[Job] = []
+        for cls in CLASSES:
+            rows = self._read(
+                "SELECT j.* FROM jobs j LEFT JOIN jobs d ON j.depends_on = d.id "
+                "WHERE j.state IN ('queued','retrying') AND j.priority = ? AND j.next_attempt_at <= ? "
+                "AND (j.depends_on IS NULL OR d.state = 'succeeded') ORDER BY j.next_attempt_at, j.id LIMIT ?",
+                (cls, now, per_class))
+            out.extend(_row_to_job(r) for r in rows)
+        return out
+
+    def running_by_class(self) -> dict[str, int]:
+        """Leased and running jobs per class (every owner)."""
+        counts = {c: 0 for c in CLASSES}
+        for r in self._read("SELECT priority, COUNT(*) FROM jobs WHERE state IN ('leased','running') GROUP BY priority"):
+            counts[r[0]] = r[1]
+        return counts
+
+    # -- leases -----------------------------------------------------------------------------------
+
+    def lease(self, job_id: int, owner: str, lease_s: float) -> Job | None:
+        """Take a waiting job for ``owner`` (one attempt counted); None if it is no longer waiting."""
+        now = self._clock()
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE jobs SET state='leased', lease_owner=?, lease_expires=?, heartbeat_at=?, attempts=attempts+1 "
+                "WHERE id=? AND state IN ('queued','retrying') AND next_attempt_at <= ?",
+                (owner, now + lease_s, now, job_id, now))
+            if cur.rowcount != 1:
+                return None
+            job = self._get(c, job_id)
+            self._event(c, job_id, None, "leased", f"attempt {job.attempts} of {job.max_attempts}", owner, now)
+            return job
+
+    def lease_next(self, owner: str, lease_s: float, priority: str | None = None) -> Job | None:
+        """Lease the oldest ready job (of ``priority``, or the highest class with one)."""
+        for job in self.ready(per_class=4):
+            if priority is None or job.priority == priority:
+                got = self.lease(job.id, owner, lease_s)
+                if got is not None:
+                    return got
+        return None
+
+    def start(self, job_id: int, owner: str, lease_s: float | None = None) -> bool:
+        """The leased job's attempt began (leased -> running); False if the lease was lost."""
+        now = self._clock()
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE jobs SET state='running', started_at=?, heartbeat_at=?, "
+                "lease_expires=COALESCE(?, lease_expires) WHERE id=? AND state='leased' AND lease_owner=?",
+                (now, now, None if lease_s is None else now + lease_s, job_id, owner))
+            if cur.rowcount == 1:
+                self._event(c, job_id, "leased", "running", "", owner, now)
+            return cur.rowcount == 1
+
+    def heartbeat(self, job_id: int, owner: str, lease_s: float) -> bool:
+        """Extend ``owner``'s lease on the job; False if it holds it no longer (expired, cancelled)."""
+        now = self._clock()
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE jobs SET lease_expires=?, heartbeat_at=? WHERE id=? AND lease_owner=? "
+                "AND state IN ('leased','running')", (now + lease_s, now, job_id, owner))
+            return cur.rowcount == 1
+
+    def complete(self, job_id: int, owner: str, result: Mapping[str, Any] | None) -> bool:
+        """Record success. Accepted unless the job was cancelled or already succeeded: an output
+        committed after the lease was lost is still the job's one correct output."""
+        now = self._clock()
+        result_json = json.dumps(result or {}, sort_keys=True)
+        with self._tx() as c:
+            job = self._must(c, job_id)
+            if job.state in ("succeeded", "cancelled"):
+                return False
+            c.execute("UPDATE jobs SET state='succeeded', result=?, finished_at=?, lease_owner=NULL, "
+                      "lease_expires=NULL, error=NULL, error_transient=NULL WHERE id=?", (result_json, now, job_id))
+            reason = "completed" if job.lease_owner == owner else f"completed by {owner} (lease had been lost)"
+            self._event(c, job_id, job.state, "succeeded", reason, owner, now)
+            return True
+
+    def _failed(self, c, job: Job, error: str, transient: bool, owner: str | None, now: float) -> Job:
+        pol = self._policy(job.kind)
+        if transient and job.attempts < job.max_attempts:
+            delay = backoff_delay(job.attempts, pol.backoff_s, pol.backoff_cap_s, self._rng)
+            c.execute("UPDATE jobs SET state='retrying', next_attempt_at=?, error=?, error_transient=1, "
+                      "lease_owner=NULL, lease_expires=NULL WHERE id=?", (now + delay, error, job.id))
+            self._event(c, job.id, job.state, "retrying", f"{error} (retry in {delay:.1f} s)", owner, now)
+        else:
+            why = "attempts used up" if transient else "permanent error"
+            c.execute("UPDATE jobs SET state='held', error=?, error_transient=?, finished_at=?, lease_owner=NULL, "
+                      "lease_expires=NULL WHERE id=?", (error, int(transient), now, job.id))
+            self._event(c, job.id, job.state, "held", f"{why}: {error}", owner, now)
+        return self._get(c, job.id)
+
+    def fail(self, job_id: int, owner: str, error: str, transient: bool) -> Job | None:
+        """Record a failed attempt: retrying with backoff, or held (permanent, or attempts used
+        up). None if ``owner`` no longer holds the job."""
+        now = self._clock()
+        with self._tx() as c:
+            job = self._must(c, job_id)
+            if job.state not in ACTIVE or job.lease_owner != owner:
+                return None
+            return self._failed(c, job, error, transient, owner, now)
+
+    def release(self, job_id: int, owner: str, reason: str = "released") -> bool:
+        """Give a leased or running job back (queued, its attempt not counted): a drain."""
+        now = self._clock()
+        with self._tx() as c:
+            job = self._must(c, job_id)
+            if job.state not in ACTIVE or job.lease_owner != owner:
+                return False
+            c.execute("UPDATE jobs SET state='queued', attempts=MAX(0, attempts-1), lease_owner=NULL, "
+                      "lease_expires=NULL, next_attempt_at=? WHERE id=?", (now, job_id))
+            self._event(c, job_id, job.state, "queued", reason, owner, now)
+            return True
+
+    def expire_leases(self, now: float | None = None) -> list[Job]:
+        """Jobs whose lease ran out (their worker died or hung) -> retrying, or held past their
+        attempts. Returns the jobs as they are now."""
+        now = self._clock() if now is None else now
+        out = []
+        with self._tx() as c:
+            rows = c.execute("SELECT * FROM jobs WHERE state IN ('leased','running') AND lease_expires < ?", (now,)).fetchall()
+            for row in rows:
+                job = _row_to_job(row)
+                msg = f"lease of {job.lease_owner} expired (no heartbeat for {now - (job.heartbeat_at or now):.1f} s: worker died or hung)"
+                out.append(self._failed(c, job, msg, True, None, now))
+        return out
+
+    def resolve_dependencies(self) -> list[Job]:
+        """Waiting jobs whose dependency is held -> held, cancelled -> cancelled (chains too)."""
+        now = self._clock()
+        out = []
+        with self._tx() as c:
+            while True:
+                rows = c.execute(
+                    "SELECT j.id, j.state, d.id AS dep, d.state AS dep_state FROM jobs j JOIN jobs d ON j.depends_on = d.id "
+                    "WHERE j.state IN ('queued','retrying') AND d.state IN ('held','cancelled')").fetchall()
+                if not rows:
+                    break
+                for r in rows:
+                    to = r["dep_state"]
+                    msg = f"dependency {r['dep']} is {to}"
+                    c.execute("UPDATE jobs SET state=?, error=?, error_transient=NULL, finished_at=? WHERE id=?",
+                              (to, msg, now, r["id"]))
+                    self._event(c, r["id"], r["state"], to, msg, None, now)
+                    out.append(self._get(c, r["id"]))
+        return out
+
+    # -- operator actions -------------------------------------------------------------------------
+
+    def retry(self, job_id: int, reason: str = "retry requested") -> Job:
+        """Run a retrying job now (skip its backoff), or give a held job one more attempt."""
+        now = self._clock()
+        with self._tx() as c:
+            job = self._must(c, job_id)
+            if job.state == "retrying":
+                c.execute("UPDATE jobs SET next_attempt_at=? WHERE id=?", (now, job_id))
+                self._event(c, job_id, "retrying", "retrying", reason + " (backoff skipped)", None, now)
+            elif job.state == "held":
+                c.execute("UPDATE jobs SET state='queued', next_attempt_at=?, max_attempts=MAX(max_attempts, attempts+1), "
+                          "finished_at=NULL WHERE id=?", (now, job_id))
+                self._event(c, job_id, "held", "queued", reason + " (one more attempt)", None, now)
+                self._requeue_dependents(c, job_id, now)
+            else:
+                raise LedgerError(f"job {job_id} is {job.state}: only retrying or held jobs can be retried "
+                                  "(requeue a cancelled job)")
+            return self._get(c, job_id)
+
+    def _requeue_dependents(self, c, job_id: int, now: float) -> None:
+        for r in c.execute("SELECT id, state FROM jobs WHERE depends_on=? AND state IN ('held','cancelled') "
+                           "AND error LIKE 'dependency % is %'", (job_id,)).fetchall():
+            c.execute("UPDATE jobs SET state='queued', attempts=0, error=NULL, next_attempt_at=?, finished_at=NULL "
+                      "WHERE id=?", (now, r["id"]))
+            self._event(c, r["id"], r["state"], "queued", f"dependency {job_id} requeued", None, now)
+            self._requeue_dependents(c, r["id"], now)
+
+    def requeue(self, job_id: int, reason: str = "requeued") -> Job:
+        """A held or cancelled job -> queued with its attempts reset (and the jobs that were held
+        or cancelled only because they depend on it)."""
+        now = self._clock()
+        with self._tx() as c:
+            job = self._must(c, job_id)
+            if job.state not in ("held", "cancelled"):
+                raise LedgerError(f"job {job_id} is {job.state}: only held or cancelled jobs can be requeued")
+            c.execute("UPDATE jobs SET state='queued', attempts=0, error=NULL, error_transient=NULL, next_attempt_at=?, "
+                      "finished_at=NULL WHERE id=?", (now, job_id))
+            self._event(c, job_id, job.state, "queued", reason, None, now)
+            self._requeue_dependents(c, job_id, now)
+            return self._get(c, job_id)
+
+    def cancel(self, job_id: int, reason: str = "cancelled") -> Job:
+        """Cancel a job that has not succeeded; a running attempt loses its lease (its result is
+        then refused) and jobs depending on it are cancelled at the next dispatch."""
+        now = self._clock()
+        with self._tx() as c:
+            job = self._must(c, job_id)
+            if job.state in ("succeeded", "cancelled"):
+                raise LedgerError(f"job {job_id} is {job.state}: nothing to cancel")
+            c.execute("UPDATE jobs SET state='cancelled', lease_owner=NULL, lease_expires=NULL, finished_at=? "
+                      "WHERE id=?", (now, job_id))
+            self._event(c, job_id, job.state, "cancelled", reason, job.lease_owner, now)
+            return self._get(c, job_id)
+
+    # -- figures ----------------------------------------------------------------------------------
+
+    def _depth_and_age(self) -> tuple[int, float | None]:
+        row = self._read("SELECT COUNT(*), MIN(created_at) FROM jobs WHERE state IN ('queued','retrying')")[0]
+        return row[0], (self._clock() - row[1]) if row[1] is not None else None
+
+    def _alert(self, message: str | None) -> None:
+        which = None if message is None else ("depth" if message.startswith("ledger depth") else "age")
+        if which == self._alert_active:
+            return
+        was, self._alert_active = self._alert_active, which
+        if self.on_alert is None:
+            return
+        if message is not None:
+            self.on_alert({"rule": ALERT_RULE, "action": "raised", "severity": "warning", "subject": str(self.path), "message": message})
+        elif was is not None:
+            self.on_alert({"rule": ALERT_RULE, "action": "cleared", "severity": "warning", "subject": str(self.path),
+                           "message": f"ledger back under its {was} watermark"})
+
+    def stats(self, recent: int = 10) -> dict:
+        """Counts per class and state, oldest waiting age per class, running, held, recent
+        failures and backpressure (the shape is documented in docs/offload.md)."""
+        now = self._clock()
+        classes = {c: {**{s: 0 for s in STATES}, "oldest_queued_age_s": None} for c in CLASSES}
+        states = {s: 0 for s in STATES}
+        for r in self._read("SELECT priority, state, COUNT(*), MIN(CASE WHEN state IN ('queued','retrying') "
+                            "THEN created_at END) FROM jobs GROUP BY priority, state"):
+            cls = classes.setdefault(r[0], {**{s: 0 for s in STATES}, "oldest_queued_age_s": None})
+            cls[r[1]] = r[2]
+            states[r[1]] = states.get(r[1], 0) + r[2]
+            if r[3] is not None:
+                age = now - r[3]
+                old = cls["oldest_queued_age_s"]
+                cls["oldest_queued_age_s"] = age if old is None else max(old, age)
+        for cls in classes.values():
+            cls["depth"] = cls["queued"] + cls["retrying"]
+        failures = [
+            {"job": r["job_id"], "kind": r["kind"], "at": r["at"], "state": r["to_state"], "reason": r["reason"]}
+            for r in self._read("SELECT e.job_id, e.at, e.to_state, e.reason, j.kind FROM events e JOIN jobs j ON j.id = e.job_id "
+                                "WHERE e.to_state IN ('retrying','held') AND e.from_state IS NOT e.to_state "
+                                "ORDER BY e.id DESC LIMIT ?", (recent,))
+        ]
+        depth, oldest = self._depth_and_age()
+        message = over_watermark(depth, oldest, self.watermarks)
+        self._alert(message)
+        return {
+            "at": now,
+            "classes": classes,
+            "states": states,
+            "depth": depth,
+            "oldest_queued_age_s": oldest,
+            "running": states["leased"] + states["running"],
+            "held": states["held"],
+            "recent_failures": failures,
+            "backpressure": {"active": message is not None, "message": message, "depth_high": self.watermarks.depth,
+                             "oldest_age_s": self.watermarks.oldest_age_s, "refused_here": self.refused},
+        }

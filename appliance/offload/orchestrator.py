@@ -1,0 +1,396 @@
+"""The orchestrator: watches the data root, submits jobs as runs complete, and dispatches them.
+
+One dispatch loop (a thread): expire leases, settle dependencies, collect finished attempts,
+heartbeat leases the executor does not heartbeat itself (Dask), ask the scheduler which ready
+jobs to start and lease them to the executor, and every ``offload.poll_s`` scan the data root.
+
+Triggers: as a run's cycles complete (``Manifest/cycle_NNNN.json``) a realtime ``cycle-qc`` job
+per cycle; when the run is complete (``Manifest/run.json`` complete + ``CopyComplete.txt``)
+``fastq`` (realtime), ``align-qc`` depending on it (batch) and, when the algorithm registry has a
+candidate and the run kept raw frames (``Raw/``), ``reprocess`` with the candidate and
+``compare`` depending on it (reprocess class). Idempotency keys make re-scans harmless.
+
+The ledger is the record: an orchestrator killed with SIGKILL loses nothing (its workers die with
+it, their leases expire and the jobs are retried; an attempt that had already committed its
+output is not run again, see :func:`~appliance.offload.executors.run_attempt`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from appliance.offload.config import OffloadConfig
+from appliance.offload.errors import AdmissionRefused, OffloadError
+from appliance.offload.executors import AttemptSpec, DaskExecutor, LocalExecutor
+from appliance.offload.kinds import KindRegistry, default_registry, load_plugins
+from appliance.offload.ledger import Job, Ledger, RetryPolicy, Submitted, run_inputs
+from appliance.offload.scheduler import Candidate, SchedulerPolicy, SchedulerState, plan
+
+__all__ = ["ENDED", "Orchestrator", "output_dir_for", "run_jobs_summary"]
+
+#: states a job does not leave by itself
+ENDED = frozenset({"succeeded", "held", "cancelled"})
+
+log = logging.getLogger(__name__)
+
+
+def output_dir_for(data_root: str | Path, job: Job) -> Path:
+    """Where a job's output lands: ``Analysis/<run>/<kind>[/cycle_NNNN][/<alg>@<ver>]``; jobs
+    without a run go to ``Analysis/_jobs/<kind>/<key prefix>``."""
+    base = Path(data_root) / "Analysis"
+    run = job.params.get("run")
+    if not run:
+        return base / "_jobs" / job.kind / job.key[:16]
+    out = base / str(run) / job.kind
+    if "cycle" in job.params:
+        out = out / f"cycle_{int(job.params['cycle']):04d}"
+    if job.algorithm:
+        out = out / f"{job.algorithm}@{job.algorithm_version}"
+    return out
+
+
+class Orchestrator:
+    """Submit, dispatch and record offload jobs for one data root."""
+
+    def __init__(
+        self,
+        config: OffloadConfig,
+        data_root: str | Path,
+        *,
+        registry: KindRegistry | None = None,
+        executor=None,
+        on_event: Callable[[dict], None] | None = None,
+        scan: bool = True,
+        algorithms: Callable[[Path], Any] | None = None,
+        runs: "tuple[str, ...] | list[str] | None" = None,
+    ) -> None:
+        self.config = config
+        self.data_root = Path(data_root)
+        self.registry = registry or default_registry()
+        self.on_event = on_event
+        self.scan_enabled = scan
+        #: scan only these run folders (``appliance run`` offloads its own run); None = every run
+        self.runs = None if runs is None else frozenset(runs)
+        self._algorithms = algorithms
+        self.owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
+        self.ledger_path = config.ledger_path(self.data_root)
+        self.ledger = Ledger(self.ledger_path, config=config, policy=self._policy, on_alert=self._alert)
+        self.executor = executor or self._make_executor()
+        self.policy = SchedulerPolicy(slots=self.executor.capacity, limits=dict(config.limits),
+                                      shares=dict(config.share), reserved_realtime=config.reserved_realtime)
+        self._sched = SchedulerState()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.RLock()
+        self._last_scan = 0.0
+        self._last_beat = 0.0
+        self.dispatched: list[tuple[int, str, str]] = []  #: (job id, class, reason) of recent dispatches
+        self.errors: list[str] = []
+        self.alerts: list[dict] = []
+        self._started = False
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def _make_executor(self):
+        if self.config.executor == "dask":
+            return DaskExecutor(self.config.workers, self.config.dask_address, config=self.config)
+        return LocalExecutor(self.config.workers, config=self.config)
+
+    def _policy(self, kind: str) -> RetryPolicy:
+        try:
+            k = self.registry.get(kind, self.config)
+        except KeyError:
+            return RetryPolicy()
+        return RetryPolicy(k.max_attempts, k.backoff_s, k.backoff_cap_s)
+
+    def _emit(self, event: dict) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # a broken subscriber must not stop dispatching
+                log.exception("offload event callback failed")
+
+    def _alert(self, alert: dict) -> None:
+        self.alerts.append(alert)
+        del self.alerts[:-50]
+        log.warning("offload alert %s %s: %s", alert["rule"], alert["action"], alert["message"])
+        self._emit({"topic": "alert", **alert})
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Load plug-ins, start the executor and the dispatch thread (idempotent; on failure
+        everything started is stopped again)."""
+        with self._lock:
+            if self._started:
+                return
+            try:
+                load_plugins(self.config.plugins)
+                self.executor.start(timeout)
+                self.policy = SchedulerPolicy(slots=max(1, self.executor.capacity), limits=dict(self.config.limits),
+                                              shares=dict(self.config.share), reserved_realtime=self.config.reserved_realtime)
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._loop, name="offload-dispatch", daemon=True)
+                self._thread.start()
+                self._started = True
+            except BaseException:
+                self.executor.stop(5)
+                raise
+
+    def stop(self, timeout: float = 30.0, drain: bool = True) -> None:
+        """Stop dispatching; with ``drain`` wait up to ``timeout`` for running attempts to finish,
+        then release the rest back to the queue, stop the executor (ask, wait, terminate, join)
+        and close the ledger. Idempotent."""
+        if not self._started:
+            self.ledger.close()
+            return
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        with self._lock:
+            if not self._started:
+                return
+            deadline = time.monotonic() + (timeout if drain else 0)
+            while drain and self.executor.running() and time.monotonic() < deadline:
+                self._collect()
+                self._heartbeat(force=False)
+                time.sleep(0.05)
+            self._collect()
+            for job_id in list(self.executor.running()):
+                self.executor.cancel(job_id)
+                self.ledger.release(job_id, self.owner, "released: orchestrator stopped before the attempt finished")
+            self.executor.stop(max(1.0, deadline - time.monotonic()))
+            self.ledger.close()
+            self._started = False
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # the ledger busy, a bad run folder: log, keep going
+                msg = f"{type(exc).__name__}: {exc}"
+                log.exception("offload dispatch failed")
+                self.errors.append(msg)
+                del self.errors[:-20]
+            self._stop.wait(self.config.tick_s)
+
+    def tick(self) -> list[int]:
+        """One dispatch round; returns the ids of the jobs started."""
+        with self._lock:
+            now = time.monotonic()
+            if self.scan_enabled and now - self._last_scan >= self.config.poll_s:
+                self._last_scan = now
+                self.scan()
+            for job in self.ledger.expire_leases():
+                self._emit({"topic": "event", "event": "job_lease_expired", "job": job.id, "state": job.state})
+            self.ledger.resolve_dependencies()
+            self._collect()
+            self._heartbeat()
+            return self._dispatch()
+
+    def _collect(self) -> None:
+        for o in self.executor.poll():
+            if not o.recorded and not o.lost:
+                if o.ok:
+                    self.ledger.complete(o.job_id, self.owner, o.result)
+                else:
+                    self.ledger.fail(o.job_id, self.owner, o.error or "failed", o.transient)
+            self._emit({"topic": "event", "event": "job_succeeded" if o.ok else "job_failed", "job": o.job_id,
+                        "error": o.error, "reused": o.reused})
+
+    def _heartbeat(self, force: bool = True) -> None:
+        if getattr(self.executor, "records_itself", False):
+            return
+        now = time.monotonic()
+        if now - self._last_beat < self.config.heartbeat_s:
+            return
+        self._last_beat = now
+        for job_id in list(self.executor.running()):
+            if not self.ledger.heartbeat(job_id, self.owner, self.config.lease_s):
+                log.warning("job %s: lease lost (cancelled?): stopping its attempt", job_id)
+                self.executor.cancel(job_id)
+
+    def _dispatch(self) -> list[int]:
+        free = self.executor.free_slots()
+        if free <= 0:
+            return []
+        ready = self.ledger.ready(per_class=max(8, free * 2))
+        by_id = {j.id: j for j in ready}
+        decision = plan([Candidate(j.id, j.priority) for j in ready], self.ledger.running_by_class(), free,
+                        self.policy, self._sched)
+        self._sched = decision.state
+        started = []
+        for job_id, why in zip(decision.start, decision.reasons):
+            job = by_id[job_id]
+            try:
+                kind = self.registry.get(job.kind, self.config)
+            except KeyError as exc:
+                leased = self.ledger.lease(job_id, self.owner, self.config.lease_s)
+                if leased is not None:
+                    self.ledger.fail(job_id, self.owner, f"{exc.args[0]} (add it to offload.plugins)", False)
+                continue
+            leased = self.ledger.lease(job_id, self.owner, self.config.lease_s)
+            if leased is None:
+                continue  # another orchestrator took it
+            out = leased.output_dir or str(output_dir_for(self.data_root, leased))
+            if leased.output_dir is None:
+                self.ledger.set_output_dir(job_id, out)
+            spec = AttemptSpec(
+                job_id=job_id, kind=leased.kind, target=kind.target, params=leased.params, attempt=leased.attempts,
+                key=leased.key, data_root=str(self.data_root), output_dir=out, owner=self.owner,
+                ledger_path=str(self.ledger_path), lease_s=self.config.lease_s, heartbeat_s=self.config.heartbeat_s,
+                timeout_s=kind.timeout_s, retry=(kind.max_attempts, kind.backoff_s, kind.backoff_cap_s),
+                algorithm=leased.algorithm, algorithm_version=leased.algorithm_version, priority=leased.priority,
+            )
+            if not getattr(self.executor, "records_itself", False):
+                self.ledger.start(job_id, self.owner, self.config.lease_s)
+            try:
+                self.executor.submit(spec)
+            except Exception as exc:
+                self.ledger.fail(job_id, self.owner, f"executor refused the job: {type(exc).__name__}: {exc}", True)
+                continue
+            started.append(job_id)
+            self.dispatched.append((job_id, leased.priority, why))
+            del self.dispatched[:-1000]
+            self._emit({"topic": "event", "event": "job_started", "job": job_id, "kind": leased.kind, "class": leased.priority})
+        return started
+
+    def run_until(self, stop: threading.Event, timeout: float = 30.0) -> None:
+        """Start, wait for ``stop``, then stop (draining up to ``timeout``): ``appliance jobs work``."""
+        self.start()
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.stop(timeout)
+
+    # -- submission and triggers ------------------------------------------------------------------
+
+    def submit(self, kind: str, params: dict | None = None, **kw) -> Submitted:
+        """Submit a job of a registered kind (its class and limits from the registry)."""
+        k = self.registry.get(kind, self.config)
+        kw.setdefault("priority", k.priority)
+        kw.setdefault("max_attempts", k.max_attempts)
+        return self.ledger.submit(kind, params or {}, **kw)
+
+    def _candidate(self):
+        if self._algorithms is not None:
+            return self._algorithms(self.data_root)
+        try:
+            from appliance.analysis.algorithms import AlgorithmRegistry
+        except ImportError:
+            return None
+        return AlgorithmRegistry(self.data_root).candidate()
+
+    def scan(self) -> list[Submitted]:
+        """Submit the jobs the data root's run folders call for (harmless to repeat)."""
+        from appliance.runfolder import RunFolder
+        from appliance.runfolder.errors import RunFolderError
+        from appliance.runfolder.layout import RUNINFO
+
+        out: list[Submitted] = []
+        try:
+            entries = sorted(p for p in self.data_root.iterdir() if p.is_dir() and not p.name.startswith((".", "Analysis")))
+        except FileNotFoundError:
+            return out
+        for run_dir in entries:
+            if not (run_dir / RUNINFO).is_file() or (self.runs is not None and run_dir.name not in self.runs):
+                continue
+            try:
+                rf = RunFolder(run_dir)
+                run_id = rf.info.run_id
+                manifest = rf.manifest()
+                complete = (run_dir / "CopyComplete.txt").is_file() and manifest.complete
+                out.extend(self._submit_for_run(run_dir, run_id, manifest, complete))
+            except (RunFolderError, OffloadError, OSError, ValueError) as exc:
+                if isinstance(exc, AdmissionRefused):
+                    log.warning("offload: %s", exc)
+                else:
+                    log.warning("offload: skipping %s: %s", run_dir, exc)
+        return out
+
+    def _submit_for_run(self, run_dir: Path, run_id: str, manifest, complete: bool) -> list[Submitted]:
+        out = []
+        for cycle in manifest.complete_cycles:
+            if "cycle-qc" in self.registry:
+                out.append(self.submit("cycle-qc", {"run": run_id, "cycle": cycle}, inputs=run_inputs(run_dir, cycle),
+                                       reason=f"cycle {cycle} of run {run_id} complete"))
+        if not complete:
+            return out
+        inputs = run_inputs(run_dir)
+        fastq = self.submit("fastq", {"run": run_id}, inputs=inputs, reason=f"run {run_id} complete")
+        out.append(fastq)
+        fastq_dir = fastq.job.output_dir or str(output_dir_for(self.data_root, fastq.job))
+        if fastq.job.output_dir is None:
+            self.ledger.set_output_dir(fastq.job.id, fastq_dir)
+        out.append(self.submit("align-qc", {"run": run_id, "fastq": fastq_dir}, inputs=inputs,
+                               depends_on=fastq.job.id, reason=f"run {run_id} complete (after fastq {fastq.job.id})"))
+        cand = self._candidate() if (run_dir / "Raw").is_dir() else None
+        if cand is not None:
+            rep = self.submit("reprocess", {"run": run_id}, inputs=inputs, algorithm=cand.name,
+                              algorithm_version=str(cand.version), reason=f"candidate {cand.name}@{cand.version} in shadow")
+            out.append(rep)
+            rep_dir = rep.job.output_dir or str(output_dir_for(self.data_root, rep.job))
+            if rep.job.output_dir is None:
+                self.ledger.set_output_dir(rep.job.id, rep_dir)
+            out.append(self.submit("compare", {"run": run_id, "candidate": rep_dir, "algorithm": cand.name,
+                                               "version": str(cand.version)}, inputs=inputs, depends_on=rep.job.id,
+                                   algorithm=cand.name, algorithm_version=str(cand.version),
+                                   reason=f"compare candidate {cand.name}@{cand.version}"))
+        return out
+
+    def wait_for_run(self, run_id: str, timeout: float, poll_s: float = 0.2) -> tuple[list[Job], bool]:
+        """Scan now, then wait until every job of ``run_id`` has ended (succeeded, held or
+        cancelled) or ``timeout`` passed: ``(jobs oldest first, all ended)``. The dispatch loop
+        must be running (:meth:`start`); ``appliance run`` uses this to offload its own run."""
+        with self._lock:
+            self.scan()
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = sorted(self.ledger.jobs(run=run_id, limit=100_000), key=lambda j: j.id)
+            done = bool(jobs) and all(j.state in ENDED for j in jobs)
+            if done or time.monotonic() >= deadline:
+                return jobs, done
+            time.sleep(poll_s)
+
+    # -- figures ----------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """The ledger's stats plus this orchestrator's executor, slots and recent alerts."""
+        s = self.ledger.stats()
+        s["executor"] = {"name": self.executor.name, "slots": self.policy.slots, "free": self.executor.free_slots(),
+                         "running_here": sorted(self.executor.running())}
+        s["alerts"] = list(self.alerts[-10:])
+        s["errors"] = list(self.errors[-5:])
+        return s
+
+
+def run_jobs_summary(jobs: list[Job], ended: bool) -> dict:
+    """What the offload of one run gave, for the run summary: job states per kind, and the
+    headline figures of fastq, align-qc and compare (from their ledger results)."""
+    kinds: dict[str, dict[str, int]] = {}
+    for j in jobs:
+        kinds.setdefault(j.kind, {}).setdefault(j.state, 0)
+        kinds[j.kind][j.state] += 1
+    out: dict[str, Any] = {"ended": ended, "jobs": kinds}
+    latest = {j.kind: j for j in jobs}  # oldest first: the last of a kind wins
+    for kind, keys in (("fastq", ("reads", "pf_reads", "files")), ("align-qc", ("pct_aligned", "error_rate", "pf_reads", "aligned")),
+                       ("compare", ("verdict",))):
+        j = latest.get(kind)
+        if j is None:
+            continue
+        fig: dict[str, Any] = {"state": j.state, "output": j.output_dir}
+        if j.result:
+            fig.update({k: j.result[k] for k in keys if k in j.result})
+        if j.state != "succeeded" and j.error:
+            fig["error"] = j.error
+        out[kind] = fig
+    return out

@@ -1,0 +1,39 @@
+"""Storage tiering and data integrity: hot, warm and cold tiers with verified moves.
+
+The policy (:mod:`.policy`) says what goes where and when; the catalog (:mod:`.catalog`,
+SQLite) knows every file of every run and each copy's state; the mover (:mod:`.mover`) copies,
+verifies, archives (BagIt) and deletes without ever losing data; :class:`StorageManager` runs
+it all (``gc``, ``scrub``, ``verify``, ``restore``, the tierer thread). See docs/storage.md.
+"""
+
+from appliance.storage.admission import StorageThrottled, admission_check
+from appliance.storage.catalog import Catalog, CatalogError
+from appliance.storage.control import control_commands
+from appliance.storage.manager import ALERTS, Action, StorageError, StorageManager
+from appliance.storage.mover import Mover, MoveError, SourceCorrupt, TokenBucket, VerifyFailed
+from appliance.storage.policy import CLASSES, STATES, TIERS, Policy, PolicyError, StorageSection, classify, load_policy
+
+__all__ = [
+    "ALERTS",
+    "CLASSES",
+    "STATES",
+    "TIERS",
+    "Action",
+    "Catalog",
+    "CatalogError",
+    "MoveError",
+    "Mover",
+    "Policy",
+    "PolicyError",
+    "SourceCorrupt",
+    "StorageError",
+    "StorageManager",
+    "StorageSection",
+    "StorageThrottled",
+    "TokenBucket",
+    "VerifyFailed",
+    "admission_check",
+    "classify",
+    "control_commands",
+    "load_policy",
+]

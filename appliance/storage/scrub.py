@@ -1,0 +1,122 @@
+"""Scrubbing: re-read a sample of warm and cold copies, least recently verified first.
+
+A copy whose bytes no longer match the catalog's CRC32C (or that is gone) is marked
+``corrupt``, raises ``storage_verify_failed`` and is recopied from a good copy on another
+tier (inside its BagIt package for cold, which is validated again afterwards).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from appliance.storage.catalog import CopyRow, FileRow
+from appliance.storage.mover import MoveError, _checksum
+
+__all__ = ["scrub", "repair", "repair_all", "verify_run", "check_copy"]
+
+log = logging.getLogger("appliance.storage")
+
+
+def check_copy(manager, f: FileRow, c: CopyRow) -> str | None:
+    """Re-read one copy from its storage; None when it matches, else what is wrong (the copy
+    is then marked corrupt and the failure reported)."""
+    store = manager.stores[c.tier]
+    store.drop_cache(c.url)
+    try:
+        size, crc = _checksum(store, c.url)
+    except (FileNotFoundError, OSError) as exc:
+        problem = f"unreadable ({exc.__class__.__name__}: {exc})" if not isinstance(exc, FileNotFoundError) else "missing"
+    else:
+        if (size, crc) == (f.size, f.crc32c):
+            manager.catalog.set_copy(f.id, c.tier, "verified", verified=True, error=None)
+            return None
+        problem = f"{size} bytes CRC32C {crc}, the catalog says {f.size} bytes {f.crc32c}"
+    manager.catalog.set_copy(f.id, c.tier, "corrupt", error=problem)
+    manager.mover.report("verify_failed", f"{store.display(c.url)}: the {c.tier} copy of {f.rel} is {problem}; marked corrupt", run=f.run, rel=f.rel, tier=c.tier)
+    return problem
+
+
+def repair(manager, f: FileRow, tier: str) -> bool:
+    """Recopy the corrupt ``tier`` copy of ``f`` from a good copy; True when repaired."""
+    copies = manager.catalog.copies(f.id)
+    c = copies[tier]
+    tried = []
+    while True:
+        src = manager.mover.best_source(f, copies, exclude=(tier, *tried))
+        if src is None:
+            log.error("%s: no good copy left to repair the %s copy from (tried %s)", f.rel, tier, tried or "none")
+            return False
+        try:
+            manager.mover.copy(f, src, tier, dst_rel=c.url)
+        except MoveError as exc:
+            log.warning("repair of %s on %s from %s failed: %s", f.rel, tier, src, exc)
+            tried.append(src)
+            copies = manager.catalog.copies(f.id)
+            continue
+        if tier == "cold":
+            problems = manager.mover.validate_bag(f.run, f.data_class)
+            if problems:
+                manager.mover.report("verify_failed", f"cold archive {f.run}/{f.data_class} still fails BagIt validation after repairing {f.rel}: {problems[0]}", run=f.run, rel=f.rel, tier="cold")
+                return False
+        manager.mover.report("repaired", f"{f.rel}: the {tier} copy was recopied from {src} and verified", run=f.run, rel=f.rel, tier=tier)
+        return True
+
+
+def repair_all(manager) -> dict[str, int]:
+    """Repair every copy marked corrupt that has a good copy elsewhere."""
+    out = {"repaired": 0, "unrepairable": 0}
+    for f, c in manager.catalog.in_state("corrupt"):
+        if manager.stop_event.is_set():
+            break
+        if c.tier not in manager.stores:
+            continue
+        if repair(manager, f, c.tier):
+            out["repaired"] += 1
+        else:
+            out["unrepairable"] += 1
+    return out
+
+
+def scrub(manager, sample: int) -> dict:
+    """Re-read ``sample`` warm and cold copies (least recently verified first), repair the bad."""
+    tiers = tuple(t for t in ("warm", "cold") if t in manager.stores)
+    checked, bad = 0, []
+    for f, c in manager.catalog.oldest_verified(tiers, sample) if tiers else []:
+        if manager.stop_event.is_set():
+            break
+        checked += 1
+        problem = check_copy(manager, f, c)
+        if problem is not None:
+            bad.append({"rel": f.rel, "tier": c.tier, "problem": problem})
+    repaired = repair_all(manager) if bad else {"repaired": 0, "unrepairable": 0}
+    return {"checked": checked, "corrupt": bad, **repaired}
+
+
+def verify_run(manager, run: str) -> dict:
+    """Re-read every copy of ``run`` (all tiers); mark, report and repair mismatches."""
+    from appliance.storage.manager import StorageError
+
+    files = manager.catalog.files(run)
+    if not files:
+        raise StorageError(f"run {run!r} is not in the catalog; `appliance storage ls` lists the runs")
+    copies = manager.catalog.all_copies(run)
+    per_tier: dict[str, dict[str, int]] = {}
+    bad = []
+    for f in files:
+        for tier, c in sorted(copies.get(f.id, {}).items()):
+            if c.state not in ("verified", "corrupt", "stale") or tier not in manager.stores:
+                continue
+            t = per_tier.setdefault(tier, {"checked": 0, "ok": 0, "corrupt": 0})
+            t["checked"] += 1
+            problem = check_copy(manager, f, c)
+            if problem is None:
+                t["ok"] += 1
+            else:
+                t["corrupt"] += 1
+                bad.append({"rel": f.rel, "tier": tier, "problem": problem})
+    bags = []
+    if "cold" in manager.stores:
+        for cls in sorted({f.data_class for f in files if copies.get(f.id, {}).get("cold") is not None}):
+            bags += manager.mover.validate_bag(run, cls)
+    repaired = repair_all(manager) if bad else {"repaired": 0, "unrepairable": 0}
+    return {"run": run, "tiers": per_tier, "corrupt": bad, "bag_problems": bags, **repaired, "ok": not bad and not bags}

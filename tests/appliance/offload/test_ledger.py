@@ -1,0 +1,306 @@
+"""The ledger on real SQLite files: idempotent submission, leases, retries, dead-letter,
+migrations, admission and several processes at once."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import random
+import sqlite3
+
+import pytest
+
+from appliance.offload import AdmissionRefused, Ledger, LedgerError, OffloadConfig, RetryPolicy, job_key
+from appliance.offload.ledger import MIGRATIONS, SCHEMA_VERSION, backoff_delay, run_inputs
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+FAST = RetryPolicy(max_attempts=3, backoff_s=1.0, backoff_cap_s=4.0)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def ledger(tmp_path, clock):
+    with Ledger(tmp_path / "l.sqlite", policy=lambda kind: FAST, clock=clock, rng=random.Random(1)) as led:
+        yield led
+
+
+def test_file_is_wal_and_current_schema(ledger):
+    assert ledger.schema_version == SCHEMA_VERSION
+    with sqlite3.connect(ledger.path) as c:
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_submit_is_idempotent(ledger):
+    a = ledger.submit("k", {"x": 1}, priority="batch")
+    b = ledger.submit("k", {"x": 1}, priority="batch")
+    c = ledger.submit("k", {"x": 2}, priority="batch")
+    assert a.created and not b.created and c.created
+    assert a.job.id == b.job.id != c.job.id
+    assert len(ledger.jobs()) == 2
+    # the key covers inputs and algorithm version too
+    assert job_key("k", {}, {"m": "1"}) != job_key("k", {}, {"m": "2"})
+    assert job_key("k", {}, algorithm="a", algorithm_version="1") != job_key("k", {}, algorithm="a", algorithm_version="2")
+
+
+def test_run_inputs_hash_the_manifest(tmp_path):
+    (tmp_path / "Manifest").mkdir()
+    (tmp_path / "Manifest" / "run.json").write_bytes(b'{"a": 1}')
+    (tmp_path / "Manifest" / "cycle_0003.json").write_bytes(b'{"c": 3}')
+    whole, cyc = run_inputs(tmp_path), run_inputs(tmp_path, 3)
+    assert list(whole) == ["Manifest/run.json"] and list(cyc) == ["Manifest/cycle_0003.json"]
+    (tmp_path / "Manifest" / "run.json").write_bytes(b'{"a": 2}')
+    assert run_inputs(tmp_path) != whole
+    with pytest.raises(Exception, match="cannot read the manifest"):
+        run_inputs(tmp_path, 9)
+
+
+def test_lease_complete_and_history(ledger, clock):
+    job = ledger.submit("k", {}, priority="batch").job
+    leased = ledger.lease(job.id, "w1", 10)
+    assert leased.state == "leased" and leased.attempts == 1 and leased.lease_owner == "w1"
+    assert ledger.lease(job.id, "w2", 10) is None  # taken
+    assert ledger.start(job.id, "w1")
+    clock.t += 5
+    assert ledger.heartbeat(job.id, "w1", 10)
+    assert not ledger.heartbeat(job.id, "w2", 10)
+    assert ledger.get(job.id).lease_expires == clock.t + 10
+    assert ledger.complete(job.id, "w1", {"n": 3})
+    done = ledger.get(job.id)
+    assert done.state == "succeeded" and done.result == {"n": 3} and done.lease_owner is None
+    assert [e["to_state"] for e in ledger.events(job.id)] == ["queued", "leased", "running", "succeeded"]
+    assert not ledger.complete(job.id, "w1", {"n": 4})  # once
+
+
+def test_transient_failures_back_off_then_hold_and_requeue(ledger, clock):
+    job = ledger.submit("k", {}, priority="batch").job
+    for attempt in (1, 2):
+        assert ledger.lease(job.id, "w", 10) is not None
+        j = ledger.fail(job.id, "w", "busy", transient=True)
+        assert j.state == "retrying" and j.error_transient
+        cap = min(FAST.backoff_cap_s, FAST.backoff_s * 2 ** (attempt - 1))
+        assert clock.t <= j.next_attempt_at <= clock.t + cap
+        assert ledger.lease(job.id, "w", 10) is None or j.next_attempt_at == clock.t  # not before the backoff
+        clock.t = j.next_attempt_at
+        assert [r.id for r in ledger.ready()] == [job.id]
+    assert ledger.lease(job.id, "w", 10).attempts == 3
+    held = ledger.fail(job.id, "w", "busy", transient=True)
+    assert held.state == "held" and held.attempts == 3
+    assert ledger.stats()["held"] == 1
+    with pytest.raises(LedgerError, match="only held or cancelled"):
+        ledger.requeue(ledger.submit("k", {"other": 1}, priority="batch").job.id)
+    again = ledger.requeue(job.id)
+    assert again.state == "queued" and again.attempts == 0 and again.error is None
+
+
+def test_permanent_failure_holds_at_once_and_retry_gives_one_more(ledger):
+    job = ledger.submit("k", {}, priority="batch").job
+    ledger.lease(job.id, "w", 10)
+    assert ledger.fail(job.id, "w", "bad input", transient=False).state == "held"
+    j = ledger.retry(job.id)
+    assert j.state == "queued" and j.max_attempts >= 2
+    ledger.lease(job.id, "w", 10)
+    assert ledger.complete(job.id, "w", {})
+
+
+def test_expired_lease_is_retried_then_held(ledger, clock):
+    job = ledger.submit("k", {}, priority="batch", max_attempts=2).job
+    ledger.lease(job.id, "dead", 1.0)
+    ledger.start(job.id, "dead")
+    assert ledger.expire_leases() == []
+    clock.t += 2
+    [j] = ledger.expire_leases()
+    assert j.state == "retrying" and "expired" in j.error
+    assert not ledger.heartbeat(job.id, "dead", 1.0)  # the dead owner cannot revive it
+    clock.t = j.next_attempt_at
+    ledger.lease(job.id, "w2", 1.0)
+    clock.t += 2
+    [j] = ledger.expire_leases()
+    assert j.state == "held"
+
+
+def test_release_does_not_count_the_attempt(ledger):
+    job = ledger.submit("k", {}, priority="batch").job
+    ledger.lease(job.id, "w", 10)
+    assert ledger.release(job.id, "w")
+    j = ledger.get(job.id)
+    assert j.state == "queued" and j.attempts == 0
+
+
+def test_dependencies_wait_and_follow_held_or_cancelled(ledger):
+    a = ledger.submit("a", {}, priority="realtime").job
+    b = ledger.submit("b", {}, priority="batch", depends_on=a.id).job
+    c = ledger.submit("c", {}, priority="batch", depends_on=b.id).job
+    assert [j.id for j in ledger.ready()] == [a.id]
+    ledger.lease(a.id, "w", 10)
+    ledger.fail(a.id, "w", "bad", transient=False)
+    ledger.resolve_dependencies()
+    assert ledger.get(b.id).state == "held" and ledger.get(c.id).state == "held"
+    ledger.requeue(a.id)  # requeues the dependents held because of it
+    assert ledger.get(b.id).state == "queued" and ledger.get(c.id).state == "queued"
+    ledger.lease(a.id, "w", 10)
+    ledger.complete(a.id, "w", {})
+    assert [j.id for j in ledger.ready()] == [b.id]
+    ledger.cancel(b.id)
+    ledger.resolve_dependencies()
+    assert ledger.get(c.id).state == "cancelled"
+    with pytest.raises(LedgerError, match="nothing to cancel"):
+        ledger.cancel(a.id)
+
+
+def test_cancel_running_job_refuses_its_heartbeat_and_result(ledger):
+    job = ledger.submit("k", {}, priority="batch").job
+    ledger.lease(job.id, "w", 10)
+    ledger.cancel(job.id)
+    assert not ledger.heartbeat(job.id, "w", 10)
+    assert not ledger.complete(job.id, "w", {})
+    assert ledger.get(job.id).state == "cancelled"
+
+
+def test_stats_shape(ledger, clock):
+    ledger.submit("k", {"a": 1}, priority="reprocess")
+    clock.t += 30
+    ledger.submit("k", {"a": 2}, priority="realtime")
+    j = ledger.submit("k", {"a": 3}, priority="batch").job
+    ledger.lease(j.id, "w", 10)
+    ledger.fail(j.id, "w", "boom", transient=False)
+    s = ledger.stats()
+    assert s["depth"] == 2 and s["held"] == 1 and s["running"] == 0
+    assert s["classes"]["reprocess"]["queued"] == 1 and s["classes"]["reprocess"]["oldest_queued_age_s"] == 30
+    assert s["classes"]["realtime"]["oldest_queued_age_s"] == 0
+    assert s["recent_failures"][0]["job"] == j.id and "boom" in s["recent_failures"][0]["reason"]
+    assert s["backpressure"]["active"] is False
+    json.dumps(s)
+
+
+def test_admission_refuses_batch_past_depth_but_admits_realtime(tmp_path, clock):
+    alerts = []
+    cfg = OffloadConfig(depth_high=3, oldest_age_s=100.0)
+    with Ledger(tmp_path / "l.sqlite", config=cfg, clock=clock, on_alert=alerts.append) as led:
+        for i in range(3):
+            led.submit("k", {"i": i}, priority="reprocess")
+        with pytest.raises(AdmissionRefused, match="offload.depth_high = 3"):
+            led.submit("k", {"i": 99}, priority="batch", wait_s=0)
+        assert led.submit("k", {"i": 100}, priority="realtime").created
+        assert led.submit("k", {"i": 0}, priority="reprocess").created is False  # existing keys are not refused
+        assert [a["action"] for a in alerts] == ["raised"] and alerts[0]["rule"] == "offload_backpressure"
+        assert led.stats()["backpressure"]["active"]
+        # drained: admitted again, the alert clears
+        for j in led.jobs(priority="reprocess") + led.jobs(priority="realtime"):
+            led.cancel(j.id)
+        assert led.submit("k", {"i": 99}, priority="batch").created
+        assert [a["action"] for a in alerts] == ["raised", "cleared"]
+
+
+def test_admission_by_age_and_waiting_submission(tmp_path, clock):
+    cfg = OffloadConfig(depth_high=100, oldest_age_s=60.0)
+    with Ledger(tmp_path / "l.sqlite", config=cfg, clock=clock) as led:
+        old = led.submit("k", {"i": 0}, priority="batch").job
+        clock.t += 61
+        with pytest.raises(AdmissionRefused, match="offload.oldest_age_s"):
+            led.submit("k", {"i": 1}, priority="batch", wait_s=0)
+        # a waiting submission is admitted as soon as the old job is gone (another process in real life)
+        import threading
+
+        t = threading.Timer(0.2, lambda: led.cancel(old.id))
+        t.start()
+        try:
+            led._clock = _Advancing(clock.t)
+            assert led.submit("k", {"i": 2}, priority="batch", wait_s=5).created
+        finally:
+            t.join()
+        assert led.refused == 1
+
+
+class _Advancing:
+    """A clock that follows the wall clock from ``t`` (for a waiting submission)."""
+
+    def __init__(self, t: float) -> None:
+        import time
+
+        self.t0, self.w0, self._time = t, time.monotonic(), time.monotonic
+
+    def __call__(self) -> float:
+        return self.t0 + self._time() - self.w0
+
+
+def test_backoff_is_full_jitter_and_capped():
+    rng = random.Random(3)
+    xs = [backoff_delay(5, 1.0, 4.0, rng) for _ in range(2000)]
+    assert 0 <= min(xs) < 0.1 and 3.9 < max(xs) <= 4.0
+    assert all(0 <= backoff_delay(1, 2.0, 100.0, rng) <= 2.0 for _ in range(100))
+
+
+def test_migration_upgrades_a_version_1_file(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as c:
+        MIGRATIONS[0](c)
+        c.execute("PRAGMA user_version = 1")
+        c.execute("INSERT INTO jobs(key, kind, priority, params, state, attempts, max_attempts, next_attempt_at, created_at) "
+                  "VALUES ('k1', 'fastq', 'realtime', '{\"run\": \"R1\"}', 'held', 3, 3, 0, 5.0)")
+    c.close()
+    with Ledger(path) as led:
+        assert led.schema_version == SCHEMA_VERSION
+        [job] = led.jobs()
+        assert job.kind == "fastq" and job.params == {"run": "R1"} and job.algorithm is None and job.depends_on is None
+        assert [e["to_state"] for e in led.events(job.id)] == ["held"]
+        led.requeue(job.id)
+        assert led.get(job.id).state == "queued"
+    with Ledger(path) as led:  # reopening an up-to-date file is a no-op
+        assert len(led.jobs()) == 1
+
+
+def test_newer_or_corrupt_file_is_a_clear_error(tmp_path):
+    newer = tmp_path / "new.sqlite"
+    with sqlite3.connect(newer) as c:
+        c.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    c.close()
+    with pytest.raises(LedgerError, match="newer than this"):
+        Ledger(newer)
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(LedgerError, match="not a readable SQLite database"):
+        Ledger(bad)
+    assert bad.read_bytes().startswith(b"this is not sqlite")  # left alone
+
+
+def _hammer(path: str, owner: str, n: int) -> None:
+    with Ledger(path, policy=lambda k: FAST) as led:
+        for i in range(n):
+            led.submit("k", {"i": i}, priority="batch")  # both processes submit the same keys
+        done = 0
+        while True:
+            job = led.lease_next(owner, 30)
+            if job is None:
+                break
+            led.start(job.id, owner)
+            assert led.complete(job.id, owner, {"by": owner})
+            done += 1
+
+
+def test_several_processes_share_one_ledger(tmp_path):
+    path = str(tmp_path / "l.sqlite")
+    Ledger(path).close()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_hammer, args=(path, f"p{i}", 40)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    with Ledger(path) as led:
+        jobs = led.jobs(limit=1000)
+        assert len(jobs) == 40 and all(j.state == "succeeded" and j.attempts == 1 for j in jobs)
+        for j in jobs:  # each job leased and completed exactly once
+            assert [e["to_state"] for e in led.events(j.id)] == ["queued", "leased", "running", "succeeded"]
