@@ -18,7 +18,7 @@ from prometheus_client.exposition import start_http_server
 from appliance.config import EDGES
 from appliance.pipeline._histogram import LatencyHistogram
 
-__all__ = ["MetricsExporter", "StatsCollector", "StorageCollector", "LATENCY_BUCKETS_S"]
+__all__ = ["JobsCollector", "MetricsExporter", "StatsCollector", "StorageCollector", "LATENCY_BUCKETS_S"]
 
 #: histogram bucket bounds (seconds) of the exported latency histograms
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -114,6 +114,29 @@ class StorageCollector:
         failures = CounterMetricFamily("appliance_storage_verification_failures", "Copies that failed a verify re-read (copy, scrub, verify)")
         failures.add_metric([], s.get("verification_failures", 0))
         yield from (size, files, free, pending, corrupt, failures)
+
+
+class JobsCollector:
+    """Offload gauges over ``stats()`` of an ``appliance.offload.Orchestrator`` (or a Ledger):
+    jobs per class and state, queue depth and oldest waiting age per class, backpressure."""
+
+    def __init__(self, stats: Callable[[], dict]) -> None:
+        self._stats = stats
+
+    def collect(self):
+        s = self._stats()
+        jobs = GaugeMetricFamily("appliance_jobs", "Offload jobs in the ledger by priority class and state", labels=["class", "state"])
+        depth = GaugeMetricFamily("appliance_jobs_queue_depth", "Jobs waiting to run (queued + retrying)", labels=["class"])
+        age = GaugeMetricFamily("appliance_jobs_oldest_waiting_age_seconds", "Age of the oldest waiting job", labels=["class"])
+        for cls, counts in sorted(s.get("classes", {}).items()):
+            for state, n in sorted(counts.items()):
+                if state not in ("depth", "oldest_queued_age_s"):
+                    jobs.add_metric([cls, state], n)
+            depth.add_metric([cls], counts.get("depth", 0))
+            age.add_metric([cls], counts.get("oldest_queued_age_s") or 0.0)
+        bp = GaugeMetricFamily("appliance_jobs_backpressure", "1 while the ledger is past an admission watermark")
+        bp.add_metric([], 1 if s.get("backpressure", {}).get("active") else 0)
+        yield from (jobs, depth, age, bp)
 
 
 class MetricsExporter:

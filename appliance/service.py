@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from pathlib import Path
 
 from appliance.config import ConfigError, RunConfig, load_config
@@ -34,6 +35,11 @@ class Service:
         self._lock = threading.Lock()
         self._server = None
         self._log_handler = None
+        self.orchestrator = None  #: the offload orchestrator ([offload] enabled)
+        self.storage = None  #: the storage manager and its tierer ([storage] enabled)
+        self._publisher: threading.Thread | None = None
+        self._exporter = None
+        self._stopping = threading.Event()
 
     # -- commands --------------------------------------------------------------------------
     def _commands(self) -> dict:
@@ -48,6 +54,17 @@ class Service:
 
         forwarded["start"] = Command(start, "start a run: set = ['section.key=value', ...] overrides, run_id (optional)",
                                      (Arg("set", "list"), Arg("run_id", "str")))
+        from appliance.analysis.control import control_commands as algo_commands
+
+        forwarded.update(algo_commands(Path(self.base.output.root)))
+        if self.orchestrator is not None:
+            from appliance.offload import control_commands as jobs_commands
+
+            forwarded.update(jobs_commands(self.orchestrator))
+        if self.storage is not None:
+            from appliance.storage import control_commands as storage_commands
+
+            forwarded.update(storage_commands(self.storage))
         return forwarded
 
     def _forward(self, name: str):
@@ -78,7 +95,9 @@ class Service:
             except ConfigError as exc:
                 raise CommandError("bad_config", str(exc)) from None
             # the service owns the control sockets; the run publishes through them
-            cfg = dataclasses.replace(cfg, control=dataclasses.replace(cfg.control, enabled=False))
+            # (and its metrics exporter, when one is configured)
+            cfg = dataclasses.replace(cfg, control=dataclasses.replace(cfg.control, enabled=False),
+                                      metrics=dataclasses.replace(cfg.metrics, port=0))
             sup = Supervisor(cfg, run_id=run_id)
             sup.publish = self._server.publish if self._server is not None else None
             self.supervisor = sup
@@ -101,25 +120,113 @@ class Service:
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> "Service":
+        """Open the offload ledger and the storage catalog (when enabled), serve the control
+        plane, then start the orchestrator, the tierer and the 1 Hz ``jobs``/``storage``
+        publisher. On failure, whatever was started is stopped again."""
         from appliance.pipeline.supervisor import attach_log_publisher, start_control_server
 
-        self._server = start_control_server(self.base.control, self._commands())
-        self._log_handler = attach_log_publisher(self._server)
+        root = Path(self.base.output.root)
+        try:
+            if self.base.offload.enabled:
+                from appliance.offload import Orchestrator
+
+                self.orchestrator = Orchestrator(self.base.offload, root, on_event=self._offload_event)
+            if self.base.storage.enabled:
+                from appliance.storage import StorageManager
+
+                self.storage = StorageManager.from_config(self.base, on_alert=self._storage_alert)
+            self._server = start_control_server(self.base.control, self._commands())
+            self._log_handler = attach_log_publisher(self._server)
+            if self.base.metrics.port:
+                self._start_metrics()
+            if self.orchestrator is not None:
+                self.orchestrator.start()
+            if self.storage is not None:
+                self.storage.start()
+            self._stopping.clear()
+            self._publisher = threading.Thread(target=self._publish_loop, name="service-publisher", daemon=True)
+            self._publisher.start()
+        except BaseException:
+            self._close_parts()
+            raise
         return self
+
+    def _start_metrics(self) -> None:
+        """One Prometheus exporter for the service's life: the current run's stats (none while
+        idle), the offload jobs and the storage tiers. Runs started here export through it."""
+        from appliance.metrics import JobsCollector, MetricsExporter, StorageCollector
+
+        def snapshot():
+            sup = self.supervisor
+            running = sup is not None and self.thread is not None and self.thread.is_alive()
+            return (sup.latest_stats, list(sup.events)) if running else ({}, [])
+
+        m = self.base.metrics
+        self._exporter = MetricsExporter(snapshot, m.port, m.address)
+        if self.orchestrator is not None:
+            self._exporter.registry.register(JobsCollector(self.orchestrator.stats))
+        if self.storage is not None:
+            self._exporter.registry.register(StorageCollector(self.storage.stats))
+        self._exporter.start()
+        log.info("metrics on http://%s:%d/metrics", m.address, self._exporter.port)
+
+    # -- offload and storage on the control plane -------------------------------------------
+    def _publish(self, topic: str, body: dict) -> None:
+        server = self._server
+        if server is not None:
+            server.publish(topic, body)
+
+    def _offload_event(self, event: dict) -> None:
+        event = dict(event)
+        topic = event.pop("topic", "event")
+        self._publish("alert" if topic == "alert" else "event", {"t": time.time(), "kind": "alert" if topic == "alert" else "event",
+                                                                 "message": event.get("message", ""), **event})
+
+    def _storage_alert(self, kind: str, message: str, **fields) -> None:
+        self._publish("alert", {"t": time.time(), "kind": "alert", "rule": kind, "message": message, **fields})
+
+    def _publish_loop(self, period_s: float = 1.0) -> None:
+        """Publish the orchestrator's and the storage manager's stats once a second (the TUI's
+        jobs and storage panes, and any other subscriber)."""
+        while not self._stopping.wait(period_s):
+            for topic, part in (("jobs", self.orchestrator), ("storage", self.storage)):
+                if part is None:
+                    continue
+                try:
+                    self._publish(topic, part.stats())
+                except Exception:  # a busy ledger or catalog: try again next second
+                    log.debug("%s stats unavailable", topic, exc_info=True)
+
+    def _close_parts(self) -> None:
+        self._stopping.set()
+        if self._exporter is not None:
+            self._exporter.stop()
+            self._exporter = None
+        if self._publisher is not None:
+            self._publisher.join(5.0)
+            self._publisher = None
+        if self.orchestrator is not None:
+            self.orchestrator.stop(timeout=30.0)
+            self.orchestrator = None
+        if self.storage is not None:
+            self.storage.close()
+            self.storage = None
+        if self._server is not None:
+            logging.getLogger("appliance").removeHandler(self._log_handler)
+            self._server.stop()
+            self._server = None
 
     def wait(self, timeout: float | None = None) -> None:
         if self.thread is not None:
             self.thread.join(timeout)
 
     def shutdown(self, timeout: float = 300.0) -> None:
-        """Drain the current run (if any), wait for it, then close the control sockets."""
+        """Drain the current run (if any) and wait for it; stop the orchestrator (running jobs
+        get 30 s to finish, the rest go back to the queue) and the tierer; close the sockets."""
         if self.supervisor is not None and self.thread is not None and self.thread.is_alive():
             self.supervisor.request_stop()
             self.thread.join(timeout)
-        if self._server is not None:
-            logging.getLogger("appliance").removeHandler(self._log_handler)
-            self._server.stop()
-            self._server = None
+        self._close_parts()
 
     def __enter__(self) -> "Service":
         return self.start()

@@ -4,7 +4,7 @@
 plane) or a :class:`ReplaySource` (a past run's ``stats.jsonl``); see docs/tui.md.
 """
 
-from tui._model import RunModel
+from tui._model import JobsView, RunModel, StorageView
 from tui._source import CommandUnavailable, LiveSource, ReplaySource, Source, SourceError, Update, resolve_stats_file
 from tui.app import ApplianceApp, ConfirmScreen, HelpScreen
 
@@ -13,11 +13,13 @@ __all__ = [
     "CommandUnavailable",
     "ConfirmScreen",
     "HelpScreen",
+    "JobsView",
     "LiveSource",
     "ReplaySource",
     "RunModel",
     "Source",
     "SourceError",
+    "StorageView",
     "Update",
     "resolve_stats_file",
 ]

@@ -2,6 +2,11 @@
 run progress (tile, cycle, ETA), alerts and the log tail. Pure Python, no Textual, so the
 derivations are tested without a screen.
 
+The model also keeps the latest ``jobs`` and ``storage`` bodies the appliance service publishes
+(the offload orchestrator's and the storage manager's ``stats()``, docs/offload.md and
+docs/storage.md), parsed into :class:`JobsView` and :class:`StorageView` when they arrive so a
+malformed body is refused there (and reported) rather than when it is drawn.
+
 A stats sample is the object the supervisor publishes on the ``stats`` topic and appends to
 ``stats.jsonl`` (docs/pipeline.md): ``t``, ``run_id``, ``state``, ``frames_acquired``,
 ``frames_planned``, ``tiles``, ``cycles``, ``rings`` (``"<edge>.<i>.<j>"`` -> occupancy,
@@ -16,7 +21,26 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["STAGES", "EDGES", "RunModel", "EdgeView", "StageView", "Notice", "sparkline", "bar", "format_duration"]
+__all__ = [
+    "STAGES",
+    "EDGES",
+    "STALE_S",
+    "RunModel",
+    "EdgeView",
+    "StageView",
+    "Notice",
+    "ClassQueue",
+    "JobFailure",
+    "JobsView",
+    "TierView",
+    "StorageView",
+    "sparkline",
+    "bar",
+    "gauge",
+    "format_duration",
+    "format_age",
+    "format_bytes",
+]
 
 #: Stages in pipeline order; edge ``EDGES[i]`` runs from ``STAGES[i]`` to ``STAGES[i + 1]``.
 STAGES = ("source", "preprocess", "kernel", "basecall", "writer")
@@ -54,6 +78,259 @@ def format_duration(seconds: float | None) -> str:
         return "--:--"
     s = int(round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def gauge(fraction: float, marks: "tuple[float, ...] | list[float]", width: int) -> str:
+    """:func:`bar` with a ``│`` at each of ``marks`` (fractions 0..1: the watermarks it is
+    read against)."""
+    cells = list(bar(fraction, width))
+    for mark in marks:
+        if width > 0 and mark == mark:
+            cells[min(width - 1, max(0, int(round(float(mark) * width))))] = "│"
+    return "".join(cells)
+
+
+def format_age(seconds: float | None) -> str:
+    """A short age: ``42s``, ``5m03s``, ``2h10m``, ``3d04h`` (``-`` when unknown)."""
+    if seconds is None or seconds != seconds:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def format_bytes(n: float | None) -> str:
+    """Bytes in binary units: ``512 B``, ``1.5 KiB``, ``3.2 GiB`` (``-`` when unknown)."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover - the loop returns
+
+
+#: A jobs or storage body older than this (seconds since it arrived) is shown as stale; the
+#: appliance publishes both about once a second.
+STALE_S = 5.0
+
+_CLASS_ORDER = ("realtime", "batch", "reprocess")
+_TIER_ORDER = ("hot", "warm", "cold")
+
+
+def _map(body: Any, key: str, where: str) -> dict:
+    value = body.get(key) if isinstance(body, dict) else None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"{where}: {key!r} is a {type(value).__name__}, not a map")
+    return value
+
+
+def _count(d: dict, key: str, where: str) -> int:
+    v = d.get(key, 0)
+    if v is None:
+        return 0
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{where}: {key!r} is {v!r}, not a number")
+    return int(v)
+
+
+def _opt_float(d: dict, key: str, where: str) -> float | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{where}: {key!r} is {v!r}, not a number")
+    return float(v)
+
+
+def _ordered(names, order: tuple[str, ...]) -> list[str]:
+    return [n for n in order if n in names] + sorted(n for n in names if n not in order)
+
+
+@dataclass(frozen=True)
+class ClassQueue:
+    """One job class (realtime, batch, reprocess) of the ledger."""
+
+    name: str
+    depth: int  # queued + retrying
+    oldest_s: float | None  # age of its oldest waiting job
+    running: int  # leased + running
+    held: int
+    retrying: int
+    succeeded: int
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    """A job that went to retrying or held."""
+
+    job: Any
+    kind: str
+    at: float | None
+    state: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class JobsView:
+    """What the jobs pane draws, from a ``jobs`` body (``Orchestrator.stats()``, or a bare
+    ``Ledger.stats()``, which has no executor). :meth:`from_stats` refuses a malformed body."""
+
+    classes: tuple[ClassQueue, ...]
+    depth: int
+    oldest_s: float | None
+    running: int
+    held: int
+    backpressure: bool
+    backpressure_message: str | None
+    refused: int
+    failures: tuple[JobFailure, ...]
+    depth_high: int | None = None  # the backpressure watermarks
+    oldest_high_s: float | None = None
+    executor: str | None = None
+    slots: int | None = None
+    free: int | None = None
+    errors: tuple[str, ...] = ()
+
+    @classmethod
+    def from_stats(cls, body: Any) -> "JobsView":
+        if not isinstance(body, dict):
+            raise TypeError(f"a jobs message is a {type(body).__name__}, not a map")
+        classes = _map(body, "classes", "jobs")
+        queues = []
+        for name in _ordered(classes, _CLASS_ORDER):
+            c = classes[name]
+            if not isinstance(c, dict):
+                raise TypeError(f"jobs: classes.{name} is a {type(c).__name__}, not a map")
+            where = f"jobs: classes.{name}"
+            queued, retrying = _count(c, "queued", where), _count(c, "retrying", where)
+            depth = _count(c, "depth", where) if "depth" in c else queued + retrying
+            queues.append(ClassQueue(str(name), depth, _opt_float(c, "oldest_queued_age_s", where),
+                                     _count(c, "leased", where) + _count(c, "running", where),
+                                     _count(c, "held", where), retrying, _count(c, "succeeded", where)))
+        bp = _map(body, "backpressure", "jobs")
+        failures = body.get("recent_failures") or []
+        if not isinstance(failures, list):
+            raise TypeError(f"jobs: 'recent_failures' is a {type(failures).__name__}, not a list")
+        fails = []
+        for f in failures:
+            if not isinstance(f, dict):
+                raise TypeError(f"jobs: a recent failure is a {type(f).__name__}, not a map")
+            fails.append(JobFailure(f.get("job"), str(f.get("kind", "?")), _opt_float(f, "at", "jobs: recent_failures"),
+                                    str(f.get("state", "?")), str(f.get("reason") or "")))
+        ex = _map(body, "executor", "jobs")
+        errors = body.get("errors") or []
+        if not isinstance(errors, list):
+            raise TypeError(f"jobs: 'errors' is a {type(errors).__name__}, not a list")
+        message = bp.get("message")
+        return cls(
+            classes=tuple(queues),
+            depth=_count(body, "depth", "jobs") if "depth" in body else sum(q.depth for q in queues),
+            oldest_s=_opt_float(body, "oldest_queued_age_s", "jobs"),
+            running=_count(body, "running", "jobs") if "running" in body else sum(q.running for q in queues),
+            held=_count(body, "held", "jobs") if "held" in body else sum(q.held for q in queues),
+            backpressure=bool(bp.get("active")),
+            backpressure_message=None if message is None else str(message),
+            refused=_count(bp, "refused_here", "jobs: backpressure"),
+            failures=tuple(fails),
+            depth_high=None if bp.get("depth_high") is None else _count(bp, "depth_high", "jobs: backpressure"),
+            oldest_high_s=_opt_float(bp, "oldest_age_s", "jobs: backpressure"),
+            executor=None if ex.get("name") is None else str(ex["name"]),
+            slots=None if ex.get("slots") is None else _count(ex, "slots", "jobs: executor"),
+            free=None if ex.get("free") is None else _count(ex, "free", "jobs: executor"),
+            errors=tuple(str(e) for e in errors),
+        )
+
+    @property
+    def busy_slots(self) -> int | None:
+        """Slots of this appliance's executor in use (None without an executor)."""
+        if self.slots is None or self.free is None:
+            return None
+        return max(0, self.slots - self.free)
+
+
+@dataclass(frozen=True)
+class TierView:
+    """One storage tier: its verified copies, corrupt copies and (local tiers) free space."""
+
+    name: str
+    url: str
+    bytes: int
+    files: int
+    corrupt_files: int
+    free_bytes: int | None
+    total_bytes: int | None
+
+    @property
+    def free_fraction(self) -> float | None:
+        if self.free_bytes is None or not self.total_bytes:
+            return None
+        return self.free_bytes / self.total_bytes
+
+
+@dataclass(frozen=True)
+class StorageView:
+    """What the storage pane draws, from a ``storage`` body (``StorageManager.stats()``).
+    :meth:`from_stats` refuses a malformed body."""
+
+    tiers: tuple[TierView, ...]
+    hot_free_fraction: float | None
+    high: float | None
+    critical: float | None
+    level: str
+    pending_moves: int
+    verification_failures: int
+    corrupt_copies: int
+    bytes_copied: int
+    last_gc: float | None
+    last_scrub: float | None
+    running: bool | None
+
+    @classmethod
+    def from_stats(cls, body: Any) -> "StorageView":
+        if not isinstance(body, dict):
+            raise TypeError(f"a storage message is a {type(body).__name__}, not a map")
+        tiers = _map(body, "tiers", "storage")
+        views = []
+        for name in _ordered(tiers, _TIER_ORDER):
+            t = tiers[name]
+            if not isinstance(t, dict):
+                raise TypeError(f"storage: tiers.{name} is a {type(t).__name__}, not a map")
+            where = f"storage: tiers.{name}"
+            free, total = _opt_float(t, "free_bytes", where), _opt_float(t, "total_bytes", where)
+            views.append(TierView(str(name), str(t.get("url") or ""), _count(t, "bytes", where), _count(t, "files", where),
+                                  _count(t, "corrupt_files", where), None if free is None else int(free),
+                                  None if total is None else int(total)))
+        marks = _map(body, "watermarks", "storage")
+        level = str(body.get("level") or "ok")
+        running = body.get("running")
+        return cls(
+            tiers=tuple(views),
+            hot_free_fraction=_opt_float(body, "hot_free_fraction", "storage"),
+            high=_opt_float(marks, "high", "storage: watermarks"),
+            critical=_opt_float(marks, "critical", "storage: watermarks"),
+            level=level,
+            pending_moves=_count(body, "pending_moves", "storage"),
+            verification_failures=_count(body, "verification_failures", "storage"),
+            corrupt_copies=_count(body, "corrupt_copies", "storage"),
+            bytes_copied=_count(body, "bytes_copied", "storage"),
+            last_gc=_opt_float(body, "last_gc", "storage"),
+            last_scrub=_opt_float(body, "last_scrub", "storage"),
+            running=None if running is None else bool(running),
+        )
+
+    @property
+    def damaged(self) -> bool:
+        """A copy failed its verification or is known corrupt (the pane shows it in red)."""
+        return self.verification_failures > 0 or self.corrupt_copies > 0
 
 
 @dataclass
@@ -119,6 +396,12 @@ class RunModel:
         self.alerts: deque[Notice] = deque(maxlen=max_notices)
         self.logs: deque[Notice] = deque(maxlen=max_notices)
         self._window: deque[tuple[float, dict[str, int], int]] = deque()
+        # the service's figures (not the run's: a reset keeps them), with when they arrived
+        # (time.monotonic()) and why the latest body was refused, if it was
+        self.jobs: JobsView | None = None
+        self.storage: StorageView | None = None
+        self.received: dict[str, float] = {}
+        self.malformed: dict[str, str] = {}
 
     # -- input ---------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -228,6 +511,37 @@ class RunModel:
         logger = str(record.get("logger", "")).removeprefix("appliance.")  # room on 80 columns
         text = f"{logger}: {msg}".lstrip(": ")
         self.logs.append(Notice(t, level, text))
+
+    def update_jobs(self, body: Any, now: float | None = None) -> None:
+        """Take a ``jobs`` body; TypeError/ValueError (and :attr:`malformed` set) when it is
+        malformed, the previous view kept."""
+        self._take("jobs", JobsView.from_stats, body, now)
+
+    def update_storage(self, body: Any, now: float | None = None) -> None:
+        """Take a ``storage`` body; as :meth:`update_jobs`."""
+        self._take("storage", StorageView.from_stats, body, now)
+
+    def _take(self, topic: str, parse, body: Any, now: float | None) -> None:
+        try:
+            view = parse(body)
+        except (TypeError, ValueError) as exc:
+            self.malformed[topic] = str(exc)
+            raise
+        setattr(self, topic, view)
+        self.malformed.pop(topic, None)
+        self.received[topic] = time.monotonic() if now is None else now
+
+    def age(self, topic: str, now: float | None = None) -> float | None:
+        """Seconds since the latest good ``jobs`` / ``storage`` body arrived (None: never)."""
+        at = self.received.get(topic)
+        if at is None:
+            return None
+        return max(0.0, (time.monotonic() if now is None else now) - at)
+
+    def stale(self, topic: str, now: float | None = None) -> bool:
+        """The latest ``jobs`` / ``storage`` body is older than :data:`STALE_S`."""
+        age = self.age(topic, now)
+        return age is not None and age > STALE_S
 
     def note(self, kind: str, text: str) -> None:
         """A line of the TUI's own in the alerts panel (a command's result)."""

@@ -36,7 +36,9 @@ Emit = Callable[["Update"], None]
 class Update:
     """One thing for the screen. ``kind``: ``status`` (the connection line: ``text`` and
     ``connected``), ``stats`` (``body`` a stats sample), ``event`` / ``alert`` / ``log``
-    (``body`` the message), ``config`` (``body`` the run config from ``status``),
+    (``body`` the message), ``jobs`` (``body`` the offload orchestrator's stats, about 1 Hz
+    under ``appliance serve`` with offload on), ``storage`` (``body`` the storage manager's
+    stats, likewise with storage on), ``config`` (``body`` the run config from ``status``),
     ``command`` (``text`` the outcome of a stop/pause/resume, ``ok``), ``reset`` (a replay
     starts over: forget the run)."""
 
@@ -72,7 +74,8 @@ class Source:
 
 
 class LiveSource(Source):
-    """A running appliance: subscribes to stats, event, alert and log, asks ``status`` once per
+    """A running appliance: subscribes to stats, event, alert, log, jobs and storage (the last
+    two only come from ``appliance serve`` with offload or storage on), asks ``status`` once per
     connection, and reconnects with exponential backoff (``min_backoff_s`` doubling up to
     ``max_backoff_s``) whenever the appliance goes away (no socket, or no message for
     ``stale_s`` and no answer to ``ping``), so a restarted appliance is picked up again.
@@ -142,7 +145,7 @@ class LiveSource(Source):
         from appliance.control import ControlTimeout
 
         # Subscribe first, then ask for the status, so no sample falls between the two.
-        sub = client.subscribe(("stats", "event", "alert", "log"))
+        sub = client.subscribe(("stats", "event", "alert", "log", "jobs", "storage"))
         status = client.request("status")
         self.connections += 1
         if isinstance(status, dict):

@@ -4,12 +4,15 @@ The source (``tui._source``) runs in a worker thread and puts :class:`Update` ob
 queue; the UI thread drains that queue on a timer at ``REDRAW_HZ`` and redraws only then, so
 the redraw rate is bounded whatever the stats rate, and the UI thread never waits on the
 network. Commands (stop, pause, resume) ask for confirmation, then run in a thread worker.
-Laid out for an 80x24 terminal; a larger one gives the panels more room.
+Laid out for an 80x24 terminal; a larger one gives the panels more room. The bottom area
+switches between three views: alerts and log (``e``), offload jobs (``j``) and storage
+tiers (``t``).
 """
 
 from __future__ import annotations
 
 import queue
+import textwrap
 import threading
 import time
 from typing import ClassVar
@@ -20,9 +23,21 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Static
+from textual.widgets import Button, ContentSwitcher, Footer, Static
 
-from tui._model import EDGES, STAGES, RunModel, bar, format_duration, sparkline
+from tui._model import (
+    EDGES,
+    STAGES,
+    JobsView,
+    RunModel,
+    StorageView,
+    bar,
+    format_age,
+    format_bytes,
+    format_duration,
+    gauge,
+    sparkline,
+)
 from tui._source import CommandUnavailable, Source, Update
 
 __all__ = ["ApplianceApp", "ConfirmScreen", "HelpScreen", "REDRAW_HZ", "KEY_HELP"]
@@ -42,6 +57,9 @@ KEY_HELP: dict[str, str] = {
     "slower": "replay: play half as fast",
     "restart_replay": "replay: start the playback over",
     "clear_alerts": "clear the alerts panel",
+    "show_events": "show the alerts & events and the log below",
+    "show_jobs": "show the offload jobs: queues, backpressure, failures",
+    "show_storage": "show the storage tiers: free space, copies, gc, scrub",
     "quit": "quit the console (the appliance keeps running)",
 }
 
@@ -51,6 +69,8 @@ _COMMANDS = {
     "pause_run": ("pause", "Pause acquisition?", "The camera stops; frames in the pipeline are still processed."),
     "resume_run": ("resume", "Resume acquisition?", "The camera starts acquiring again."),
 }
+
+_LEVEL_STYLE = {"ok": "green", "high": "bold yellow", "critical": "bold red"}
 
 _STATE_STYLE = {"acquiring": "bold green", "paused": "bold yellow", "draining": "bold cyan", "done": "bold blue"}
 
@@ -131,7 +151,7 @@ class HelpScreen(ModalScreen[None]):
             text.append(KEY_HELP.get(action, "") + "\n")
         text.append("s, p, r ask first: y confirms, n or Esc cancels. ctrl+q also quits.\n", style="dim")
         text.append("Panels: progress/latency/host; pipeline: per stage up, restarts, items/s,\n", style="dim")
-        text.append("busy, p99/budget; per ring occupancy, sparkline, drops; alerts; log.", style="dim")
+        text.append("busy, p99/budget; per ring occupancy, sparkline, drops; then e, j or t.", style="dim")
         return text
 
     def action_dismiss_help(self) -> None:
@@ -154,17 +174,25 @@ class ApplianceApp(App[None]):
         Binding("minus", "slower", "Slower", key_display="-", show=False),
         Binding("home", "restart_replay", "Restart", key_display="home", show=False),
         Binding("c", "clear_alerts", "Clear alerts"),
+        Binding("e", "show_events", "Events", show=False),
+        Binding("j", "show_jobs", "Jobs", show=False),
+        Binding("t", "show_storage", "Storage", show=False),
         Binding("q", "quit", "Quit"),
     ]
     CSS = """
     Screen { layout: vertical; }
-    #conn, #progress, #pipeline, #alerts, #log { text-wrap: nowrap; text-overflow: ellipsis; }
+    #conn, #progress, #pipeline, #alerts, #log, #queues, #failures, #storage { text-wrap: nowrap; text-overflow: ellipsis; }
     #conn { height: 1; background: $panel; padding: 0 1; }
     #progress { height: 3; padding: 0 1; }
     #pipeline { height: 11; border: round $primary; border-title-align: left; padding: 0 1; }
     #bottom { height: 1fr; min-height: 4; }
+    #events, #jobs { height: 100%; }
     #alerts { width: 3fr; height: 100%; border: round $warning; border-title-align: left; padding: 0 1; }
     #log { width: 2fr; height: 100%; border: round $secondary; border-title-align: left; padding: 0 1; }
+    #queues { width: 44; height: 100%; border: round $primary; border-title-align: left; padding: 0 1; }
+    #failures { width: 2fr; height: 100%; border: round $secondary; border-title-align: left; padding: 0 1; }
+    #storage { height: 100%; border: round $primary; border-title-align: left; padding: 0 1; }
+    #queues.stale, #storage.stale { border: round $error; }
     """
 
     def __init__(self, source: Source) -> None:
@@ -177,21 +205,28 @@ class ApplianceApp(App[None]):
         self.redraws = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_redraw = 0.0
 
     # -- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Static("", id="conn", markup=False)
         yield Static("", id="progress", markup=False)
         yield Static("", id="pipeline", markup=False)
-        with Horizontal(id="bottom"):
-            yield Static("", id="alerts", markup=False)
-            yield Static("", id="log", markup=False)
+        with ContentSwitcher(id="bottom", initial="events"):
+            with Horizontal(id="events"):
+                yield Static("", id="alerts", markup=False)
+                yield Static("", id="log", markup=False)
+            with Horizontal(id="jobs"):
+                yield Static("", id="queues", markup=False)
+                yield Static("", id="failures", markup=False)
+            yield Static("", id="storage", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#pipeline").border_title = "Pipeline"
         self.query_one("#alerts").border_title = "Alerts & events"
         self.query_one("#log").border_title = "Log"
+        self.query_one("#failures").border_title = "Job failures"
         self._thread = threading.Thread(target=self._run_source, name=f"tui-{self.source.kind}", daemon=True)
         self._thread.start()
         self.set_interval(1.0 / REDRAW_HZ, self._tick)
@@ -213,8 +248,14 @@ class ApplianceApp(App[None]):
             self.updates.put(Update("status", text=f"source failed: {type(exc).__name__}: {exc}"))
 
     # -- updates (UI thread) ------------------------------------------------------------------
+    @property
+    def view(self) -> str:
+        """The bottom area's view: ``events``, ``jobs`` or ``storage``."""
+        return self.query_one("#bottom", ContentSwitcher).current or "events"
+
     def _tick(self) -> None:
-        changed = False
+        # the jobs and storage views show their data's age: redraw them once a second anyway
+        changed = self.view != "events" and time.monotonic() - self._last_redraw >= 1.0
         while True:
             try:
                 u = self.updates.get_nowait()
@@ -237,6 +278,13 @@ class ApplianceApp(App[None]):
             m.add_event(u.kind, u.body)
         elif u.kind == "log":
             m.add_log(u.body)
+        elif u.kind in ("jobs", "storage"):
+            before = m.malformed.get(u.kind)
+            try:
+                (m.update_jobs if u.kind == "jobs" else m.update_storage)(u.body)
+            except (TypeError, ValueError):
+                if m.malformed.get(u.kind) != before:  # once per new problem, not every second
+                    raise
         elif u.kind == "config":
             m.config = u.body
         elif u.kind == "status":
@@ -250,15 +298,73 @@ class ApplianceApp(App[None]):
 
     def _redraw(self) -> None:
         self.redraws += 1
+        self._last_redraw = time.monotonic()
         self.query_one("#conn", Static).update(self._render_conn())
         self.query_one("#progress", Static).update(self._render_progress())
         self.query_one("#pipeline", Static).update(self._render_pipeline())
+        view = self.view  # only the view on screen is drawn; switching views redraws
+        if view == "jobs":
+            self._redraw_jobs()
+        elif view == "storage":
+            self._redraw_storage()
+        else:
+            self._redraw_events()
+
+    def _redraw_events(self) -> None:
         active = len(self.model.active_alerts)
         self.query_one("#alerts").border_title = f"Alerts & events ({active} active)" if active else "Alerts & events"
+        self.query_one("#log").border_subtitle = "j jobs  t storage"
         for wid, notices, empty in (("#alerts", self.model.alerts, "no alerts"), ("#log", self.model.logs, "no log records yet")):
             w = self.query_one(wid, Static)
             # the newest lines that fit: the panel shows the tail, not the head
             w.update(self._render_notices(notices, empty, max(1, w.content_size.height or 50)))
+
+    def _events_hint(self) -> str:
+        """``e events``, with the active alerts counted (they are out of sight)."""
+        active = len(self.model.active_alerts)
+        return f"e events ({active} alert{'s' if active != 1 else ''})" if active else "e events"
+
+    def _title(self, name: str, topic: str) -> tuple[str, bool]:
+        """The pane's title with the age of its data when stale, and whether it is."""
+        m = self.model
+        stale = m.stale(topic)
+        title = f"{name} (stale: {format_age(m.age(topic))} old)" if stale else name
+        if topic in m.malformed:
+            title += " (last message malformed)"
+        return title, stale
+
+    def _missing(self, what: str, off: str, width: int) -> Text:
+        """Why a pane has nothing to show, wrapped to the pane's ``width``."""
+        if self.source.live:
+            why = f"no {what} stats: {off} or the appliance does not publish them"
+        else:
+            why = f"no {what} stats: a replay has only the run's stats and events"
+        return Text("\n".join(textwrap.wrap(why, max(10, width))), style="dim")
+
+    def _redraw_jobs(self) -> None:
+        queues, failures = self.query_one("#queues", Static), self.query_one("#failures", Static)
+        title, stale = self._title("Jobs", "jobs")
+        queues.border_title = title
+        queues.set_class(stale, "stale")
+        failures.border_subtitle = f"{self._events_hint()}  t storage"
+        j = self.model.jobs
+        if j is None:
+            queues.update(self._missing("job", "offload is off", queues.content_size.width or 40))
+            failures.update("")
+            return
+        queues.update(self._render_queues(j))
+        # before its first layout a pane has no size: assume the 80x24 one until the next redraw
+        failures.update(self._render_failures(j, max(1, failures.content_size.height or 6), failures.content_size.width or 32))
+
+    def _redraw_storage(self) -> None:
+        w = self.query_one("#storage", Static)
+        title, stale = self._title("Storage", "storage")
+        w.border_title = title
+        w.set_class(stale, "stale")
+        w.border_subtitle = f"{self._events_hint()}  j jobs"
+        st = self.model.storage
+        width = w.content_size.width or 76
+        w.update(self._missing("storage", "storage is off", width) if st is None else self._render_storage(st, width))
 
     # -- rendering -------------------------------------------------------------------------
     def _render_conn(self) -> Text:
@@ -358,6 +464,116 @@ class ApplianceApp(App[None]):
                 t.append(f"  drops {ev.drops}", style="bold red" if ev.drops else "")
                 t.append("\n")
         t.rstrip()
+        return t
+
+    @staticmethod
+    def _render_queues(j: JobsView) -> Text:
+        """Per class: depth, oldest waiting age, running, held, retrying; then slots and
+        backpressure."""
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(f"{'class':<10}{'depth':>6} {'oldest':<7}{'run':>4}{'held':>5}{'retry':>6}\n", style="bold")
+        for q in j.classes:
+            t.append(f"{q.name:<10}")
+            t.append(f"{q.depth:>6}", style="bold" if q.depth else "")
+            t.append(f" {format_age(q.oldest_s):<7}{q.running:>4}")
+            t.append(f"{q.held:>5}", style="bold red" if q.held else "")
+            t.append(f"{q.retrying:>6}\n", style="yellow" if q.retrying else "")
+        busy = j.busy_slots
+        if busy is not None:
+            t.append(f"slots {busy}/{j.slots} busy ({j.executor or '?'})  ")
+        else:
+            t.append(f"running {j.running}  ")
+        t.append(f"held {j.held}", style="bold red" if j.held else "")
+        if j.refused:
+            t.append(f"  refused {j.refused}", style="bold red")
+        t.append("\n")
+        if j.backpressure:  # the whole message (with its fix) heads the failures panel
+            t.append("BACKPRESSURE", style="bold red")
+            over = []
+            if j.depth_high is not None and j.depth >= j.depth_high:
+                over.append(f"depth {j.depth} >= {j.depth_high}")
+            if j.oldest_high_s is not None and j.oldest_s is not None and j.oldest_s >= j.oldest_high_s:
+                over.append(f"oldest {format_age(j.oldest_s)} >= {format_age(j.oldest_high_s)}")
+            t.append(f" {', '.join(over)}" if over else "", style="red")
+        else:
+            t.append("backpressure off", style="green")
+            t.append(f"  depth {j.depth}, oldest {format_age(j.oldest_s)}", style="dim")
+        return t
+
+    @staticmethod
+    def _render_failures(j: JobsView, lines: int, width: int) -> Text:
+        """The backpressure message (wrapped: it says what to do), the orchestrator's recent
+        errors, then the recent failures, newest first."""
+        t = Text(no_wrap=True, overflow="ellipsis")
+        rows = 0
+        if j.backpressure:
+            wrapped = textwrap.wrap(j.backpressure_message or "over a backpressure watermark", max(10, width))
+            for line in wrapped[: max(1, lines - 1)]:
+                t.append(line + "\n", style="red")
+                rows += 1
+        if not j.failures and not j.errors:
+            t.append("no failures", style="dim")
+            return t
+        for e in reversed(j.errors):
+            t.append("error ", style="bold red")
+            t.append(e + "\n")
+            rows += 1
+        for f in j.failures:  # two lines each: what and when, then why
+            if rows >= lines:
+                break
+            t.append(f"#{f.job} {f.kind} ")
+            t.append(f.state, style="bold red" if f.state == "held" else "yellow")
+            stamp = "" if f.at is None else time.strftime("%H:%M:%S", time.localtime(f.at))
+            t.append(f" {stamp}\n", style="dim")
+            rows += 1
+            if f.reason and rows < lines:
+                t.append(f"  {f.reason}\n")
+                rows += 1
+        t.rstrip()
+        return t
+
+    @staticmethod
+    def _render_storage(st: StorageView, width: int) -> Text:
+        """The hot tier's free space against its watermarks, a line per tier, the mover's and
+        the verifier's counts, the last gc and scrub."""
+        t = Text(no_wrap=True, overflow="ellipsis")
+        style = _LEVEL_STYLE.get(st.level, "bold")
+        marks = tuple(m for m in (st.high, st.critical) if m is not None)
+        if st.hot_free_fraction is not None:
+            t.append(f"hot free {100 * st.hot_free_fraction:3.0f}% ")
+            t.append(gauge(st.hot_free_fraction, marks, 20), style=style)
+        else:
+            t.append("hot free ?", style="dim")
+        t.append(f" {st.level.upper()}", style=style)
+        watermarks = [f"{k} <{100 * v:.0f}%" for k, v in (("high", st.high), ("critical", st.critical)) if v is not None]
+        if watermarks:
+            t.append(f"  ({', '.join(watermarks)})", style="dim")
+        t.append("\n")
+        url_w = max(8, min(30, width - 62))
+        for tier in st.tiers:
+            url = tier.url if len(tier.url) <= url_w else "…" + tier.url[-(url_w - 1):]
+            t.append(f"{tier.name:<5}", style="bold")
+            t.append(f"{url:<{url_w}} {format_bytes(tier.bytes):>10} {tier.files:>7} files ")
+            t.append(f"{tier.corrupt_files:>3} corrupt", style="bold red" if tier.corrupt_files else "")
+            if tier.total_bytes:
+                t.append(f"  free {format_bytes(tier.free_bytes)}")
+            t.append("\n")
+        if not st.tiers:
+            t.append("no tiers\n", style="dim")
+        t.append(f"pending moves {st.pending_moves}  ", style="bold" if st.pending_moves else "")
+        bad = "bold red"
+        t.append(f"verify failures {st.verification_failures}", style=bad if st.verification_failures else "")
+        t.append("  ")
+        t.append(f"corrupt copies {st.corrupt_copies}", style=bad if st.corrupt_copies else "")
+        t.append(f"  copied {format_bytes(st.bytes_copied)}\n")
+        now = time.time()
+        for label, at in (("last gc", st.last_gc), ("last scrub", st.last_scrub)):
+            if at is None:
+                t.append(f"{label} never  ")
+            else:
+                t.append(f"{label} {time.strftime('%H:%M:%S', time.localtime(at))} ({format_age(now - at)} ago)  ")
+        if st.running is False:
+            t.append("tierer stopped", style="bold red")
         return t
 
     @staticmethod
@@ -462,3 +678,17 @@ class ApplianceApp(App[None]):
     def action_clear_alerts(self) -> None:
         self.model.alerts.clear()
         self._redraw()
+
+    def _show(self, view: str) -> None:
+        self.query_one("#bottom", ContentSwitcher).current = view
+        self._redraw()
+        self.call_after_refresh(self._redraw)  # again once laid out: the panes' sizes are known
+
+    def action_show_events(self) -> None:
+        self._show("events")
+
+    def action_show_jobs(self) -> None:
+        self._show("jobs")
+
+    def action_show_storage(self) -> None:
+        self._show("storage")

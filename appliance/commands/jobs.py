@@ -17,7 +17,7 @@ names the data root, --ledger the file, --config/--set the run config that names
 See docs/offload.md.
 
 verbs:
-  ls       jobs, newest first (--state, --kind, --class, --limit)
+  ls       jobs, newest first (--state, --kind, --class, --run, --limit)
   show     one job with its history (every state change, when and why)
   submit   submit a job: KIND [key=value ...] (idempotent: the same job twice returns the first)
   retry    run a retrying job now, or give a held job one more attempt
@@ -35,6 +35,7 @@ examples:
   appliance jobs show 42
   appliance jobs requeue 42
   appliance jobs submit fastq run=260101_SIM01_0001_FC0001
+  appliance jobs submit reprocess run=260101_SIM01_0001_FC0001 --algorithm chain --version 2
   appliance jobs stats --json
   appliance jobs work --root /data/runs
 """
@@ -53,9 +54,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--state", help="ls: only jobs in this state")
     parser.add_argument("--kind", help="ls: only jobs of this kind")
+    parser.add_argument("--run", help="ls: only the jobs of this run")
     parser.add_argument("--class", dest="cls", help="ls: only this priority class; submit: the class (default: the kind's)")
     parser.add_argument("--limit", type=int, default=50, help="ls: at most this many (default 50)")
     parser.add_argument("--depends-on", type=int, help="submit: a job that must succeed first")
+    parser.add_argument("--algorithm", help="submit: the algorithm a reprocess job runs (appliance algo ls)")
+    parser.add_argument("--version", help="submit: the algorithm's version")
     parser.add_argument("--reason", help="cancel: why (recorded in the history)")
     parser.add_argument("--drain-s", type=float, default=30.0, help="work: seconds running jobs get to finish at stop (default 30)")
 
@@ -145,10 +149,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"appliance jobs: {exc}", file=sys.stderr)
         return EXIT_LEDGER
     with ledger:
-        commands = control_commands(ledger)
+        commands = control_commands(ledger, root)
         try:
             if args.verb == "ls":
-                a = {"state": args.state, "kind": args.kind, "class": args.cls, "limit": args.limit}
+                a = {"state": args.state, "kind": args.kind, "class": args.cls, "run": args.run, "limit": args.limit}
                 a = {k: v for k, v in a.items() if v is not None}
             elif args.verb == "submit":
                 kind, params = _submit_args(args.args)
@@ -157,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
                     a["class"] = args.cls
                 if args.depends_on is not None:
                     a["depends_on"] = args.depends_on
+                if args.algorithm or args.version:
+                    a["algorithm"], a["version"] = args.algorithm, args.version
             elif args.verb == "stats":
                 a = {}
             else:

@@ -23,7 +23,12 @@ SIGTERM drains: acquisition stops and every frame that entered is written.
 
 The summary gives frames, drops, throughput, latency p50/p99, restarts, checksum failures,
 the data reduction, the base-call error against the synthetic ground truth, and where the
-output is. Exit status: 0 done, 1 the run could not keep its promise, 2 bad configuration.
+output is. Then the run is offloaded through the job ledger (<output.root>/.offload/): a
+cycle-qc job per cycle, fastq and align-qc (minimap2: % aligned, error rate), and a shadow
+reprocess + compare when the algorithm registry has a candidate; their figures are printed
+and added to the summary (offload.run_wait_s bounds the wait; --no-offload, a stopped run and
+--headless leave the jobs to appliance serve or appliance jobs work; docs/offload.md).
+Exit status: 0 done, 1 the run could not keep its promise, 2 bad configuration.
 
 examples:
   appliance run
@@ -32,6 +37,7 @@ examples:
   appliance run --headless                # under systemd: notify protocol, JSON log lines
   appliance run --profile instrument --strict
   appliance run --fault writer-0:slow_ms=200   # drill: a throttled writer raises alerts
+  appliance run --no-offload              # only the run; appliance jobs work offloads it later
 """
 
 
@@ -147,6 +153,10 @@ def _run_pipeline(config, args) -> int:
     except ReportError as exc:  # the run itself succeeded; say why there is no report
         print(f"warning: no run report: {exc}", file=sys.stderr)
     if config.offload.enabled and config.offload.run_wait_s > 0 and not args.no_offload and summary.get("run_complete"):
+        if args.headless or sup.stop_requested.is_set():
+            # asked to stop (or run by systemd): exit now; the ledger picks the run up later
+            print("offload: not run here (the run was stopped, or --headless); appliance serve or appliance jobs work runs its jobs")
+            return 0
         summary["offload"] = _offload(config, sup)
         text = json.dumps(summary, indent=2, default=str)
         (sup.state_dir / "summary.json").write_text(text)

@@ -11,7 +11,9 @@ A terminal console (Textual) showing the pipeline stage by stage: rates, ring oc
 with sparklines, drops and restarts, run progress (frames, cycle, tile, ETA), alerts and a
 log tail. It talks to the appliance only over its control plane, so start it from a second
 terminal while `appliance run` runs; it reconnects by itself when the appliance restarts.
-Keys: ? help, s stop (drain), p pause, r resume (each asks first), c clear alerts, q quit.
+Keys: ? help, g start (under appliance serve), s stop (drain), p pause, r resume (each asks
+first), c clear alerts, q quit; e / j / t switch the bottom area between alerts & log, the
+offload jobs and the storage tiers (published by appliance serve).
 
 By default the local sockets in $XDG_RUNTIME_DIR/appliance (/run/appliance as root,
 /tmp/appliance-UID otherwise) are used, as by `appliance run`; --socket-dir picks another

@@ -47,7 +47,9 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 
 #: PUB topics. ``stats`` is rate-limited (latest wins); the others are never rate-limited.
-TOPICS = ("stats", "event", "alert", "log")
+#: ``jobs`` and ``storage`` are the offload orchestrator's and the storage manager's stats,
+#: published once a second by ``appliance serve``.
+TOPICS = ("stats", "event", "alert", "log", "jobs", "storage")
 
 #: Every error code the server itself produces, with what it means. Handlers add their own
 #: command-specific codes by raising :class:`appliance.control.CommandError`.

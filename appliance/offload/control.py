@@ -7,11 +7,12 @@ replies (documented in docs/offload.md).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from appliance.offload.config import CLASSES
-from appliance.offload.errors import AdmissionRefused, LedgerError
-from appliance.offload.ledger import STATES, Job, Ledger
+from appliance.offload.errors import AdmissionRefused, LedgerError, OffloadError
+from appliance.offload.ledger import STATES, Job, Ledger, run_inputs
 
 __all__ = ["control_commands", "job_summary"]
 
@@ -28,13 +29,26 @@ def job_summary(job: Job, now: float | None = None) -> dict:
     }
 
 
-def control_commands(target) -> dict:
+def control_commands(target, data_root=None) -> dict:
     """name -> Command for ``jobs.ls|show|submit|retry|requeue|cancel|stats`` on ``target``
-    (an Orchestrator or a Ledger)."""
+    (an Orchestrator or a Ledger). With a data root (the orchestrator's, or ``data_root``) a
+    submitted job of a run gets the run's manifest checksums in its idempotency key, the same
+    key the orchestrator's own trigger gives it, so an operator's submission of a job the
+    orchestrator already ran returns that job."""
     from appliance.control import Arg, Command, CommandError
 
     ledger: Ledger = getattr(target, "ledger", target)
     orch = target if hasattr(target, "ledger") else None
+    root = Path(data_root) if data_root is not None else (orch.data_root if orch is not None else None)
+
+    def _inputs(params: dict) -> dict[str, str] | None:
+        run, cycle = params.get("run"), params.get("cycle")
+        if root is None or not isinstance(run, str) or not (root / run / "RunInfo.xml").is_file():
+            return None
+        try:
+            return run_inputs(root / run, int(cycle) if isinstance(cycle, int) else None)
+        except OffloadError as exc:
+            raise CommandError("not_complete", str(exc)) from None
 
     def _job(args) -> Job:
         job = ledger.get(int(args["id"]))
@@ -52,7 +66,8 @@ def control_commands(target) -> dict:
         return handler
 
     def ls(args):
-        jobs = ledger.jobs(state=args.get("state"), kind=args.get("kind"), priority=args.get("class"), limit=args.get("limit", 50))
+        jobs = ledger.jobs(state=args.get("state"), kind=args.get("kind"), priority=args.get("class"), run=args.get("run"),
+                           limit=args.get("limit", 50))
         now = time.time()
         return {"jobs": [job_summary(j, now) for j in jobs]}
 
@@ -69,8 +84,9 @@ def control_commands(target) -> dict:
             k = registry.get(kind, ledger.config)
         except KeyError as exc:
             raise CommandError("unknown_kind", exc.args[0]) from None
+        params = args.get("params") or {}
         try:
-            sub = ledger.submit(kind, args.get("params") or {}, priority=args.get("class", k.priority),
+            sub = ledger.submit(kind, params, priority=args.get("class", k.priority), inputs=_inputs(params),
                                 max_attempts=k.max_attempts, depends_on=args.get("depends_on"),
                                 algorithm=args.get("algorithm"), algorithm_version=args.get("version"),
                                 wait_s=args.get("wait_s"), reason="submitted by an operator")
@@ -87,7 +103,7 @@ def control_commands(target) -> dict:
     return {
         "jobs.ls": Command(ls, "offload jobs, newest first", (
             Arg("state", "str", choices=STATES), Arg("kind", "str"), Arg("class", "str", choices=CLASSES),
-            Arg("limit", "int", help="at most this many (default 50)"))),
+            Arg("run", "str", help="only the jobs of this run"), Arg("limit", "int", help="at most this many (default 50)"))),
         "jobs.show": Command(show, "one job with its history", (id_arg,)),
         "jobs.submit": Command(submit, "submit a job (idempotent: the same job twice returns the first)", (
             Arg("kind", "str", required=True), Arg("params", "map"), Arg("class", "str", choices=CLASSES),

@@ -85,3 +85,27 @@ def test_exporter_during_a_real_run(tmp_path):
         raise AssertionError("exporter still serving after the run")
     except OSError:
         pass
+
+
+def test_jobs_collector_over_a_real_ledger(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from appliance.metrics import JobsCollector
+    from appliance.offload import Ledger
+
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        for i in range(3):
+            ledger.submit("fastq", {"run": f"R{i}"}, priority="realtime")
+        ledger.submit("reprocess", {"run": "R0"}, priority="reprocess")
+        job = ledger.lease_next("me", 30.0)
+        assert job is not None and job.priority == "realtime"
+        reg = CollectorRegistry(auto_describe=False)
+        reg.register(JobsCollector(ledger.stats))
+        families = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
+    depth = {s.labels["class"]: s.value for s in families["appliance_jobs_queue_depth"].samples}
+    assert depth == {"realtime": 2.0, "batch": 0.0, "reprocess": 1.0}
+    jobs = {(s.labels["class"], s.labels["state"]): s.value for s in families["appliance_jobs"].samples}
+    assert jobs[("realtime", "leased")] == 1.0 and jobs[("realtime", "queued")] == 2.0
+    assert families["appliance_jobs_backpressure"].samples[0].value == 0.0
+    ages = {s.labels["class"]: s.value for s in families["appliance_jobs_oldest_waiting_age_seconds"].samples}
+    assert ages["realtime"] >= 0.0 and ages["batch"] == 0.0

@@ -52,6 +52,20 @@ def sock_dir():
     shutil.rmtree(parent, ignore_errors=True)
 
 
+def publish_loop(server, stop: threading.Event, period_s: float = 0.1, **producers) -> threading.Thread:
+    """A thread publishing ``producers[topic]()`` on each topic every ``period_s`` until
+    ``stop`` is set (join it after setting ``stop``)."""
+
+    def loop():
+        while not stop.wait(period_s):
+            for topic, produce in producers.items():
+                server.publish(topic, produce())
+
+    t = threading.Thread(target=loop, name="publisher")
+    t.start()
+    return t
+
+
 def screen_lines(app) -> list[str]:
     """The text of the app's screen as exported to SVG (what a snapshot test compares),
     one string per non-empty screen line."""

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from appliance.control import ControlServer
-from tests.tui.conftest import drive, screen_text, wait_until
+from tests.tui.conftest import drive, publish_loop, screen_text, wait_until
 from tui import ApplianceApp, ConfirmScreen, LiveSource
 
 
@@ -79,13 +79,7 @@ def test_live_stats_appear_pause_resume_and_stop_drains_the_run(tmp_path, sock_d
 
 
 def _publisher(server: ControlServer, sample: dict, stop: threading.Event) -> threading.Thread:
-    def loop():
-        while not stop.wait(0.1):
-            server.publish("stats", {**sample, "t": sample["t"] + 1})
-
-    t = threading.Thread(target=loop, name="publisher")
-    t.start()
-    return t
+    return publish_loop(server, stop, stats=lambda: {**sample, "t": sample["t"] + 1})
 
 
 def test_live_source_survives_the_appliance_going_away_and_coming_back(real_run, sock_dir):

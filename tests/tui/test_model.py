@@ -102,3 +102,131 @@ def test_busy_latency_budget_and_finished_stages():
     s["rings"]["raw.0.0"]["occupancy"] = 3  # frames still in its input: it did not finish, it died
     m.update({**s, "t": 103})
     assert m.stages["source"].finished and not m.stages["preprocess"].finished
+
+
+# -- the jobs and storage panes' data ------------------------------------------------------------
+
+
+def _ledger_with_jobs(path, **config):
+    """A real ledger: three batch jobs queued, one realtime job held by a permanent failure."""
+    from appliance.offload import Ledger, OffloadConfig, RetryPolicy
+
+    led = Ledger(path, config=OffloadConfig(**config), policy=lambda kind: RetryPolicy(2, 1.0, 4.0))
+    for i in range(3):
+        led.submit("fastq", {"i": i}, priority="batch")
+    job = led.submit("align-qc", {"x": 1}, priority="realtime").job
+    led.lease(job.id, "w", 10)
+    led.fail(job.id, "w", "minimap2 exited 1", transient=False)
+    return led, job
+
+
+def test_jobs_view_of_a_real_ledger(tmp_path):
+    from tui._model import JobsView
+
+    led, held = _ledger_with_jobs(tmp_path / "l.sqlite")
+    try:
+        v = JobsView.from_stats(led.stats())
+    finally:
+        led.close()
+    assert [q.name for q in v.classes] == ["realtime", "batch", "reprocess"]
+    rt, batch, _ = v.classes
+    assert (batch.depth, batch.held, rt.depth, rt.held) == (3, 0, 0, 1)
+    assert batch.oldest_s is not None and batch.oldest_s >= 0 and rt.oldest_s is None
+    assert (v.depth, v.running, v.held, v.backpressure, v.refused) == (3, 0, 1, False, 0)
+    assert v.failures[0].job == held.id and v.failures[0].state == "held" and "minimap2 exited 1" in v.failures[0].reason
+    assert v.executor is None and v.busy_slots is None  # a bare ledger: no executor
+    assert v.depth_high == 1000
+
+
+def test_jobs_view_with_an_executor_and_backpressure():
+    from tui._model import JobsView
+
+    v = JobsView.from_stats({
+        "classes": {"batch": {"queued": 5, "retrying": 2, "running": 1, "leased": 1, "oldest_queued_age_s": 4000.0}},
+        "depth": 7, "oldest_queued_age_s": 4000.0, "running": 2, "held": 0, "recent_failures": [],
+        "backpressure": {"active": True, "message": "the oldest waiting job has waited 4000 s", "depth_high": 1000,
+                         "oldest_age_s": 3600.0, "refused_here": 2},
+        "executor": {"name": "dask", "slots": 4, "free": 1, "running_here": [1, 2, 3]},
+        "alerts": [], "errors": ["dispatch: ConnectionError"],
+    })
+    (b,) = v.classes
+    assert (b.depth, b.running, b.retrying) == (7, 2, 2)
+    assert v.backpressure and v.backpressure_message.startswith("the oldest") and v.refused == 2
+    assert (v.executor, v.slots, v.free, v.busy_slots) == ("dask", 4, 1, 3)
+    assert v.oldest_high_s == 3600.0 and v.errors == ("dispatch: ConnectionError",)
+
+
+def test_storage_view_of_a_real_manager(tmp_path):
+    from tests.appliance.storage.conftest import manager, write_policy
+    from tui._model import StorageView
+
+    (tmp_path / "hot").mkdir()
+    policy = write_policy(tmp_path / "policy.toml", str(tmp_path / "warm"), str(tmp_path / "cold"))
+    with manager(tmp_path / "hot", policy) as mgr:
+        stats = mgr.stats()
+    v = StorageView.from_stats(stats)
+    assert [t.name for t in v.tiers] == ["hot", "warm", "cold"]
+    hot = v.tiers[0]
+    assert hot.url.endswith("hot") and (hot.bytes, hot.files, hot.corrupt_files) == (0, 0, 0)
+    assert hot.free_fraction == pytest.approx(stats["tiers"]["hot"]["free_bytes"] / stats["tiers"]["hot"]["total_bytes"])
+    assert v.level == stats["level"] and (v.high, v.critical) == (0.15, 0.05)
+    assert v.hot_free_fraction == stats["hot_free_fraction"]
+    assert (v.pending_moves, v.verification_failures, v.corrupt_copies, v.last_gc, v.running) == (0, 0, 0, None, False)
+    assert not v.damaged
+
+
+def test_storage_view_of_damage_and_a_remote_tier():
+    from tui._model import StorageView
+
+    v = StorageView.from_stats({
+        "tiers": {"cold": {"url": "s3://bucket/cold", "bytes": 10, "files": 1, "corrupt_files": 1, "free_bytes": None, "total_bytes": None},
+                  "hot": {"url": "/data", "bytes": 20, "files": 2, "corrupt_files": 0, "free_bytes": 1, "total_bytes": 4}},
+        "hot_free_fraction": 0.25, "watermarks": {"high": 0.3, "critical": 0.1}, "level": "high",
+        "pending_moves": 3, "verification_failures": 1, "corrupt_copies": 1, "bytes_copied": 99,
+        "last_gc": 1.7e9, "last_scrub": None, "running": True,
+    })
+    assert [t.name for t in v.tiers] == ["hot", "cold"] and v.tiers[1].free_fraction is None
+    assert v.tiers[0].free_fraction == 0.25 and v.level == "high" and v.damaged and v.last_gc == 1.7e9
+
+
+@pytest.mark.parametrize("topic, body, problem", [
+    ("jobs", ["not", "a", "map"], "not a map"),
+    ("jobs", {"classes": {"batch": 3}}, "classes.batch is a int"),
+    ("jobs", {"classes": {"batch": {"queued": "many"}}}, "'queued' is 'many', not a number"),
+    ("jobs", {"recent_failures": {"job": 1}}, "'recent_failures' is a dict, not a list"),
+    ("storage", {"tiers": []}, "'tiers' is a list, not a map"),
+    ("storage", {"hot_free_fraction": "full"}, "'hot_free_fraction' is 'full'"),
+])
+def test_a_malformed_body_is_refused_and_the_last_good_one_kept(topic, body, problem):
+    m = RunModel()
+    update = m.update_jobs if topic == "jobs" else m.update_storage
+    update({}, now=10.0)  # an empty body is a valid one: nothing queued, no tiers
+    good = getattr(m, topic)
+    with pytest.raises((TypeError, ValueError), match=problem):
+        update(body, now=11.0)
+    assert getattr(m, topic) is good and problem in m.malformed[topic] and m.age(topic, now=12.0) == 2.0
+    update({}, now=13.0)
+    assert topic not in m.malformed and m.age(topic, now=13.0) == 0.0
+
+
+def test_age_and_staleness():
+    from tui._model import STALE_S
+
+    m = RunModel()
+    assert m.jobs is None and m.age("jobs") is None and not m.stale("jobs")
+    m.update_jobs({"classes": {}}, now=100.0)
+    m.update({"t": 1.0, "rings": {}, "stages": {}, "run_id": "A"})
+    m.update({"t": 2.0, "rings": {}, "stages": {}, "run_id": "B"})  # a new run: the service's figures stay
+    assert m.jobs is not None and m.age("jobs", now=103.0) == 3.0
+    assert not m.stale("jobs", now=100.0 + STALE_S) and m.stale("jobs", now=100.1 + STALE_S)
+    assert m.age("storage", now=103.0) is None
+
+
+def test_pane_formatting_helpers():
+    from tui._model import format_age, format_bytes, gauge
+
+    assert [format_age(s) for s in (None, 0, 42.9, 63, 7800, 3 * 86400 + 4 * 3600)] == ["-", "0s", "42s", "1m03s", "2h10m", "3d04h"]
+    assert [format_bytes(n) for n in (None, 0, 512, 1536, 3 * 2**30, 5 * 2**40, 2**52)] == \
+        ["-", "0 B", "512 B", "1.5 KiB", "3.0 GiB", "5.0 TiB", "4096.0 TiB"]
+    assert gauge(0.5, (0.15, 0.05), 20) == "█│█│██████░░░░░░░░░░"
+    assert gauge(0.0, (0.5,), 4) == "░░│░" and gauge(1.0, (), 3) == "███"

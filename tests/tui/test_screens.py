@@ -28,6 +28,16 @@ def test_main_screen_fits_80x24_with_every_panel(real_run):
         order = [next(i for i, line in enumerate(lines) if name in line) for name in
                  ("source", "raw", "preprocess", "corrected", "kernel", "intensities", "basecall", "calls", "writer")]
         assert order == sorted(order)
+        # the bottom area's other views fit too (a replay has no jobs or storage figures)
+        for key, titles, note in (("j", ("Jobs", "Job failures"), "no job stats: a replay has only"),
+                                  ("t", ("Storage",), "no storage stats: a replay has only the run's stats and events"),
+                                  ("e", ("Alerts & events", "Log"), "")):
+            await pilot.press(key)
+            await wait_until(pilot, lambda: all(f"─ {t} ─" in screen_text(app) for t in titles) and note in screen_text(app),
+                             what=f"the view of {key!r}")
+            lines = screen_lines(app)
+            assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+            assert any("─ Pipeline ─" in line for line in lines) and lines[-1].lstrip().startswith("? Help") and "q Quit" in lines[-1]
 
     drive(app, script)
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from appliance.analysis.algorithms import AlgorithmRegistry
-from appliance.commands.algo import control_commands, latest_report
+from appliance.analysis.control import control_commands
+from appliance.commands.algo import latest_report
 from appliance.control import CommandError
 
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from appliance.cli import main
@@ -20,6 +21,37 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
     assert main(["run", "--set", "edges.raw.n_slots=3", "--set", f'output.root="{tmp_path}"']) == 2
     err = capsys.readouterr().err
     assert "edges.raw.n_slots = 3" in err and "power of two" in err
+
+
+def test_run_offloads_its_own_run_and_reports_the_alignment(tmp_path, capsys):
+    """`appliance run` ends by running the run's jobs through the ledger: fastq and align-qc
+    agree with the run's own ground-truth score."""
+    from appliance.offload import Ledger
+
+    root = tmp_path / "runs"
+    args = ["run", "--run-id", "OFF", "--json", str(tmp_path / "s.json"), "--set", f'output.root="{root}"',
+            "--set", "source.synthetic.tile_size=256", "--set", "source.rate_hz=0", "--set", 'edges.raw.policy="block"',
+            "--set", "run.cycles=16", "--set", "control.enabled=false"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "s.json").read_text())
+    off = summary["offload"]
+    assert off["ended"] and off["jobs"] == {"cycle-qc": {"succeeded": 16}, "fastq": {"succeeded": 1}, "align-qc": {"succeeded": 1}}
+    assert off["fastq"]["pf_reads"] > 0 and off["align-qc"]["pct_aligned"] > 95
+    acc = summary["accuracy"]
+    # minimap2's mismatches against the reference vs the synthetic truth (docs/analysis.md)
+    assert abs(off["align-qc"]["error_rate"] - acc["error_rate"]) < 0.002
+    assert "align-qc  " in out and "% aligned" in out
+    with Ledger(root / ".offload" / "ledger.sqlite") as ledger:
+        assert {j.state for j in ledger.jobs(run="OFF")} == {"succeeded"}
+        assert ledger.jobs(run="OTHER") == []
+    assert main(["jobs", "ls", "--root", str(root), "--run", "OFF", "--kind", "fastq", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(j["kind"], j["run"], j["state"]) for j in listed["jobs"]] == [("fastq", "OFF", "succeeded")]
+    # an operator's submission of the same job gets the same key (the run's manifest checksum)
+    assert main(["jobs", "submit", "fastq", "run=OFF", "--root", str(root), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["created"] is False and again["job"]["id"] == listed["jobs"][0]["id"]
 
 
 def test_headless_run_notifies_systemd_and_drains_on_sigterm(tmp_path):
@@ -114,6 +146,12 @@ def test_fault_option_is_parsed_and_bad_ones_are_named(tmp_path, capsys):
     assert "KEY one of slow_ms, kill_after, corrupt_frame" in capsys.readouterr().err
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_serve_starts_runs_on_command_and_drains_on_sigterm(tmp_path):
     from appliance.control import ControlClient, ControlError
     from appliance.control.paths import default_socket_dir
@@ -122,6 +160,8 @@ def test_serve_starts_runs_on_command_and_drains_on_sigterm(tmp_path):
         sys.executable, "-m", "appliance", "serve",
         "--set", f'output.root="{tmp_path / "runs"}"', "--set", "source.synthetic.tile_size=256",
         "--set", "source.rate_hz=0", "--set", 'edges.raw.policy="block"',
+        "--set", "storage.enabled=true", "--set", f'storage.warm="{tmp_path / "warm"}"', "--set", "offload.poll_s=0.2",
+        "--set", f"metrics.port={_free_port()}",
     ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -149,6 +189,34 @@ def test_serve_starts_runs_on_command_and_drains_on_sigterm(tmp_path):
                 time.sleep(0.5)
             last = client.request("status")["last_summary"]
             assert last["run_id"] == "S1" and last["run_complete"] and last["frames_dropped"] == 0
+            # the service's orchestrator offloads the completed run: its jobs end succeeded
+            while True:
+                jobs = client.request("jobs.ls", limit=100)["jobs"]
+                mine = [j for j in jobs if j["run"] == "S1"]
+                if {j["kind"] for j in mine} >= {"cycle-qc", "fastq", "align-qc"} and all(j["state"] == "succeeded" for j in mine):
+                    break
+                assert not any(j["state"] == "held" for j in mine), mine
+                assert time.monotonic() < deadline + 240, mine
+                time.sleep(0.5)
+            assert sum(j["kind"] == "cycle-qc" for j in mine) == 26
+            align = next(j for j in mine if j["kind"] == "align-qc")
+            shown = client.request("jobs.show", id=align["id"])["job"]
+            assert shown["result"]["pct_aligned"] > 90 and shown["result"]["error_rate"] < 0.01
+            sub = client.subscribe(("jobs", "storage"))  # after the jobs ended: no older sample
+            topics = set()
+            while topics != {"jobs", "storage"}:  # published once a second
+                topic, msg = sub.recv(5.0)
+                topics.add(topic)
+                if topic == "jobs":
+                    assert msg["data"]["classes"]["realtime"]["succeeded"] >= 27
+            sub.close()
+            assert client.request("storage.status")["tiers"]["warm"]["url"].endswith("warm")
+            assert client.request("algo.ls")["production"]
+            # one exporter for the service's life: the offload and storage gauges are there
+            port = int(args[-1].split("=")[1])
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            assert 'appliance_jobs{class="realtime",state="succeeded"} 27.0' in metrics
+            assert 'appliance_storage_files{tier="warm"}' in metrics
             client.request("start", run_id="S2", set=['source.rate_hz=10'])
             time.sleep(2)
         proc.send_signal(signal.SIGTERM)  # drains S2, then exits
