@@ -344,20 +344,24 @@ def _build(cls, data: dict, key: str):
     return obj
 
 
+def read_toml(path: Path, what: str, *, error: type[ConfigError] = ConfigError, hint: str = "") -> dict:
+    """The TOML document in ``path``; ``error`` naming ``what`` (e.g. "run config") when the
+    file cannot be read (with ``hint``, the fix) or is not valid TOML."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}{hint}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{what} {path} is not valid TOML: {exc}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Defaults, then the TOML file at ``path``, then ``section.key=value`` overrides."""
     data = _defaults()
     if path is not None:
-        p = Path(path)
-        try:
-            text = p.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read run config {p}: {exc.strerror}") from None
-        try:
-            user = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"run config {p} is not valid TOML: {exc}") from None
-        data = _merge(data, user)
+        data = _merge(data, read_toml(Path(path), "run config"))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: write section.key=value (e.g. run.cycles=50)")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from appliance.offload.config import CLASSES
 from appliance.offload.errors import AdmissionRefused, LedgerError, OffloadError

@@ -18,7 +18,6 @@ Every transition is recorded in the ``events`` table with its time and reason.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import random
@@ -27,8 +26,9 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
+from appliance._sqlite import connect_wal, migrate, transaction
 from appliance.offload.admission import ALERT_RULE, Watermarks, admits, over_watermark
 from appliance.offload.config import CLASSES, OffloadConfig
 from appliance.offload.errors import AdmissionRefused, LedgerError, OffloadError
@@ -215,29 +215,10 @@ class Ledger:
         self._lock = threading.RLock()
         self._alert_active: str | None = None
         self.refused = 0  #: submissions this instance refused (admission)
+        self._conn = connect_wal(self.path, what="the ledger", error=LedgerError, busy_timeout_s=busy_timeout_s,
+                                 synchronous="NORMAL", setting="offload.ledger")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise LedgerError(f"cannot create the ledger's folder {self.path.parent}: {exc.strerror}; "
-                              "set offload.ledger to a writable path") from None
-        try:
-            self._conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
-                                         check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise LedgerError(f"cannot open the ledger {self.path}: {exc}; check the path and its permissions") from None
-        try:
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise LedgerError(f"the ledger {self.path} cannot use WAL mode (got {mode}): put it on a local file system")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            self._conn.close()
-            raise LedgerError(f"the ledger {self.path} is not a readable SQLite database ({exc}); move it aside "
-                              "and restart (jobs are resubmitted by the next data-root scan), or restore a backup") from None
+            migrate(self._conn, self._lock, MIGRATIONS, what=f"the ledger {self.path}", error=LedgerError)
         except BaseException:
             self._conn.close()
             raise
@@ -263,39 +244,12 @@ class Ledger:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise LedgerError(f"ledger {self.path} is busy or unwritable ({exc}); another process holds it "
-                                  "too long, or the disk is full") from None
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                self._conn.execute("ROLLBACK")
-                raise LedgerError(f"ledger {self.path}: the write failed ({exc}); free disk space and retry") from None
+    def _tx(self):
+        return transaction(self._conn, self._lock, what=f"ledger {self.path}", error=LedgerError)
 
     def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, args).fetchall()
-
-    def _migrate(self) -> None:
-        with self._tx() as c:
-            version = c.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise LedgerError(f"the ledger {self.path} has schema version {version}, newer than this "
-                                  f"appliance's {SCHEMA_VERSION}: upgrade the appliance software")
-            for i in range(version, SCHEMA_VERSION):
-                MIGRATIONS[i](c)
-            if version != SCHEMA_VERSION:
-                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @property
     def schema_version(self) -> int:

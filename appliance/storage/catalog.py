@@ -15,10 +15,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from appliance._sqlite import connect_wal, migrate, transaction
 
 __all__ = ["Catalog", "CatalogError", "FileRow", "CopyRow", "COPY_STATES"]
 
@@ -121,32 +121,15 @@ class Catalog:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise CatalogError(f"cannot open the storage catalog {self.path}: {exc}; check the path (storage.catalog) and its permissions") from None
-        self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
-        self._db.execute("PRAGMA busy_timeout = 60000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._migrate()
-
-    def _migrate(self) -> None:
-        with self.tx() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(_MIGRATIONS):
-                raise CatalogError(
-                    f"{self.path}: catalog schema version {version} is newer than this appliance "
-                    f"understands ({len(_MIGRATIONS)}); upgrade the appliance"
-                )
-            for i in range(version, len(_MIGRATIONS)):
-                for stmt in _MIGRATIONS[i].split(";"):
-                    if stmt.strip():
-                        db.execute(stmt)
-                db.execute(f"PRAGMA user_version = {i + 1}")
+        # FULL: a power cut must not lose the record of a verified copy whose source was deleted
+        self._db = connect_wal(self.path, what="the storage catalog", error=CatalogError, busy_timeout_s=60.0,
+                               synchronous="FULL", setting="storage.catalog")
+        try:
+            migrate(self._db, self._lock, _MIGRATIONS, what=f"the storage catalog {self.path}", error=CatalogError)
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -158,17 +141,9 @@ class Catalog:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self):
         """One write transaction (BEGIN IMMEDIATE: other writers wait, readers go on)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        return transaction(self._db, self._lock, what=f"the storage catalog {self.path}", error=CatalogError)
 
     def _q(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:

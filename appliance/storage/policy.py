@@ -205,15 +205,11 @@ def load_policy(path: str | Path | None = None) -> Policy:
     """The policy in the TOML file at ``path`` (None or "": the embedded default)."""
     if not path:
         return _parse(tomllib.loads(_default_text()), "<embedded default>")
+    from appliance.config import read_toml
+
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise PolicyError(f"storage.policy = {str(p)!r}: cannot read it ({exc.strerror}); give a readable TOML file or \"\" for the embedded default") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"storage policy {p} is not valid TOML: {exc}") from None
+    doc = read_toml(p, "storage policy (storage.policy)", error=PolicyError,
+                    hint='; give a readable TOML file or "" for the embedded default')
     return _parse(doc, str(p))
 
 

@@ -26,7 +26,7 @@ def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path):
     db.execute("PRAGMA user_version = 99")
     db.commit()
     db.close()
-    with pytest.raises(CatalogError, match="schema version 99 is newer.*upgrade the appliance"):
+    with pytest.raises(CatalogError, match="schema version 99, newer than.*upgrade the appliance"):
         Catalog(path)
 
 

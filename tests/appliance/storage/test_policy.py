@@ -81,7 +81,7 @@ def test_unknown_keys_and_unreadable_files(tmp_path):
     p.write_text("not toml [")
     with pytest.raises(PolicyError, match="not valid TOML"):
         load_policy(p)
-    with pytest.raises(PolicyError, match="cannot read it"):
+    with pytest.raises(PolicyError, match="cannot read storage policy"):
         load_policy(tmp_path / "missing.toml")
 
 
