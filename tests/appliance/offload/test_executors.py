@@ -135,3 +135,39 @@ def test_dask_lost_future_is_a_transient_failure_in_the_ledger(tmp_path, jobs_pl
         (tmp_path / "never").write_text("")
         orch.stop(5)
         cluster.close(timeout=10)
+
+
+def test_dask_worker_process_killed_mid_job_ends_with_one_correct_output(tmp_path, jobs_plugin, dask_offload_thread, no_leaked_threads):
+    """A real worker process (under its nanny) SIGKILLed mid-job: Dask reschedules the task or
+    the ledger retries it; either way the job succeeds once, with one correct output."""
+    import logging
+
+    from distributed import LocalCluster
+
+    src = tmp_path / "in.bin"
+    src.write_bytes(os.urandom(30000))
+    flag, log = tmp_path / "go", tmp_path / "completions.log"
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1",
+                           protocol="tcp", silence_logs=logging.ERROR)
+    cfg = fast_config(executor="dask", lease_s=30.0, heartbeat_s=0.2)
+    orch = Orchestrator(cfg, tmp_path, scan=False, executor=DaskExecutor(1, cluster.scheduler_address, config=cfg))
+    try:
+        orch.start(timeout=30)
+        job = orch.submit("test-hash", {"path": str(src), "log": str(log), "block_on": str(flag)}).job
+        started = wait_for(lambda: list(tmp_path.glob("go.started.*")), 60, "the job to start in the worker process")
+        pid = int(started[0].read_text())
+        assert pid != os.getpid()  # a real worker process, not this one
+        os.kill(pid, signal.SIGKILL)
+        flag.write_text("go")
+        done = wait_for(lambda: (j := orch.ledger.get(job.id)).state in ("succeeded", "held") and j, 90,
+                        "the job to end after its worker was killed")
+    finally:
+        flag.write_text("go")
+        orch.stop(10)
+        cluster.close(timeout=30)
+    assert done.state == "succeeded", done
+    out = Path(done.output_dir)
+    assert (out / "copy.bin").read_bytes() == src.read_bytes()
+    assert json.loads((out / MARKER).read_text())["key"] == done.key
+    assert len(_lines(log)) == 1  # ran to completion once
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no staging left behind
