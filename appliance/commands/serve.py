@@ -15,10 +15,21 @@ starts a run (with the service's configuration plus the command's overrides), an
 stop, pause, resume, events and set act on the current run. One run at a time. SIGTERM or
 Ctrl-C drains the current run, then exits 0.
 
+The service also runs the offload orchestrator ([offload] enabled, the default: cycle-qc as
+cycles complete, fastq and align-qc when a run completes, shadow runs of a candidate algorithm)
+and, with [storage] enabled, the storage tierer. Their commands are served too (jobs.ls,
+jobs.show, jobs.submit, jobs.retry, jobs.requeue, jobs.cancel, jobs.stats; algo.ls,
+algo.candidate, algo.promote, algo.rollback; storage.ls, storage.status, storage.verify,
+storage.restore, storage.gc, storage.scrub), their stats are published once a second on the
+`jobs` and `storage` topics (the TUI's j and t panes), and with metrics.port one Prometheus
+exporter serves the run's, the jobs' and the storage's metrics for the service's life.
+
 examples:
   appliance serve
   appliance ctl start 'set=["run.cycles=30"]' run_id=TEST1     # from a second terminal
   appliance ctl status
+  appliance ctl jobs.ls run=TEST1                             # the run's offload jobs
+  appliance serve --set storage.enabled=true --set storage.warm=/mnt/warm
   appliance serve --config site.toml --headless               # under systemd
 """
 
