@@ -162,6 +162,9 @@ class SourceHandler(Handler):
         cfg = self.spec.config
         # Resume after a restart: frames already committed or dropped are not sent again.
         start = sum(p.statistics().written + p.statistics().drops for p in out.producers)
+        # The rings' counters outlive a crash: the run's acquired count includes frames sent
+        # before it (and their bytes: every frame of a run has the same geometry).
+        self.stats.frames_in = start
         frames = self._frames(start)
         if cfg.source.prerender and cfg.source.kind != "genicam":
             t0 = time.monotonic()
@@ -211,6 +214,8 @@ class SourceHandler(Handler):
             if ch == N_CHANNELS - 1:
                 flags |= FrameFlags.END_OF_CYCLE
             out.emit(FrameKind.IMAGE, tile, cycle, ch, image, source_header=hdr, flags=int(flags))
+            if not self.stats.bytes_in:
+                self.stats.bytes_in = self.stats.frames_in * image.nbytes
             self.stats.frames_in += 1
             self.stats.bytes_in += image.nbytes
             if self.spec.fault.get("kill_after") == self.stats.frames_in:

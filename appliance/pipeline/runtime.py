@@ -27,6 +27,7 @@ import numpy as np
 
 import rt
 from appliance.pipeline._checkpoint import load_checkpoint, save_checkpoint
+from appliance.pipeline._flags import AnyFlag, SharedFlag
 from appliance.pipeline._histogram import LatencyHistogram
 from appliance.pipeline._spec import StageSpec, frame_key
 
@@ -127,25 +128,22 @@ class Emitter:
         self.stats.bytes_out += int(h["payload_bytes"])
 
 
-def _install_signals(stop: threading.Event, pause: threading.Event) -> None:
+def _install_signals(stop: threading.Event) -> None:
     def on_term(signum, frame):  # handlers only set events (see the module docstring)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which drains
-    # The supervisor pauses and resumes acquisition with SIGUSR1 / SIGUSR2 (source only).
-    signal.signal(signal.SIGUSR1, lambda signum, frame: pause.set())
-    signal.signal(signal.SIGUSR2, lambda signum, frame: pause.clear())
 
 
-def _prepare_process(spec: StageSpec, stop: threading.Event, pause: threading.Event) -> rt.ParentWatch:
+def _prepare_process(spec: StageSpec, stop: threading.Event) -> rt.ParentWatch:
     if spec.log_json:
         from appliance.logjson import configure_logging
 
         configure_logging(json=True, level=logging.INFO)
     else:
         logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {spec.name}: %(message)s")
-    _install_signals(stop, pause)
+    _install_signals(stop)
     return rt.exit_when_parent_dies(spec.parent_pid or None)
     if spec.cpus:
         try:
@@ -173,13 +171,21 @@ def _write_summary(spec: StageSpec, stats: StageStats, status: str) -> None:
     os.replace(tmp, spec.summary_path)
 
 
-def stage_main(spec: StageSpec) -> None:
-    """Entry point of a stage process (``spawn`` target)."""
+def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFlag | None = None) -> None:
+    """Entry point of a stage process (``spawn`` target).
+
+    ``drain`` and ``pause`` are the supervisor's shared flags, read by the source only. They
+    are state, not signals: a source that is still starting, or that was restarted after the
+    operator asked to stop or pause, sees the request the next time it looks, and no request
+    can kill a process that has not installed its handlers yet.
+    """
     from appliance.pipeline import handlers
 
     stop = threading.Event()
-    pause = threading.Event()
-    watch = _prepare_process(spec, stop, pause)
+    watch = _prepare_process(spec, stop)
+    # The source stops on its own SIGTERM or on the supervisor's drain, whichever comes first.
+    source_stop = AnyFlag(stop, drain) if drain is not None else stop
+    pause = pause if pause is not None else threading.Event()
     stats = StageStats()
     handler = handlers.make_handler(spec, stats)
     state = load_checkpoint(spec.checkpoint_path)
@@ -187,14 +193,14 @@ def stage_main(spec: StageSpec) -> None:
         handler.restore(state)
         log.info("resumed from checkpoint")
     producers = [rt.Producer(name) for name in spec.outputs]
-    emitter = Emitter(spec, producers, stop, stats)
+    emitter = Emitter(spec, producers, source_stop if spec.stage == "source" else stop, stats)
     status = "stopped"
     try:
         if spec.stage == "source":
             # The source always ends the stream, also when asked to stop early: that is
             # what lets every later stage drain what entered.
             try:
-                handler.run(emitter, stop, pause)
+                handler.run(emitter, source_stop, pause)
             except Stopping:
                 pass
             finished = True

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import rt
 from appliance.config import EDGES, STAGES, RunConfig
+from appliance.pipeline._flags import SharedFlag
 from appliance.pipeline._spec import StageSpec
 
 __all__ = ["Supervisor", "RestartPolicy", "Restart", "GiveUp", "Done", "SupervisorError", "plan_cpus", "ring_budget", "CpuPlan"]
@@ -236,7 +237,9 @@ class Supervisor:
         self._procs: dict[str, mp.Process] = {}
         self._specs: dict[str, StageSpec] = {}
         self.policy = RestartPolicy(config.supervisor.max_restarts, config.supervisor.backoff_s)
-        self._paused = False
+        # The source reads these (shared, so a restarted source inherits a stop or a pause).
+        self._drain = SharedFlag(self._ctx)
+        self._pause = SharedFlag(self._ctx)
         self._done = False
         self._live: dict = {}
         from appliance.alerts import AlertManager
@@ -307,14 +310,10 @@ class Supervisor:
 
         if spec.name in self._procs:  # a restart: injected faults fire once
             spec = dataclasses.replace(spec, fault={})
-        proc = self._ctx.Process(target=stage_main, args=(spec,), name=spec.name, daemon=False)
+        args = (spec, self._drain, self._pause) if spec.stage == "source" else (spec,)
+        proc = self._ctx.Process(target=stage_main, args=args, name=spec.name, daemon=False)
         proc.start()
         self._procs[spec.name] = proc
-        if spec.stage == "source" and self._paused:
-            import signal
-
-            time.sleep(0.5)  # let the new process install its handlers (spawn start-up)
-            os.kill(proc.pid, signal.SIGUSR1)
 
     def _summary_of(self, name: str) -> dict:
         try:
@@ -348,14 +347,14 @@ class Supervisor:
             return "done"
         if self.stop_requested.is_set():
             return "draining"
-        return "paused" if self._paused else "acquiring"
+        return "paused" if self._pause.is_set() else "acquiring"
 
     def pause(self) -> bool:
         """Pause acquisition (the camera stops; frames in the pipeline are still processed)."""
-        return self._signal_source(True)
+        return self._set_paused(True)
 
     def resume(self) -> bool:
-        return self._signal_source(False)
+        return self._set_paused(False)
 
     def set_live(self, key: str, value) -> dict:
         """Change a parameter that is safe to change mid-run (``LIVE_KEYS``)."""
@@ -378,15 +377,13 @@ class Supervisor:
         self._event("event", f"live parameter {key} set to {value}")
         return dict(self._live)
 
-    def _signal_source(self, paused: bool) -> bool:
-        import signal
-
+    def _set_paused(self, paused: bool) -> bool:
         if self.stop_requested.is_set() or self._done:
             return False
-        self._paused = paused
-        proc = self._procs.get("source-0")
-        if proc is not None and proc.is_alive():
-            os.kill(proc.pid, signal.SIGUSR1 if paused else signal.SIGUSR2)
+        if paused:
+            self._pause.set()
+        else:
+            self._pause.clear()
         self._event("event", "acquisition paused" if paused else "acquisition resumed")
         return True
 
@@ -457,9 +454,7 @@ class Supervisor:
             if self.stop_requested.is_set() and not drain_sent:
                 drain_sent = True
                 self._event("stopping", "drain requested: stopping acquisition")
-                src = self._procs.get("source-0")
-                if src is not None and src.is_alive():
-                    src.terminate()  # the source ends the stream; the rest drains
+                self._drain.set()  # the source ends the stream; the rest drains
             now = time.monotonic()
             if now >= next_sample:
                 next_sample = now + STATS_PERIOD_S

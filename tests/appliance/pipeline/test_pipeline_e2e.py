@@ -73,6 +73,8 @@ def test_sigkill_of_a_stage_mid_run_gives_byte_identical_output(tmp_path, baseli
     summary = Supervisor(config(tmp_path), run_id=RUN_ID, faults={stage: {"kill_after": after}}).run()
     assert summary["restarts"] == {stage: 1}
     assert summary["frames_dropped"] == 0
+    # counted across the restart: the rings' counters outlive the crashed process
+    assert summary["frames_acquired"] == 208 and summary["raw_bytes"] == baseline[0]["raw_bytes"]
     assert digest(tmp_path / RUN_ID) == baseline[1]
 
 
@@ -187,6 +189,40 @@ def test_pause_and_resume_acquisition(tmp_path, baseline):
     assert result["frames_acquired"] == 208 and result["frames_dropped"] == 0
     assert sup.state == "done"
     assert digest(tmp_path / RUN_ID) == baseline[1]  # a pause changes nothing in the output
+
+
+def test_pause_and_stop_while_the_source_starts_are_kept(tmp_path):
+    """Pause and stop are shared state, not signals: requests that reach a source still
+    starting up (or waiting for a restart) neither kill it nor get lost."""
+    cfg = config(tmp_path, "source.rate_hz=10")
+    sup = Supervisor(cfg, run_id=RUN_ID)
+    thread, result = start_in_thread(sup)
+    try:
+        wait_until(lambda: "source-0" in sup._procs, what="the source process")
+        assert sup.pause() and sup.state == "paused"  # before the source has its handlers
+        sup.request_stop()
+    finally:
+        thread.join(120)
+    assert not thread.is_alive(), "the stop was lost: the run went on"
+    assert result["restarts"] == {}  # nothing was killed by an early request
+    assert result["frames_acquired"] < 208 and result["frames_dropped"] == 0
+    assert sup.state == "done"
+
+
+def test_a_stop_reaches_a_source_restarted_after_it(tmp_path):
+    """A source that crashes and restarts after the operator asked to stop ends the stream
+    at once instead of acquiring the whole run."""
+    cfg = config(tmp_path, "source.rate_hz=10")
+    sup = Supervisor(cfg, run_id=RUN_ID, faults={"source-0": {"kill_after": 20}})
+    thread, result = start_in_thread(sup)
+    try:
+        wait_until(lambda: sup.policy.restarts.get("source-0"), what="the source's crash")
+        sup.request_stop()
+    finally:
+        thread.join(120)
+    assert not thread.is_alive(), "the stop was lost: the run went on"
+    assert result["restarts"] == {"source-0": 1}
+    assert 20 <= result["frames_acquired"] < 208 and result["frames_dropped"] == 0
 
 
 def test_live_rate_change_and_refused_keys(tmp_path, baseline):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from appliance.cli import main
 from appliance.runfolder import RunFolder
+from tests.procs import cli_process
 
 
 def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
@@ -65,32 +66,29 @@ def test_headless_run_notifies_systemd_and_drains_on_sigterm(tmp_path):
         "--set", f'output.root="{tmp_path / "runs"}"', "--set", "source.synthetic.tile_size=256",
         "--set", "source.rate_hz=20", "--json", str(tmp_path / "summary.json"),
     ]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        messages = []
-        while not any("READY=1" in m for m in messages):
-            messages.append(notify.recv(4096).decode())
-        while sum("WATCHDOG=1" in m for m in messages) < 2:  # pinged at half WATCHDOG_USEC
-            messages.append(notify.recv(4096).decode())
-        lane = tmp_path / "runs" / "HEADLESS" / "Data" / "Intensities" / "L001"
-        deadline = time.monotonic() + 120
-        # Stop once both tiles have their clusters (after the template cycles), mid-run.
-        while not all((lane / f"s_1_{t}.locs").exists() for t in (1101, 1102)):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)  # systemd's stop: only the main process gets it
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        notify.settimeout(0.5)
+    with cli_process(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
-            while True:
+            messages = []
+            while not any("READY=1" in m for m in messages):
                 messages.append(notify.recv(4096).decode())
-        except (TimeoutError, BlockingIOError):
-            pass
-        notify.close()
+            while sum("WATCHDOG=1" in m for m in messages) < 2:  # pinged at half WATCHDOG_USEC
+                messages.append(notify.recv(4096).decode())
+            lane = tmp_path / "runs" / "HEADLESS" / "Data" / "Intensities" / "L001"
+            deadline = time.monotonic() + 120
+            # Stop once both tiles have their clusters (after the template cycles), mid-run.
+            while not all((lane / f"s_1_{t}.locs").exists() for t in (1101, 1102)):
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)  # systemd's stop: only the main process gets it
+            out, err = proc.communicate(timeout=120)
+        finally:
+            notify.settimeout(0.5)
+            try:
+                while True:
+                    messages.append(notify.recv(4096).decode())
+            except (TimeoutError, BlockingIOError):
+                pass
+            notify.close()
     assert proc.returncode == 0, err[-3000:]
     assert any("STOPPING=1" in m for m in messages)
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -113,8 +111,7 @@ def test_ctl_against_a_running_appliance_pause_resume_stop(tmp_path):
         "--set", f'output.root="{tmp_path / "runs"}"', "--set", "source.synthetic.tile_size=256",
         "--set", "source.rate_hz=10",
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with cli_process(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         sock_dir = default_socket_dir()
         deadline = time.monotonic() + 60
         while not (sock_dir / "control.sock").exists():
@@ -129,10 +126,6 @@ def test_ctl_against_a_running_appliance_pause_resume_stop(tmp_path):
             assert client.request("resume") == {"paused": False}
             assert client.request("stop")["stopping"] is True
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     assert "run CTL" in out
     assert not (sock_dir / "control.sock").exists()  # removed at exit
@@ -163,8 +156,7 @@ def test_serve_starts_runs_on_command_and_drains_on_sigterm(tmp_path):
         "--set", "storage.enabled=true", "--set", f'storage.warm="{tmp_path / "warm"}"', "--set", "offload.poll_s=0.2",
         "--set", f"metrics.port={_free_port()}",
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with cli_process(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         sock_dir = default_socket_dir()
         deadline = time.monotonic() + 60
         while not (sock_dir / "control.sock").exists():
@@ -221,10 +213,6 @@ def test_serve_starts_runs_on_command_and_drains_on_sigterm(tmp_path):
             time.sleep(2)
         proc.send_signal(signal.SIGTERM)  # drains S2, then exits
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     assert "run S2" in out
     assert RunFolder(tmp_path / "runs" / "S1").is_complete
