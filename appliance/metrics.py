@@ -111,9 +111,11 @@ class StorageCollector:
         pending.add_metric([], s.get("pending_moves", 0))
         corrupt = GaugeMetricFamily("appliance_storage_corrupt_copies", "Copies marked corrupt and not yet repaired")
         corrupt.add_metric([], s.get("corrupt_copies", 0))
+        held = GaugeMetricFamily("appliance_storage_held_copies", "Corrupt copies past mover.max_attempts: no longer retried until an operator's verify")
+        held.add_metric([], s.get("held_copies", 0))
         failures = CounterMetricFamily("appliance_storage_verification_failures", "Copies that failed a verify re-read (copy, scrub, verify)")
         failures.add_metric([], s.get("verification_failures", 0))
-        yield from (size, files, free, pending, corrupt, failures)
+        yield from (size, files, free, pending, corrupt, held, failures)
 
 
 class JobsCollector:

@@ -117,6 +117,9 @@ class Service:
         except Exception as exc:  # a bug: keep serving, report it
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("run %s crashed", sup.run_id)
+        finally:
+            if self.storage is not None:
+                self.storage.wake()  # catalogue the run now, not at the next interval
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> "Service":

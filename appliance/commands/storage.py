@@ -19,6 +19,7 @@ actions:
   ls [RUN]            runs with their state and verified copies per tier, or RUN's files
   status              bytes per tier, hot free space vs watermarks, pending moves, failures
   verify RUN          re-read every copy of RUN on every tier; mismatches are repaired
+                      (and copies held after mover.max_attempts failures are tried again)
   restore RUN         bring RUN back to hot (--to) from its best verified copies
   gc [--dry-run]      apply the policy once: copies, cold archives, deletes, evictions
   scrub [--sample N]  one scrub pass: re-read warm and cold copies, repair mismatches
@@ -49,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("ls", help="runs with their tiers and states, or one run's files")
     p.add_argument("run", nargs="?", metavar="RUN")
     sub.add_parser("status", help="bytes per tier, free space vs watermarks, pending moves, failures")
-    p = sub.add_parser("verify", help="re-read every copy of a run")
+    p = sub.add_parser("verify", help="re-read every copy of a run; retry its held copies")
     p.add_argument("run", metavar="RUN")
     p = sub.add_parser("restore", help="bring a run back from its best verified copies")
     p.add_argument("run", metavar="RUN")
@@ -86,7 +87,8 @@ def _print_human(action: str, result) -> None:
             print(f"{tier:<5} {t['url']}: {t['files']} verified files, {_size(t['bytes'])}{free}" + (f", {t['corrupt_files']} corrupt" if t["corrupt_files"] else ""))
         wm = result["watermarks"]
         print(f"hot free {result['hot_free_fraction']:.1%} (high watermark {wm['high']:.0%}, critical {wm['critical']:.0%}): {result['level']}")
-        print(f"pending moves {result['pending_moves']}, verification failures {result['verification_failures']}, corrupt copies {result['corrupt_copies']}")
+        print(f"pending moves {result['pending_moves']}, verification failures {result['verification_failures']}, corrupt copies {result['corrupt_copies']}"
+              + (f" ({result['held_copies']} held: `appliance storage verify RUN` retries them)" if result.get("held_copies") else ""))
         for ev in result["recent_failures"]:
             print(f"  failure: {ev['message']}")
     else:

@@ -103,7 +103,7 @@ class CopyRow:
     tmp: str | None
     crc32c: str | None
     verified_at: float | None
-    attempts: int
+    attempts: int  #: copy attempts since the copy was last verified (reset to 0 by a verification)
     error: str | None
 
 
@@ -243,15 +243,23 @@ class Catalog:
             if old is None:
                 db.execute(
                     "INSERT INTO copies(file_id, tier, url, state, tmp, crc32c, verified_at, attempts, error, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (file_id, tier, url or "", state, tmp, crc32c, now if verified else None, int(attempt), error, now),
+                    (file_id, tier, url or "", state, tmp, crc32c, now if verified else None, 0 if verified else int(attempt), error, now),
                 )
             else:
                 db.execute(
                     "UPDATE copies SET state=?, url=COALESCE(?, url), tmp=?, crc32c=COALESCE(?, crc32c), "
-                    "verified_at=CASE WHEN ? THEN ? ELSE verified_at END, attempts=attempts+?, error=?, updated_at=? "
-                    "WHERE file_id=? AND tier=?",
-                    (state, url, tmp, crc32c, int(verified), now, int(attempt), error, now, file_id, tier),
+                    "verified_at=CASE WHEN ? THEN ? ELSE verified_at END, attempts=CASE WHEN ? THEN 0 ELSE attempts+? END, "
+                    "error=?, updated_at=? WHERE file_id=? AND tier=?",
+                    (state, url, tmp, crc32c, int(verified), now, int(verified), int(attempt), error, now, file_id, tier),
                 )
+
+    def reset_attempts(self, run: str) -> int:
+        """Zero the attempt counts of ``run``'s corrupt copies (an operator's retry of held
+        copies); returns how many were reset."""
+        with self.tx() as db:
+            return db.execute(
+                "UPDATE copies SET attempts=0 WHERE state='corrupt' AND attempts>0 AND file_id IN (SELECT id FROM files WHERE run=?)", (run,)
+            ).rowcount
 
     def in_state(self, state: str, tier: str | None = None) -> list[tuple[FileRow, CopyRow]]:
         sql = "SELECT f.*, c.file_id, c.tier, c.url, c.state, c.tmp, c.crc32c AS c_crc, c.verified_at, c.attempts, c.error FROM copies c JOIN files f ON f.id=c.file_id WHERE c.state=?"
@@ -286,6 +294,10 @@ class Catalog:
         else:
             rows = self._q("SELECT * FROM events WHERE kind=? ORDER BY id DESC LIMIT ?", (kind, last))
         return [dict(r) for r in reversed(rows)]
+
+    def count_held(self, limit: int) -> int:
+        """Corrupt copies with ``limit`` or more failed attempts: held, no longer retried."""
+        return self._q("SELECT COUNT(*) FROM copies WHERE state='corrupt' AND attempts>=?", (limit,))[0][0]
 
     def count_events(self, kind: str) -> int:
         return self._q("SELECT COUNT(*) FROM events WHERE kind=?", (kind,))[0][0]

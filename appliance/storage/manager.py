@@ -36,7 +36,7 @@ __all__ = ["StorageManager", "StorageError", "Action", "ALERTS"]
 log = logging.getLogger("appliance.storage")
 
 #: alert kinds this package raises (runbook entries in docs/runbook.md)
-ALERTS = ("storage_verify_failed", "hot_tier_high", "hot_tier_critical")
+ALERTS = ("storage_verify_failed", "storage_copy_held", "hot_tier_high", "hot_tier_critical")
 ANALYSED_MARKER = "align-qc/_SUCCESS.json"
 
 
@@ -67,8 +67,9 @@ class Action:
 class StorageManager:
     """Tiering over the data root ``root`` (the hot tier) with ``policy``.
 
-    ``on_alert(kind, message, **fields)`` receives storage_verify_failed, hot_tier_high and
-    hot_tier_critical (raised on entering the state; a ``cleared`` field marks the way out).
+    ``on_alert(kind, message, **fields)`` receives the :data:`ALERTS`: storage_verify_failed
+    and storage_copy_held (per copy), hot_tier_high and hot_tier_critical (raised on entering
+    the state; a ``cleared`` field marks the way out).
     """
 
     def __init__(self, root: str | Path, policy: Policy, catalog_path: str | Path | None = None, *,
@@ -87,6 +88,7 @@ class StorageManager:
         self.on_alert = on_alert
         self.clock = clock
         self._stop = threading.Event()
+        self._wake = threading.Event()  #: an early pass (a run just completed)
         self.mover = Mover(self.catalog, self.stores, verified_copies=policy.verified_copies,
                            bandwidth_mb_s=policy.bandwidth_mb_s, stop=self._stop, report=self._mover_report,
                            after_copy=after_copy, staging=self.catalog_path.parent / "staging")
@@ -127,6 +129,8 @@ class StorageManager:
     def _mover_report(self, kind: str, message: str, **where) -> None:
         if kind == "verify_failed":
             self._alert("storage_verify_failed", message, **where)
+        elif kind == "copy_held":
+            self._alert("storage_copy_held", message, **where)
 
     # -- the hot tier's fill level ---------------------------------------------------------
     def hot_usage(self) -> tuple[int, int, float]:
@@ -467,6 +471,7 @@ class StorageManager:
             "pending_moves": max(copying, self._last["pending"]),
             "verification_failures": self.catalog.count_events("verify_failed"),
             "corrupt_copies": sum(t.get("corrupt_files", 0) for t in totals.values()),
+            "held_copies": self.catalog.count_held(self.policy.max_attempts),
             "bytes_copied": self.mover.bytes_copied,
             "last_gc": self._last["gc"],
             "last_scrub": self._last["scrub"],
@@ -509,12 +514,20 @@ class StorageManager:
                 log.info("storage pass skipped: %s", exc)
             except Exception:
                 log.exception("storage pass failed; retrying in %.0f s", self.policy.interval_s)
-            self._stop.wait(self.policy.interval_s)
+            self._wake.wait(self.policy.interval_s)
+            self._wake.clear()
+
+    def wake(self) -> None:
+        """Run the tierer's next pass now instead of at the end of ``mover.interval_s``: the
+        service calls it when a run ends, so the run is catalogued (and its copies start)
+        at once."""
+        self._wake.set()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the tierer to stop (a copy in flight is abandoned between chunks, its temp file
         removed, the copy left pending), wait up to ``timeout`` and join the thread."""
         self._stop.set()
+        self._wake.set()
         t = self._thread
         if t is not None:
             t.join(timeout)
@@ -523,6 +536,7 @@ class StorageManager:
                 return
             self._thread = None
         self._stop.clear()
+        self._wake.clear()
 
     @property
     def stop_event(self) -> threading.Event:

@@ -118,6 +118,8 @@ class Policy:
     evict_order: tuple[str, ...] = ("raw", "intensities", "logs", "reports", "basecalls", "analysis")
     source: str = "<embedded default>"
     streams: int = 4
+    #: automatic copy attempts of a copy that keeps failing verification before it is held
+    max_attempts: int = 5
 
     def configured(self, tier: str) -> bool:
         return tier == "hot" or bool(self.tiers.get(tier))
@@ -166,10 +168,13 @@ def _parse(doc: dict, source: str) -> Policy:
     critical = _number(wm, "watermarks", "critical", 0.05, 0.0, 0.99, "a free fraction from 0 to 0.99")
     if critical > high:
         raise _err("watermarks.critical", critical, f"at most watermarks.high ({high}): critical is the lower free fraction")
-    mover = _table(doc, "mover", {"bandwidth_mb_s", "interval_s", "restore_pin", "streams"})
+    mover = _table(doc, "mover", {"bandwidth_mb_s", "interval_s", "restore_pin", "streams", "max_attempts"})
     streams = mover.get("streams", 4)
     if isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= 16:
         raise _err("mover.streams", streams, "an integer 1..16 (files copied at once)")
+    max_attempts = mover.get("max_attempts", 5)
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts <= 1000:
+        raise _err("mover.max_attempts", max_attempts, "an integer 1..1000 (copy attempts of a copy that fails verification before it is held)")
     bw = _number(mover, "mover", "bandwidth_mb_s", 200.0, 0.0, 1e6, "0 (unlimited) to 1000000 MB/s")
     interval = _number(mover, "mover", "interval_s", 60.0, 0.05, 86400.0, "0.05 to 86400 seconds")
     pin = parse_duration(mover.get("restore_pin", "7d"), "mover.restore_pin")
@@ -194,7 +199,7 @@ def _parse(doc: dict, source: str) -> Policy:
         if rule.hot_delete < NEVER and when == "running":
             raise _err(f"rules.{cls}.when", when, "complete, offloaded or analysed when hot_delete is set (a running run's files are never deleted)")
         rules[cls] = rule
-    return Policy(tiers, rules, n, high, critical, bw, interval, pin, scrub_interval, sample, tuple(order), source, streams)
+    return Policy(tiers, rules, n, high, critical, bw, interval, pin, scrub_interval, sample, tuple(order), source, streams, max_attempts)
 
 
 def _default_text() -> str:

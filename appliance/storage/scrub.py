@@ -63,17 +63,36 @@ def repair(manager, f: FileRow, tier: str) -> bool:
 
 
 def repair_all(manager) -> dict[str, int]:
-    """Repair every copy marked corrupt that has a good copy elsewhere."""
-    out = {"repaired": 0, "unrepairable": 0}
+    """Repair every copy marked corrupt that has a good copy elsewhere.
+
+    A copy that has failed ``mover.max_attempts`` copies since it was last verified is
+    *held*: it is not tried again on every pass (a failing disk would be rewritten and
+    alerted on forever). Reaching the limit raises ``storage_copy_held`` once; an operator's
+    ``appliance storage verify RUN`` retries the run's held copies.
+    """
+    limit = manager.policy.max_attempts
+    out = {"repaired": 0, "unrepairable": 0, "held": 0}
     for f, c in manager.catalog.in_state("corrupt"):
         if manager.stop_event.is_set():
             break
         if c.tier not in manager.stores:
             continue
+        if c.attempts >= limit:
+            out["held"] += 1
+            continue
         if repair(manager, f, c.tier):
             out["repaired"] += 1
-        else:
-            out["unrepairable"] += 1
+            continue
+        out["unrepairable"] += 1
+        now = manager.catalog.copies(f.id).get(c.tier)
+        if now is not None and now.state == "corrupt" and now.attempts >= limit:
+            out["held"] += 1
+            manager.mover.report(
+                "copy_held",
+                f"{f.rel}: the {c.tier} copy failed verification {now.attempts} times (mover.max_attempts = {limit}); "
+                f"no more automatic retries. Check the {c.tier} storage, then `appliance storage verify {f.run}` retries it",
+                run=f.run, rel=f.rel, tier=c.tier,
+            )
     return out
 
 
@@ -88,7 +107,7 @@ def scrub(manager, sample: int) -> dict:
         problem = check_copy(manager, f, c)
         if problem is not None:
             bad.append({"rel": f.rel, "tier": c.tier, "problem": problem})
-    repaired = repair_all(manager) if bad else {"repaired": 0, "unrepairable": 0}
+    repaired = repair_all(manager) if bad else {"repaired": 0, "unrepairable": 0, "held": 0}
     return {"checked": checked, "corrupt": bad, **repaired}
 
 
@@ -99,6 +118,9 @@ def verify_run(manager, run: str) -> dict:
     files = manager.catalog.files(run)
     if not files:
         raise StorageError(f"run {run!r} is not in the catalog; `appliance storage ls` lists the runs")
+    retried = manager.catalog.reset_attempts(run)  # an operator's verify retries held copies
+    if retried:
+        log.info("%s: %d held copies are tried again", run, retried)
     copies = manager.catalog.all_copies(run)
     per_tier: dict[str, dict[str, int]] = {}
     bad = []
@@ -118,5 +140,5 @@ def verify_run(manager, run: str) -> dict:
     if "cold" in manager.stores:
         for cls in sorted({f.data_class for f in files if copies.get(f.id, {}).get("cold") is not None}):
             bags += manager.mover.validate_bag(run, cls)
-    repaired = repair_all(manager) if bad else {"repaired": 0, "unrepairable": 0}
+    repaired = repair_all(manager) if bad or retried else {"repaired": 0, "unrepairable": 0, "held": 0}
     return {"run": run, "tiers": per_tier, "corrupt": bad, "bag_problems": bags, **repaired, "ok": not bad and not bags}

@@ -41,7 +41,7 @@ def test_files_copies_and_summaries(tmp_path):
         assert [(f.rel, c.tier, c.tmp) for f, c in cat.in_state("copying")] == [("R/a.bcl", "warm", "R/.a.bcl.tmp.1.0")]
         cat.set_copy(fid, "warm", "verified", tmp=None, crc32c="0000abcd", verified=True)
         c = cat.copies(fid)["warm"]
-        assert c.state == "verified" and c.tmp is None and c.verified_at and c.attempts == 1
+        assert c.state == "verified" and c.tmp is None and c.verified_at and c.attempts == 0  # the count restarts at each verification
         cat.upsert_run("R", complete=True, analysed=False, completed_at=5.0)
         cat.upsert_run("R", complete=False, analysed=False, completed_at=None)  # never goes back
         assert cat.run("R")["complete"] == 1 and cat.run("R")["completed_at"] == 5.0

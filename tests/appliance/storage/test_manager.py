@@ -162,6 +162,24 @@ def test_tierer_thread_starts_works_and_stops(tiers, no_leaked_threads):
         assert not m.stats()["running"]
 
 
+def test_wake_runs_the_next_pass_now(tiers, no_leaked_threads):
+    """A run that ends under `appliance serve` is catalogued at once, not an interval later."""
+    hot, warm, cold, policy = tiers
+    with manager(hot, policy, policy={"interval_s": 3600.0}) as m:
+        m.start()
+        deadline = time.monotonic() + 60
+        while not (warm / ".state" / RUN / "config.json").exists():  # the first pass, at start
+            assert time.monotonic() < deadline, "the tierer's first pass did not copy the run"
+            time.sleep(0.05)
+        cfg = hot / ".state" / RUN / "config.json"
+        cfg.write_text(cfg.read_text() + "\n")
+        m.wake()
+        while (warm / ".state" / RUN / "config.json").read_bytes() != cfg.read_bytes():
+            assert time.monotonic() < deadline, "wake() did not start a pass"
+            time.sleep(0.05)
+        m.stop()
+
+
 def test_stats_shape_and_control_commands(tiers):
     hot, warm, cold, policy = tiers
     from appliance.control import CommandError
@@ -287,5 +305,6 @@ def test_prometheus_gauges_from_stats(tiers):
         n = len(m.catalog.files())
         assert f'appliance_storage_files{{tier="warm"}} {float(n)}' in text
         assert "appliance_storage_pending_moves 0.0" in text
+        assert "appliance_storage_held_copies 0.0" in text
         assert "appliance_storage_verification_failures_total 0.0" in text
         assert "appliance_storage_hot_free_fraction" in text

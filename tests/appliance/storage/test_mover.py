@@ -135,9 +135,17 @@ def test_mover_killed_with_sigkill_mid_copy_resumes_without_loss_or_duplicates(t
             with Catalog(catalog) as cat:
                 return cat.tier_totals().get("warm", {}).get("verified_files", 0) >= 5
 
-        _wait_for(mid_copy, 60, "the mover to be mid-copy")
-        proc.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:  # freeze it, and kill it only if it is frozen mid-copy (no race with a rename)
+            _wait_for(mid_copy, deadline - time.monotonic(), "the mover to be mid-copy")
+            proc.send_signal(signal.SIGSTOP)
+            if any(".npy.tmp." in p.name for p in temps(warm)):
+                proc.send_signal(signal.SIGKILL)
+                break
+            proc.send_signal(signal.SIGCONT)
     finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait(10)
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL

@@ -18,6 +18,7 @@ def test_embedded_default_policy_loads_with_its_documented_values():
     assert p.rules["analysis"].when == "analysed"
     assert p.evict_order[0] == "raw" and set(p.evict_order) == set(p.rules)
     assert not p.configured("warm") and p.configured("hot")
+    assert p.streams == 4 and p.max_attempts == 5
 
 
 @pytest.mark.parametrize("text, seconds", [(0, 0.0), (90, 90.0), ("30s", 30.0), ("15m", 900.0), ("1h", 3600.0), ("7d", 604800.0), ("1.5h", 5400.0)])
@@ -59,6 +60,7 @@ def test_classify(rel, cls):
     ("[watermarks]\nhigh = 1.5\n", "watermarks.high", "0 to 0.99"),
     ('[evict]\norder = ["raw"]\n', "evict.order", "each data class once"),
     ("[mover]\nbandwidth_mb_s = -5\n", "mover.bandwidth_mb_s", "0 (unlimited)"),
+    ("[mover]\nmax_attempts = 0\n", "mover.max_attempts", "an integer 1..1000"),
     ("[tiers]\nwarm = 3\n", "tiers.warm", "fsspec URL"),
     ('[rules.raw]\nwhen = "running"\nhot_delete = 0\n', "rules.raw.when", "never deleted"),
 ])

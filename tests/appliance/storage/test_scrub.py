@@ -4,6 +4,7 @@ repaired from a good copy; the sample goes least recently verified first."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from tests.appliance.storage.conftest import RUN, bagit_tool, digest, flip_byte, manager
 
@@ -66,3 +67,35 @@ def test_verify_run_reads_every_tier_and_brings_back_a_lost_hot_file(tiers):
         assert res["repaired"] == 1 and lost.read_bytes() == good
         assert set(res["tiers"]) == {"hot", "warm", "cold"} and res["bag_problems"] == []
         assert m.verify(RUN)["ok"]
+
+
+def test_a_copy_that_keeps_failing_verification_is_held_then_retried_by_verify(tiers):
+    """A destination that corrupts every write is not rewritten forever: after
+    mover.max_attempts the copy is held (one alert), and an operator's verify retries it."""
+    hot, warm, cold, policy = tiers
+    before = digest(hot)
+    alerts = []
+    failing = [True]
+
+    def corrupt_warm(store, tmp):  # the warm disk garbles what it is given
+        if failing[0] and Path(store.local).resolve() == warm.resolve():
+            flip_byte(store.local / tmp, 0)
+
+    with manager(hot, policy, policy={"max_attempts": 2}, after_copy=corrupt_warm,
+                 on_alert=lambda kind, msg, **kw: alerts.append((kind, kw.get("rel")))) as m:
+        m.gc()
+        held = [f.rel for f, c in m.catalog.in_state("corrupt", "warm")]
+        assert held and all(c.attempts >= 2 for _, c in m.catalog.in_state("corrupt", "warm"))
+        assert sorted(rel for kind, rel in alerts if kind == "storage_copy_held") == sorted(held)  # once each
+        assert m.stats()["held_copies"] == len(held)
+        failures = m.catalog.count_events("verify_failed")
+        res = m.gc()  # held: not tried again, no new failures or alerts
+        assert res["repaired"]["held"] == len(held) and res["repaired"]["repaired"] == 0
+        assert m.catalog.count_events("verify_failed") == failures
+        assert sum(kind == "storage_copy_held" for kind, _ in alerts) == len(held)
+        assert digest(hot) == before  # nothing deleted on the strength of a bad copy
+        failing[0] = False  # the operator fixed the warm storage
+        res = m.verify(RUN)
+        assert res["repaired"] == len(held) and res["held"] == 0
+        assert m.stats()["held_copies"] == 0
+        assert all(m.catalog.copies(m.catalog.file(rel).id)["warm"].state == "verified" for rel in held)
