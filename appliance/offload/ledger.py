@@ -315,31 +315,36 @@ class Ledger:
         wait = self.config.admission_wait_s if wait_s is None else wait_s
         deadline = self._clock() + wait
         while True:
-            depth, oldest = self._depth_and_age()
-            refusal = admits(priority, depth, oldest, self.watermarks)
-            self._alert(over_watermark(depth, oldest, self.watermarks))
-            if refusal is None:
-                break
+            now = self._clock()
+            submitted = None
+            with self._tx() as c:
+                row = c.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
+                if row is not None:  # another process submitted it meanwhile
+                    return Submitted(_row_to_job(row), False)
+                # Decided inside the write transaction: BEGIN IMMEDIATE serialises the submitters
+                # of every process, so concurrent ones cannot all slip in under a watermark.
+                depth, oldest = self._depth_and_age(c)
+                refusal = admits(priority, depth, oldest, self.watermarks)
+                if refusal is None:
+                    if depends_on is not None and self._get(c, depends_on) is None:
+                        raise LedgerError(f"depends_on: no job {depends_on}")
+                    cur = c.execute(
+                        "INSERT INTO jobs(key, kind, priority, params, state, attempts, max_attempts, next_attempt_at, "
+                        "output_dir, algorithm, algorithm_version, depends_on, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (key, kind, priority, params_json, "queued", 0, max_attempts or pol.max_attempts, now,
+                         str(output_dir) if output_dir is not None else None, algorithm, algorithm_version, depends_on, now),
+                    )
+                    job_id = cur.lastrowid
+                    self._event(c, job_id, None, "queued", reason, None, now)
+                    submitted = Submitted(self._get(c, job_id), True)
+            self._alert(over_watermark(depth, oldest, self.watermarks))  # outside the transaction
+            if submitted is not None:
+                return submitted
+            # Refused for now: wait outside any transaction (workers keep draining), then retry.
             if self._clock() >= deadline:
                 self.refused += 1
                 raise AdmissionRefused(f"{kind} job refused ({priority} class): {refusal}")
             time.sleep(min(0.5, max(0.01, deadline - self._clock())))
-        now = self._clock()
-        with self._tx() as c:
-            row = c.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
-            if row is not None:  # another process submitted it meanwhile
-                return Submitted(_row_to_job(row), False)
-            if depends_on is not None and self._get(c, depends_on) is None:
-                raise LedgerError(f"depends_on: no job {depends_on}")
-            cur = c.execute(
-                "INSERT INTO jobs(key, kind, priority, params, state, attempts, max_attempts, next_attempt_at, "
-                "output_dir, algorithm, algorithm_version, depends_on, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (key, kind, priority, params_json, "queued", 0, max_attempts or pol.max_attempts, now,
-                 str(output_dir) if output_dir is not None else None, algorithm, algorithm_version, depends_on, now),
-            )
-            job_id = cur.lastrowid
-            self._event(c, job_id, None, "queued", reason, None, now)
-            return Submitted(self._get(c, job_id), True)
 
     def set_output_dir(self, job_id: int, output_dir: str | Path) -> None:
         """Record where a job's output goes (the orchestrator fills it in at first dispatch)."""
@@ -583,8 +588,10 @@ class Ledger:
 
     # -- figures ----------------------------------------------------------------------------------
 
-    def _depth_and_age(self) -> tuple[int, float | None]:
-        row = self._read("SELECT COUNT(*), MIN(created_at) FROM jobs WHERE state IN ('queued','retrying')")[0]
+    def _depth_and_age(self, c: sqlite3.Connection | None = None) -> tuple[int, float | None]:
+        """(queued + retrying jobs, age of the oldest), read in transaction ``c`` if given."""
+        sql = "SELECT COUNT(*), MIN(created_at) FROM jobs WHERE state IN ('queued','retrying')"
+        row = c.execute(sql).fetchone() if c is not None else self._read(sql)[0]
         return row[0], (self._clock() - row[1]) if row[1] is not None else None
 
     def _alert(self, message: str | None) -> None:

@@ -7,6 +7,7 @@ import json
 import multiprocessing as mp
 import random
 import sqlite3
+import time
 
 import pytest
 
@@ -304,3 +305,57 @@ def test_several_processes_share_one_ledger(tmp_path):
         assert len(jobs) == 40 and all(j.state == "succeeded" and j.attempts == 1 for j in jobs)
         for j in jobs:  # each job leased and completed exactly once
             assert [e["to_state"] for e in led.events(j.id)] == ["queued", "leased", "running", "succeeded"]
+
+
+def _submit_until_refused(path: str, owner: str, n: int, go) -> None:
+    with Ledger(path, config=OffloadConfig(depth_high=10)) as led:
+        go.wait(30)
+        for i in range(n):
+            try:
+                led.submit("k", {"owner": owner, "i": i}, priority="batch", wait_s=0)
+            except AdmissionRefused:
+                pass
+
+
+def test_admission_is_exact_across_processes(tmp_path):
+    """Three processes submit at once against depth_high = 10: the decision is taken inside
+    the write transaction, so exactly 10 jobs get in, not 10 plus whoever raced past."""
+    path = str(tmp_path / "l.sqlite")
+    Ledger(path).close()
+    ctx = mp.get_context("spawn")
+    go = ctx.Event()
+    procs = [ctx.Process(target=_submit_until_refused, args=(path, f"p{i}", 20, go)) for i in range(3)]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    with Ledger(path) as led:
+        assert len(led.jobs(limit=1000)) == 10
+
+
+def test_admission_rechecks_inside_the_write_transaction(tmp_path):
+    """Deterministic form of the race above: another process's submission lands just before
+    this one's insert; the decision, taken inside the insert's transaction, sees it."""
+    path = tmp_path / "l.sqlite"
+    cfg = OffloadConfig(depth_high=10)
+    raced = []
+    calls = [0]
+
+    def racing_clock() -> float:
+        # the ledger reads the clock for its deadline, then for the job's time just before its
+        # write transaction (older versions: just after reading the depth): the other commits there
+        calls[0] += 1
+        if calls[0] == 2 and not raced:
+            raced.append(other.submit("k", {"by": "other"}, priority="batch", wait_s=0).created)
+        return time.time()
+
+    with Ledger(path, config=cfg) as other:
+        for i in range(9):
+            other.submit("k", {"i": i}, priority="batch")
+        with Ledger(path, config=cfg, clock=racing_clock) as led:
+            with pytest.raises(AdmissionRefused, match="offload.depth_high = 10"):
+                led.submit("k", {"by": "me"}, priority="batch", wait_s=0)
+        assert raced == [True]  # the other submission did land in the window
+        assert len(other.jobs(limit=100)) == 10
