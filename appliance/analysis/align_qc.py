@@ -198,11 +198,16 @@ def run_job(params: dict, ctx) -> dict:
     from appliance.runfolder.layout import REFERENCE
 
     check_params(KIND, params, ("run", "fastq"))
-    folder = open_complete_run(ctx.data_root, params["run"])
+    # align-qc reads the FASTQs (the fastq job verified the run before writing them) and the
+    # reference: only the reference is checked against the manifest, not the whole run again.
+    folder = open_complete_run(ctx.data_root, params["run"], verify=False)
     fq_dir = _fastq_dir(ctx.data_root, params["fastq"])
     reference = folder.path / REFERENCE
     if not reference.is_file():
         raise PermanentJobError(f"{folder.path}: no reference ({REFERENCE}); write the reference FASTA into the run folder (synthetic runs do it) to align")
+    problems = folder.verify_files((REFERENCE,))
+    if problems:
+        raise PermanentJobError(f"{folder.path}: {problems[0]}; restore the reference from a copy (appliance storage restore) and submit again")
     info = folder.info
     template = [(label, cycles) for label, cycles, _n in read_files(info) if label.startswith("R")]
     aligner = make_aligner(reference, max(len(c) for _l, c in template))

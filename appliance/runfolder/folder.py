@@ -87,6 +87,33 @@ class RunFolder:
     def read_reference(self) -> bytes:
         return self._read(REFERENCE)
 
+    def _check_entry(self, e) -> list[str]:
+        """The problem with one manifest entry's file (presence, size, CRC32C), if any."""
+        p = self.path / e.path
+        if not p.is_file():
+            return [f"{e.path}: listed in the manifest but missing"]
+        size, crc = checksum_file(p)
+        if size != e.size:
+            return [f"{e.path}: size {size} bytes, manifest says {e.size}"]
+        if crc != e.crc32c:
+            return [f"{e.path}: CRC32C {crc}, manifest says {e.crc32c} (content changed)"]
+        return []
+
+    def verify_files(self, rels) -> list[str]:
+        """Problems of just the files ``rels`` (paths relative to the run folder) against the
+        manifest: what a job that reads only those files needs, without re-reading the run."""
+        try:
+            entries = {e.path: e for e in self.manifest().files()}
+        except (RunFolderError, OSError) as e:
+            return [str(e)]
+        problems: list[str] = []
+        for rel in rels:
+            if rel not in entries:
+                problems.append(f"{rel}: not listed in the run's manifest")
+            else:
+                problems += self._check_entry(entries[rel])
+        return problems
+
     def verify(self) -> list[str]:
         """Problems found, one line each (empty when the folder matches its manifest).
 
@@ -101,17 +128,7 @@ class RunFolder:
         except (RunFolderError, OSError) as e:
             return [str(e)]
         for e in m.files():
-            p = self.path / e.path
-            if not p.is_file():
-                problems.append(f"{e.path}: listed in the manifest but missing")
-                continue
-            size, crc = checksum_file(p)
-            if size != e.size:
-                problems.append(f"{e.path}: size {size} bytes, manifest says {e.size}")
-            elif crc != e.crc32c:
-                problems.append(
-                    f"{e.path}: CRC32C {crc}, manifest says {e.crc32c} (content changed)"
-                )
+            problems += self._check_entry(e)
         for c in m.cycles:
             if not 1 <= c <= info.n_cycles:
                 problems.append(

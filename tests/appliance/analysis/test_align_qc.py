@@ -79,6 +79,22 @@ def test_missing_fastq_or_reference_is_a_permanent_error(analysis_run, fastq_dir
         align_qc.run_job({"run": analysis_run.run_id, "fastq": str(fastq_dir)}, job(tmp_path / "b", "align-qc", root))
 
 
+def test_only_the_reference_is_verified_of_the_run_folder(analysis_run, fastq_dir, tmp_path):
+    """align-qc reads the FASTQs and the reference: a damaged base call (the fastq job's
+    concern, already converted) costs it no re-read, a damaged reference is refused."""
+    from appliance.runfolder import RunFolder
+
+    root = tmp_path / "root"
+    run_dir = copy_run(analysis_run, root)
+    bcl = run_dir / RunFolder(run_dir).layout.bcl(1102, 7)
+    bcl.write_bytes(bcl.read_bytes()[:-1] + b"\x00")
+    assert align_qc.run_job({"run": analysis_run.run_id, "fastq": str(fastq_dir)}, job(tmp_path / "a", "align-qc", root))["pf_reads"] > 0
+    ref = run_dir / REFERENCE
+    ref.write_text(ref.read_text().replace("A", "C", 1))
+    with pytest.raises(PermanentJobError, match=r"genome\.fa: CRC32C .* restore the reference"):
+        align_qc.run_job({"run": analysis_run.run_id, "fastq": str(fastq_dir)}, job(tmp_path / "b", "align-qc", root))
+
+
 def test_align_qc_output_is_deterministic(analysis_run, fastq_dir, tmp_path):
     outs = []
     for i in range(2):
