@@ -134,6 +134,10 @@ class Orchestrator:
                 self.executor.start(timeout)
                 self.policy = SchedulerPolicy(slots=max(1, self.executor.capacity), limits=dict(self.config.limits),
                                               shares=dict(self.config.share), reserved_realtime=self.config.reserved_realtime)
+                if self.policy.slots == 1 and self.config.reserved_realtime > 0:
+                    log.warning("offload: the executor has 1 slot, so none can be reserved for real-time jobs "
+                                "(offload.reserved_realtime): a running batch or reprocess job delays cycle-qc until "
+                                "it ends; set offload.workers >= 2 for the real-time start bound")
                 self._stop.clear()
                 self._thread = threading.Thread(target=self._loop, name="offload-dispatch", daemon=True)
                 self._thread.start()

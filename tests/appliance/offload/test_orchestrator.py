@@ -215,3 +215,16 @@ def test_orchestrator_killed_and_restarted_loses_nothing_runs_nothing_twice(tmp_
         for i in ids:
             j = led.get(i)
             assert (Path(j.output_dir) / "copy.bin").read_bytes() == src.read_bytes()
+
+
+def test_one_slot_warns_that_nothing_is_reserved_for_realtime(tmp_path, caplog, no_leaked_threads):
+    for workers, warned in ((1, True), (2, False)):
+        caplog.clear()
+        orch = Orchestrator(fast_config(workers=workers, reserved_realtime=1), tmp_path / str(workers), scan=False)
+        orch.start()
+        try:
+            hits = [r for r in caplog.records if "none can be reserved for real-time" in r.getMessage()]
+            assert bool(hits) == warned and all(r.levelname == "WARNING" for r in hits)
+            assert not hits or "offload.workers >= 2" in hits[0].getMessage()
+        finally:
+            orch.stop(10)
