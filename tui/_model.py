@@ -293,6 +293,7 @@ class StorageView:
     last_gc: float | None
     last_scrub: float | None
     running: bool | None
+    held_copies: int = 0  #: corrupt copies past mover.max_attempts (no longer retried)
 
     @classmethod
     def from_stats(cls, body: Any) -> "StorageView":
@@ -325,6 +326,7 @@ class StorageView:
             last_gc=_opt_float(body, "last_gc", "storage"),
             last_scrub=_opt_float(body, "last_scrub", "storage"),
             running=None if running is None else bool(running),
+            held_copies=_count(body, "held_copies", "storage"),
         )
 
     @property

@@ -565,6 +565,8 @@ class ApplianceApp(App[None]):
         t.append(f"verify failures {st.verification_failures}", style=bad if st.verification_failures else "")
         t.append("  ")
         t.append(f"corrupt copies {st.corrupt_copies}", style=bad if st.corrupt_copies else "")
+        if st.held_copies:
+            t.append(f" ({st.held_copies} held: storage verify RUN)", style=bad)
         t.append(f"  copied {format_bytes(st.bytes_copied)}\n")
         now = time.time()
         for label, at in (("last gc", st.last_gc), ("last scrub", st.last_scrub)):

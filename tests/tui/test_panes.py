@@ -183,3 +183,6 @@ def test_warnings_are_drawn_in_red():
                                                              "verification_failures": 1, "corrupt_copies": 2}), 76)
     assert "green" in _styles(t, "OK") and "green" in _styles(t, "█")
     assert "bold red" in _styles(t, "verify failures 1") and "bold red" in _styles(t, "corrupt copies 2")
+    assert "held" not in t.plain
+    t = ApplianceApp._render_storage(StorageView.from_stats({**storage, "corrupt_copies": 2, "held_copies": 2}), 76)
+    assert "bold red" in _styles(t, "(2 held: storage verify RUN)")
