@@ -137,6 +137,8 @@ def _install_signals(stop: threading.Event) -> None:
 
 
 def _prepare_process(spec: StageSpec, stop: threading.Event) -> rt.ParentWatch:
+    """Logging, signal handlers, exit on parent death, then the CPU plan: pinning, mlock and
+    real-time priority as configured (each only warns where the system does not allow it)."""
     if spec.log_json:
         from appliance.logjson import configure_logging
 
@@ -144,7 +146,7 @@ def _prepare_process(spec: StageSpec, stop: threading.Event) -> rt.ParentWatch:
     else:
         logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {spec.name}: %(message)s")
     _install_signals(stop)
-    return rt.exit_when_parent_dies(spec.parent_pid or None)
+    watch = rt.exit_when_parent_dies(spec.parent_pid or None)
     if spec.cpus:
         try:
             rt.pin(spec.cpus)
@@ -161,6 +163,7 @@ def _prepare_process(spec: StageSpec, stop: threading.Event) -> rt.ParentWatch:
             rt.set_realtime(10)
         except rt.RealtimeError as exc:
             log.warning("no real-time priority: %s", exc)
+    return watch
 
 
 def _write_summary(spec: StageSpec, stats: StageStats, status: str) -> None:

@@ -1,0 +1,43 @@
+"""A stage process's set-up: the CPU plan is applied in the real spawned process."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+
+import pytest
+
+from appliance.config import load_config
+from appliance.pipeline._spec import StageSpec
+
+
+def _prepared_affinity(spec: StageSpec, conn) -> None:
+    from appliance.pipeline.runtime import _prepare_process
+
+    watch = _prepare_process(spec, threading.Event())
+    conn.send((sorted(os.sched_getaffinity(0)), type(watch).__name__))
+    conn.close()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to tell a pinned process apart")
+def test_a_stage_process_is_pinned_to_its_planned_cpus(tmp_path):
+    cpu = max(os.sched_getaffinity(0))
+    spec = StageSpec(
+        stage="kernel", replica=0, inputs=(), outputs=(), config=load_config(overrides=[f'output.root="{tmp_path}"']),
+        run_id="PIN", run_dir=tmp_path / "PIN", state_dir=tmp_path / ".state", cpus=frozenset({cpu}), parent_pid=os.getpid(),
+    )
+    ctx = mp.get_context("spawn")
+    ours, theirs = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_prepared_affinity, args=(spec, theirs))
+    proc.start()
+    try:
+        theirs.close()
+        assert ours.poll(60), "the stage process did not report"
+        affinity, watch = ours.recv()
+    finally:
+        proc.join(30)
+        ours.close()
+    assert proc.exitcode == 0
+    assert affinity == [cpu] and watch == "ParentWatch"
+    assert sorted(os.sched_getaffinity(0)) != [cpu] or len(os.sched_getaffinity(0)) == 1  # the parent is untouched
