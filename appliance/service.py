@@ -43,17 +43,22 @@ class Service:
 
     # -- commands --------------------------------------------------------------------------
     def _commands(self) -> dict:
-        from appliance.control import Arg, Command
+        from appliance.control import Arg, Command, CommandError
 
         forwarded = {}
         for name in ("status", "stop", "pause", "resume", "events", "set"):
             forwarded[name] = Command(self._forward(name), *_help_and_args(name))
 
         def start(args):
-            return self.start_run(list(args.get("set", [])), args.get("run_id"))
+            overrides = args.get("set", [])
+            for i, item in enumerate(overrides):
+                key, eq, _ = item.partition("=") if isinstance(item, str) else ("", "", "")
+                if not (eq and key.strip()):
+                    raise CommandError("bad_args", f"argument 'set' item {i} is {item!r:.60}, not a 'section.key=value' string: e.g. set=[\"run.cycles=30\"]")
+            return self.start_run(list(overrides), args.get("run_id"))
 
         forwarded["start"] = Command(start, "start a run: set = ['section.key=value', ...] overrides, run_id (optional)",
-                                     (Arg("set", "list"), Arg("run_id", "str")))
+                                     (Arg("set", "list", help="'section.key=value' overrides of this run"), Arg("run_id", "str", help="the run folder's name")))
         from appliance.analysis.control import control_commands as algo_commands
 
         forwarded.update(algo_commands(Path(self.base.output.root)))
@@ -77,7 +82,7 @@ class Service:
                 if name == "status":
                     return {"state": "idle", "run_id": sup.run_id if sup else None, "last_summary": _brief(self.last_summary), "last_error": self.last_error}
                 if name == "events" and sup is not None:
-                    return sup.events[-args.get("last", 50):]
+                    return sup.control_commands()["events"].handler(args)  # the last run's
                 raise CommandError("not_running", "no run is going: start one with `appliance ctl start`")
             return sup.control_commands()[name].handler(args)
 
@@ -246,8 +251,10 @@ def _help_and_args(name: str):
         "stop": ("drain the current run",),
         "pause": ("pause acquisition of the current run",),
         "resume": ("resume acquisition of the current run",),
-        "events": ("the current (or last) run's recent events and alerts", (Arg("last", "int"),)),
-        "set": ("change a live parameter of the current run", (Arg("key", "str"), Arg("value", "any"))),
+        # the same arguments as the Supervisor's commands (they are forwarded to it unchecked)
+        "events": ("the current (or last) run's recent events and alerts", (Arg("last", "int", help="how many (default 50; 0: none)", min=0),)),
+        "set": ("change a live parameter of the current run",
+                (Arg("key", "str", True, "the live parameter"), Arg("value", "any", True, "its new value (a number)"))),
     }[name]
 
 

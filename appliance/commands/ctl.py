@@ -16,8 +16,9 @@ stream its PUB messages. Arguments are key=value; a value that parses as JSON is
 JSON value (numbers, true/false, null, lists, maps), anything else as a string.
 
 Exit status: 0 the command succeeded, 1 the appliance answered with an error
-(`{"error": {"code": ..., "message": ...}}` with --json), 2 bad usage,
-3 the appliance is unreachable (no socket, no connection, refused, or no reply in time).
+(`{"error": {"code": ..., "message": ...}}` with --json), 2 bad usage (a malformed
+key=value, an unknown topic, bad key files, a socket path over 107 bytes), 3 the appliance
+is unreachable (no socket, no connection, refused, or no reply in time).
 
 By default the local sockets in $XDG_RUNTIME_DIR/appliance (/run/appliance as root,
 /tmp/appliance-UID otherwise) are used; --socket-dir picks another directory and
@@ -101,7 +102,7 @@ def _print_result(args: argparse.Namespace, result: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from appliance.control import ControlClient, ControlError, ControlUnreachable, CurveKeyError, CurveKeys
+    from appliance.control import ControlClient, ControlError, ControlUnreachable, CurveKeyError, CurveKeys, SocketDirError
 
     target = args.connect or args.socket_dir  # None: the default socket directory
     keys = None
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             return _fail(args, "usage", str(exc), EXIT_USAGE)
     try:
         client = ControlClient(target, timeout_s=args.timeout, curve_keys=keys)
-    except ValueError as exc:
+    except (ValueError, SocketDirError) as exc:  # SocketDirError: e.g. a socket path over 107 bytes
         return _fail(args, "usage", str(exc), EXIT_USAGE)
     with client:
         if args.command == "watch":

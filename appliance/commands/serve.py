@@ -48,10 +48,14 @@ def run(args: argparse.Namespace) -> int:
     notifier = None
     if args.headless:
         from appliance.logjson import configure_logging
-        from appliance.systemd import Notifier
+        from appliance.systemd import Notifier, NotifyConfigError
 
         configure_logging(json=True)
-        notifier = Notifier.from_environment(unset=True)
+        try:
+            notifier = Notifier.from_environment(unset=True)
+        except NotifyConfigError as exc:  # a malformed NOTIFY_SOCKET / WATCHDOG_USEC: as `run --headless`
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     old = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

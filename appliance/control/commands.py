@@ -50,17 +50,21 @@ class CommandError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Arg:
-    """One command argument: ``type`` is one of str, int, float, bool, list, map, bytes, any."""
+    """One command argument: ``type`` is one of str, int, float, bool, list, map, bytes, any;
+    ``min`` (int and float only) is the smallest value allowed."""
 
     name: str
     type: str = "any"
     required: bool = False
     help: str = ""
     choices: tuple[Any, ...] | None = None
+    min: float | None = None
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
             raise ValueError(f"argument {self.name!r}: type {self.type!r} is not one of {', '.join(_TYPES)}")
+        if self.min is not None and self.type not in ("int", "float"):
+            raise ValueError(f"argument {self.name!r}: min applies to int and float arguments, not {self.type}")
 
     def check(self, value: Any) -> None:
         """Raise CommandError('bad_args') when ``value`` does not fit this argument."""
@@ -71,11 +75,15 @@ class Arg:
             raise CommandError("bad_args", f"argument {self.name!r} must be of type {self.type}, got {type(value).__name__} {value!r:.60}")
         if self.choices is not None and value not in self.choices:
             raise CommandError("bad_args", f"argument {self.name!r} is {value!r:.60}; allowed values: {', '.join(map(repr, self.choices))}")
+        if self.min is not None and value < self.min:
+            raise CommandError("bad_args", f"argument {self.name!r} is {value!r}; it must be at least {self.min!r}")
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.type, "required": self.required, "help": self.help}
         if self.choices is not None:
             d["choices"] = list(self.choices)
+        if self.min is not None:
+            d["min"] = self.min
         return d
 
 

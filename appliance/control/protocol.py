@@ -156,14 +156,16 @@ def decode_request(data: bytes) -> Request:
     req_id = msg.get("id")
     if not (isinstance(req_id, str) and 0 < len(req_id) <= _ID_MAX):
         raise ProtocolError("bad_request", f"'id' must be a non-empty string of at most {_ID_MAX} characters, got {_describe(req_id)}")
-    unknown = sorted(map(repr, set(msg) - _REQUEST_FIELDS))
-    if unknown:
-        raise ProtocolError("bad_request", f"unknown request field(s) {', '.join(unknown)}: a request has only 'v', 'id', 'cmd' and 'args'", req_id)
+    # The version right after the id: a request of another version is answered bad_version
+    # whatever else it holds (its fields may be valid there), as docs/control-protocol.md promises.
     v = msg.get("v")
     if isinstance(v, bool) or not isinstance(v, int):
         raise ProtocolError("bad_request", f"'v' must be the integer protocol version ({PROTOCOL_VERSION}), got {_describe(v)}", req_id)
     if v != PROTOCOL_VERSION:
         raise ProtocolError("bad_version", f"protocol version {v} is not supported: this server speaks version {PROTOCOL_VERSION}", req_id)
+    unknown = sorted(map(repr, set(msg) - _REQUEST_FIELDS))
+    if unknown:
+        raise ProtocolError("bad_request", f"unknown request field(s) {', '.join(unknown)}: a request has only 'v', 'id', 'cmd' and 'args'", req_id)
     cmd = msg.get("cmd")
     if not (isinstance(cmd, str) and _CMD_RE.match(cmd)):
         raise ProtocolError("bad_request", f"'cmd' must be a command name (lower case letters, digits, '_' and '.', at most 64), got {_describe(cmd)}", req_id)

@@ -581,13 +581,18 @@ class Supervisor:
                 raise CommandError("not_running", f"run {self.run_id} is {self.state}: nothing to resume")
             return {"paused": False}
 
+        def events(args):
+            last = args.get("last", 50)  # >= 0: Arg(min=0) refuses negatives with bad_args
+            return self.events[-last:] if last > 0 else []
+
         return {
             "status": Command(status, "the latest stats sample, the run's state and its config"),
             "stop": Command(stop, "drain: stop acquisition; every frame that entered is written"),
             "pause": Command(pause, "pause acquisition (frames in the pipeline are still processed)"),
             "resume": Command(resume, "resume a paused acquisition"),
-            "events": Command(lambda a: self.events[-a.get("last", 50):], "the most recent events and alerts", (Arg("last", "int"),)),
-            "set": Command(lambda a: self.set_live(a["key"], a["value"]), f"change a live parameter ({', '.join(LIVE_KEYS)})", (Arg("key", "str"), Arg("value", "any"))),
+            "events": Command(events, "the most recent events and alerts", (Arg("last", "int", help="how many (default 50; 0: none)", min=0),)),
+            "set": Command(lambda a: self.set_live(a["key"], a["value"]), f"change a live parameter ({', '.join(LIVE_KEYS)})",
+                           (Arg("key", "str", True, "the live parameter"), Arg("value", "any", True, "its new value (a number)"))),
         }
 
     def _start_control(self):
@@ -604,7 +609,8 @@ class Supervisor:
 
 
     def _heartbeat_age(self, name: str) -> float | None:
-        """Oldest heartbeat of this process's ring ends (None when it has no input rings)."""
+        """Age of the freshest heartbeat of this process's input ring ends (None when it has
+        no input rings): a stage refreshes them all together, while working or waiting."""
         spec = self._specs[name]
         ages = []
         for ring_name in spec.inputs:
@@ -634,20 +640,24 @@ class Supervisor:
 
 def start_control_server(c, handlers: dict):
     """Start a ControlServer for the ``[control]`` config section ``c`` with ``handlers``;
-    SupervisorError when another appliance holds the socket directory."""
+    SupervisorError naming the problem when it cannot: another appliance holds the socket
+    directory, the directory is unusable (shared, someone else's, path too long), a bad TCP
+    endpoint, missing CURVE keys, a port in use."""
+    import zmq
+
     from appliance.control import ControlServer, ControlServerError
     from appliance.control.paths import default_socket_dir
 
-    server = ControlServer(
-        handlers=handlers,
-        run_dir_for_sockets=Path(c.socket_dir) if c.socket_dir else default_socket_dir(),
-        tcp=c.tcp or None,
-        curve_dir=Path(c.curve_dir) if c.curve_dir else None,
-        pub_max_hz=c.pub_max_hz,
-    )
     try:
+        server = ControlServer(
+            handlers=handlers,
+            run_dir_for_sockets=Path(c.socket_dir) if c.socket_dir else default_socket_dir(),
+            tcp=c.tcp or None,
+            curve_dir=Path(c.curve_dir) if c.curve_dir else None,
+            pub_max_hz=c.pub_max_hz,
+        )
         server.start()
-    except ControlServerError as exc:
+    except (ControlServerError, OSError, zmq.ZMQError) as exc:  # OSError: SocketDirError among others
         raise SupervisorError(f"control plane: {exc}") from None
     return server
 

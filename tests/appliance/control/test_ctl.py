@@ -77,6 +77,15 @@ def test_usage_errors_exit_2(served, capsys):
     assert _ctl(capsys, "--connect", "http://x", "ping")[0] == 2
 
 
+def test_too_long_socket_dir_exits_2_with_the_message(tmp_path, capsys):
+    """A socket path over 107 bytes is bad usage (exit 2, named), not a traceback."""
+    long_dir = str(tmp_path / ("d" * 120))
+    rc, out, err = _ctl(capsys, "--socket-dir", long_dir, "ping")
+    assert rc == 2 and out == "" and "usage" in err and "107" in err and "shorter socket directory" in err
+    rc, out, _ = _ctl(capsys, "--socket-dir", long_dir, "--json", "watch", "event")
+    assert rc == 2 and json.loads(out)["error"]["code"] == "usage"
+
+
 def test_watch_streams_json_lines(served, capsys):
     srv, d = served
     stop = threading.Event()

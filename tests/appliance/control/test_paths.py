@@ -40,3 +40,62 @@ def test_prepare_socket_dir_refuses_symlinks_and_files(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(SocketDirError, match="plain directory"):
         prepare_socket_dir(tmp_path / "file")
+
+
+def _mode(p) -> int:
+    return stat.S_IMODE(os.stat(p).st_mode)
+
+
+def test_shared_directories_are_refused_and_left_alone(tmp_path):
+    """A sticky directory like /tmp (here a 1777 copy under tmp_path, never /tmp itself) or a
+    group/other-writable one is refused, naming it and the fix, and its mode is not touched:
+    as root, socket_dir=/tmp used to turn /tmp into 0700."""
+    for mode in (0o1777, 0o1700, 0o770, 0o707, 0o2775):
+        d = tmp_path / f"shared{mode:o}"
+        d.mkdir()
+        os.chmod(d, mode)
+        with pytest.raises(SocketDirError, match="shared") as info:
+            prepare_socket_dir(d)
+        assert str(d) in str(info.value) and "choose a dedicated directory, e.g. /tmp/appliance-control" in str(info.value)
+        assert _mode(d) == mode
+
+
+def test_server_refuses_a_sticky_socket_dir(tmp_path):
+    from appliance.control import ControlServer
+
+    d = tmp_path / "tmp"
+    d.mkdir()
+    os.chmod(d, 0o1777)
+    server = ControlServer(handlers={}, run_dir_for_sockets=d)
+    with pytest.raises(SocketDirError, match="sticky"):
+        server.start()
+    server.stop()
+    assert _mode(d) == 0o1777 and list(d.iterdir()) == []
+
+
+def test_existing_directories_tightened_only_when_dedicated(tmp_path):
+    created = prepare_socket_dir(tmp_path / "new")
+    assert _mode(created) == 0o700
+    # ours, not shared, empty or holding only the control plane's files: tightened to 0700
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    os.chmod(runtime, 0o750)  # systemd's RuntimeDirectoryMode=0750
+    prepare_socket_dir(runtime)
+    assert _mode(runtime) == 0o700
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "control.lock").write_text("")
+    os.chmod(stale, 0o755)
+    prepare_socket_dir(stale)
+    assert _mode(stale) == 0o700
+    # an ordinary directory of ours (a home, /opt) with other files: refused, not chmod-ed
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("")
+    os.chmod(home, 0o755)
+    with pytest.raises(SocketDirError, match="notes.txt") as info:
+        prepare_socket_dir(home)
+    assert "chmod 0700" in str(info.value) and _mode(home) == 0o755
+    # already 0700: used as it is, whatever it holds
+    os.chmod(home, 0o700)
+    assert prepare_socket_dir(home) == home and _mode(home) == 0o700

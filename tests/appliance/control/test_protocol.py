@@ -44,6 +44,9 @@ def test_round_trip():
         ({"v": 1, "id": "r", "cmd": "ping", "extra": 1}, "bad_request", True),
         ({"v": 2, "id": "r", "cmd": "ping"}, "bad_version", True),
         ({"v": 0, "id": "r", "cmd": "ping"}, "bad_version", True),
+        # the version is checked right after the id: a field of another version is not bad_request
+        ({"v": 2, "id": "r", "cmd": "ping", "extra": 1}, "bad_version", True),
+        ({"v": 2, "id": "r", "cmd": 7, "args": [1]}, "bad_version", True),
         ({"v": "1", "id": "r", "cmd": "ping"}, "bad_request", True),
         ({"v": True, "id": "r", "cmd": "ping"}, "bad_request", True),
         ({"id": "r", "cmd": "ping"}, "bad_request", True),
@@ -94,6 +97,14 @@ def test_command_arg_validation():
         CommandError("Not Snake", "x")
     with pytest.raises(ValueError):
         Arg("a", "complex")
+    last = Command(lambda a: a, "events", (Arg("last", "int", min=0),))
+    last.validate({"last": 0})
+    with pytest.raises(CommandError, match="at least 0") as info:
+        last.validate({"last": -1})
+    assert info.value.code == "bad_args"
+    assert last.describe()["args"]["last"]["min"] == 0
+    with pytest.raises(ValueError):
+        Arg("name", "str", min=0)
 
     def documented(args):
         """Start a run.

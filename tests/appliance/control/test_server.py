@@ -82,7 +82,9 @@ def test_round_trips_and_builtins(client):
     assert {"ping", "version", "help", "control_status", "echo", "boom"} <= set(helptext["commands"])
     assert helptext["commands"]["echo"]["args"]["x"] == {"type": "int", "required": True, "help": ""}
     assert "bad_version" in helptext["error_codes"]
-    assert set(client.request("help", command="echo")["commands"]) == {"echo"}
+    assert set(helptext) == {"protocol", "commands", "error_codes", "topics"}
+    # with `command`, only that command (docs/control-protocol.md, Built-in commands)
+    assert client.request("help", command="echo") == {"commands": {"echo": helptext["commands"]["echo"]}}
 
 
 def test_error_replies(client, server):

@@ -216,3 +216,16 @@ def test_serve_starts_runs_on_command_and_drains_on_sigterm(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert "run S2" in out
     assert RunFolder(tmp_path / "runs" / "S1").is_complete
+
+
+def test_headless_serve_with_a_malformed_notify_socket_exits_2(tmp_path):
+    """As `appliance run --headless`: a NOTIFY_SOCKET systemd would never set is named, exit 2,
+    no traceback (and nothing is started)."""
+    env = dict(os.environ, NOTIFY_SOCKET="relative/notify.sock")
+    args = [sys.executable, "-m", "appliance", "serve", "--headless", "--set", f'output.root="{tmp_path / "runs"}"',
+            "--set", f'control.socket_dir="{tmp_path / "sock"}"']
+    with cli_process(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err[-3000:]
+    assert "error: NOTIFY_SOCKET='relative/notify.sock' is not supported" in err and "Traceback" not in err
+    assert not (tmp_path / "sock").exists()
