@@ -410,6 +410,21 @@ class BasecallHandler(Handler):
             self._emit_calls(tile, caller.finish(), out, self.last_header[tile])
 
 
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    """``pwrite`` all of ``data`` at ``offset``: a disk filling mid-frame returns a short count
+    before it raises ENOSPC, and a short write taken as whole would leave a hole in the file."""
+    import errno
+    import os
+
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        n = os.pwrite(fd, view[done:], offset + done)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "no progress writing", str(fd))
+        done += n
+
+
 class WriterHandler(Handler):
     """Writes the run folder (or discards, in null mode) and measures end-to-end latency."""
 
@@ -484,16 +499,19 @@ class WriterHandler(Handler):
             os.ftruncate(self._raw_fd, self.raw_bytes)
             os.ftruncate(self._hdr_fd, self.raw_frames * 256)
         payload = slot.payload
+        path = self.spec.run_dir / "Raw" / "frames.bin"
         try:
-            os.pwrite(self._raw_fd, payload, self.raw_bytes)
-            os.pwrite(self._hdr_fd, slot.header.tobytes(), self.raw_frames * 256)
+            _pwrite_all(self._raw_fd, payload, self.raw_bytes)
+            path = path.with_name("headers.bin")
+            _pwrite_all(self._hdr_fd, slot.header.tobytes(), self.raw_frames * 256)
         except OSError as exc:
             import errno
 
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                from appliance.runfolder import RunFolderFull
+                from appliance.runfolder._atomic import full_error
 
-                raise RunFolderFull(f"{self.spec.run_dir / 'Raw'}: no space for a {payload.nbytes}-byte frame: free space on {self.spec.run_dir}") from exc
+                # nothing is counted: the retry rewrites this frame at the same offsets
+                raise full_error(path, payload.nbytes, exc) from exc
             raise
         self.raw_bytes += payload.nbytes
         self.raw_frames += 1

@@ -82,14 +82,29 @@ class Emitter:
     """Writes output frames: routes by tile, copies identity and trace, checksums, commits.
 
     ``emit`` blocks while the downstream ring is full (backpressure), checking the stop
-    event so a stopping stage does not hang.
+    event so a stopping stage does not hang. While it waits it calls ``on_wait`` (the stage's
+    input heartbeats: a stage held up by backpressure is waiting, not hung). With a ``watch``
+    (every stage but the source) a stop while the supervisor lives is a SIGTERM to the process
+    group and is ignored, as in the consume loop: the supervisor drains through the source.
     """
 
-    def __init__(self, spec: StageSpec, producers: list[rt.Producer], stop: threading.Event, stats: StageStats) -> None:
+    def __init__(self, spec: StageSpec, producers: list[rt.Producer], stop, stats: StageStats,
+                 watch: rt.ParentWatch | None = None) -> None:
         self.spec = spec
         self.producers = producers
         self.stop = stop
         self.stats = stats
+        self.watch = watch
+        self.on_wait = None
+
+    def _stopping(self) -> bool:
+        if not self.stop.is_set():
+            return False
+        if self.watch is not None and self.watch.parent_alive():
+            self.stop.clear()
+            log.info("SIGTERM while the supervisor lives: draining with the pipeline")
+            return False
+        return True
 
     def emit(self, kind: int, tile: int, cycle: int, channel: int, array: np.ndarray | None, source_header=None, flags: int = 0) -> None:
         p = self.producers[self.spec.route(tile)]
@@ -97,12 +112,12 @@ class Emitter:
             try:
                 slot = p.reserve(timeout=0.25)
                 break
-            except rt.RingTimeout:
-                if self.stop.is_set():
-                    raise Stopping from None
-            except rt.ConsumerGone:
-                # The supervisor restarts the consumer; it resumes at the read counter.
-                if self.stop.is_set():
+            except (rt.RingTimeout, rt.ConsumerGone):
+                # Full downstream, or its consumer died (the supervisor restarts it; it resumes at
+                # the read counter): wait, staying visibly alive.
+                if self.on_wait is not None:
+                    self.on_wait()
+                if self._stopping():
                     raise Stopping from None
         h = slot.header
         if source_header is not None:
@@ -196,7 +211,10 @@ def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFl
         handler.restore(state)
         log.info("resumed from checkpoint")
     producers = [rt.Producer(name) for name in spec.outputs]
-    emitter = Emitter(spec, producers, source_stop if spec.stage == "source" else stop, stats)
+    if spec.stage == "source":  # the source's stop is a drain: it ends the stream
+        emitter = Emitter(spec, producers, source_stop, stats)
+    else:
+        emitter = Emitter(spec, producers, stop, stats, watch=watch)
     status = "stopped"
     try:
         if spec.stage == "source":
@@ -222,6 +240,7 @@ def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFl
 def _consume(spec: StageSpec, handler, emitter: Emitter, stop: threading.Event, stats: StageStats, watch: rt.ParentWatch) -> bool:
     consumers = [rt.Consumer(name) for name in spec.inputs]
     handler.heartbeat = lambda: [c.heartbeat() for c in consumers]
+    emitter.on_wait = handler.heartbeat
     verify = spec.stage in spec.config.verify_at
     release_every = max(1, min(c.geometry.n_slots for c in consumers) // 2)
     pending = [0] * len(consumers)
@@ -304,6 +323,8 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stop: threading.Event, 
                 if sum(pending) >= release_every:
                     checkpoint()
             if not got and len(active) > 1:
+                # polled with acquire_nowait, which does not refresh the heartbeats: idle, not hung
+                handler.heartbeat()
                 idle = min(max(idle * 2, 50e-6), 2e-3)
                 time.sleep(idle)
             elif got:

@@ -129,6 +129,71 @@ def test_full_disk_pauses_the_run_alerts_and_resumes(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.rt
+def test_full_disk_in_passthrough_pauses_longer_than_the_heartbeat_timeout_without_loss(tmp_path):
+    """Raw capture (passthrough) on a disk that fills mid-frame: the writer pauses (no crash,
+    no short write leaving a hole), the stages held up by backpressure stay alive far past
+    the heartbeat timeout, and once space is freed frames.bin is byte-identical to an
+    undisturbed capture."""
+    import os
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs as the data root")
+    # small rings: while the writer waits, every stage upstream blocks in emit (backpressure)
+    extra = ('stages.kernel.algorithm="passthrough"', "run.cycles=6", "supervisor.heartbeat_timeout_s=2",
+             *(f"edges.{e}.n_slots=4" for e in ("raw", "corrected", "intensities", "calls")))
+    ref = Supervisor(config(tmp_path / "ref", *extra), run_id=RUN_ID).run()
+    assert ref["frames_acquired"] == 48
+    want = (tmp_path / "ref" / RUN_ID / "Raw" / "frames.bin").read_bytes()
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * ((7 << 20) + 5000))  # ~1 MiB left (the capture is 6 MiB), ending mid-frame
+        sup = Supervisor(config(disk, *extra, f'output.state_root="{tmp_path / "state"}"'), run_id=RUN_ID)
+        thread, result = start_in_thread(sup)
+        deadline = time.monotonic() + 120
+        while not any("run folder full" in e["message"] for e in sup.events):
+            assert thread.is_alive() and time.monotonic() < deadline, "no disk-full alert"
+            time.sleep(0.2)
+        time.sleep(6)  # three heartbeat timeouts with every stage held up by backpressure
+        filler.unlink()
+        thread.join(120)
+        assert not thread.is_alive()
+        assert result["restarts"] == {}, "stages waiting on backpressure were taken for hung"
+        assert result["frames_acquired"] == 48 and result["frames_dropped"] == 0
+        assert (disk / RUN_ID / "Raw" / "frames.bin").read_bytes() == want
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_process_group_sigterm_under_backpressure_drains_without_restarts(tmp_path):
+    """`timeout` or a terminal sends SIGTERM to every stage: the source ends the stream (a
+    drain) and the others, even those blocked on a full ring, keep going: nothing restarts."""
+    import os
+    import signal
+
+    cfg = config(tmp_path, 'stages.kernel.algorithm="passthrough"', "run.cycles=6",
+                 *(f"edges.{e}.n_slots=4" for e in ("raw", "corrected", "intensities", "calls")))
+    # a writer slower than a ring wait (0.25 s): every stage upstream waits in emit
+    sup = Supervisor(cfg, run_id=RUN_ID, faults={"writer-0": {"slow_ms": 400}})
+    thread, result = start_in_thread(sup)
+    try:
+        wait_until(lambda: sup.latest_stats.get("frames_acquired", 0) >= 16, what="the rings to fill")
+        time.sleep(1.0)
+        for proc in list(sup._procs.values()):
+            os.kill(proc.pid, signal.SIGTERM)
+    finally:
+        thread.join(120)
+    assert not thread.is_alive()
+    assert result["restarts"] == {}, "a stage took the group's SIGTERM for a stop"
+    assert 16 <= result["frames_acquired"] < 48 and result["frames_dropped"] == 0
+    frames = (tmp_path / RUN_ID / "Raw" / "frames.bin").stat().st_size // (256 * 256 * 2)
+    assert frames == result["frames_acquired"]  # every frame that entered was written
+
+
 def test_stages_split_by_tile_over_replicas(tmp_path, baseline):
     cfg = config(tmp_path, "stages.kernel.replicas=2", "stages.basecall.replicas=2", "stages.preprocess.replicas=2")
     summary = Supervisor(cfg, run_id=RUN_ID).run()
