@@ -121,6 +121,10 @@ class GenICamSection:
             raise _err(f"{key}.num_buffers", self.num_buffers, "1 to 1024")
         if not 0 < self.timeout_s <= 600:
             raise _err(f"{key}.timeout_s", self.timeout_s, "more than 0 and at most 600 seconds")
+        if not 0 <= self.exposure_us <= 1e8:
+            raise _err(f"{key}.exposure_us", self.exposure_us, "0 (the camera's) to 100000000 microseconds")
+        if not 0 <= self.frame_rate_hz <= 100_000:
+            raise _err(f"{key}.frame_rate_hz", self.frame_rate_hz, "0 (source.rate_hz, else the camera's) to 100000 frames/s")
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,8 @@ class SupervisorSection:
             raise _err(f"{key}.backoff_s", self.backoff_s, "0 to 60 seconds")
         if not 1 <= self.heartbeat_timeout_s <= 3600:
             raise _err(f"{key}.heartbeat_timeout_s", self.heartbeat_timeout_s, "1 to 3600 seconds")
+        if not 0 <= self.e2e_latency_p99_ms <= 3_600_000:
+            raise _err(f"{key}.e2e_latency_p99_ms", self.e2e_latency_p99_ms, "0 (no budget) to 3600000 ms")
         if self.strict and not self.sysconfig_profile:
             raise _err(f"{key}.strict", self.strict, "false unless supervisor.sysconfig_profile names a profile")
 

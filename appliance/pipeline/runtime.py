@@ -162,9 +162,13 @@ def _prepare_process(spec: StageSpec, stop: threading.Event) -> rt.ParentWatch:
         logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {spec.name}: %(message)s")
     _install_signals(stop)
     watch = rt.exit_when_parent_dies(spec.parent_pid or None)
-    if spec.cpus:
+    # Unplanned (cpu.pin = false, or too few CPUs): every CPU the cgroup allows, not the
+    # supervisor's own affinity, which a child inherits (systemd's CPUAffinity= puts the
+    # service on the housekeeping CPUs; its stages must not all crowd onto them).
+    cpus = spec.cpus or rt.allowed_cpus()
+    if cpus != rt.current_affinity():
         try:
-            rt.pin(spec.cpus)
+            rt.pin(cpus)
         except rt.PinError as exc:
             log.warning("not pinned: %s", exc)
     cfg = spec.config.cpu

@@ -164,6 +164,26 @@ def plan_cpus(
     return CpuPlan(hk, {n: assignments[n] for n in names}, tuple(warnings))
 
 
+def with_camera_geometry(config: RunConfig) -> RunConfig:
+    """``config`` with ``source.genicam.width``/``height`` filled in from the camera when they
+    are 0 (the camera's own size): the rings' slots must be sized for the real frames, or the
+    first frame of a camera larger than the synthetic tile would not fit. Opens the camera
+    briefly (the source opens it again); SupervisorError when it cannot."""
+    g = config.source.genicam
+    if config.source.kind != "genicam" or (g.width and g.height):
+        return config
+    from appliance.genicam import GenICamCamera, GenICamError
+
+    try:
+        with GenICamCamera(g.cti or None, g.serial or None, g.pixel_format, g.width or None, g.height or None) as cam:
+            info = cam.info()
+    except GenICamError as exc:
+        raise SupervisorError(f"camera: {exc}") from None
+    log.info("camera frames are %d x %d px (source.genicam.width/height = 0: the camera's size)", info.width, info.height)
+    genicam = dataclasses.replace(g, width=info.width, height=info.height)
+    return dataclasses.replace(config, source=dataclasses.replace(config.source, genicam=genicam))
+
+
 def payload_bytes(config: RunConfig) -> dict[str, int]:
     """Largest payload per edge: images for raw/corrected, a cluster bound for the rest."""
     side = config.source.synthetic.tile_size
@@ -209,10 +229,22 @@ def _check_budget(need: int, hugepages: str) -> None:
 
 
 def new_run_id(config: RunConfig, root: Path) -> str:
-    """Illumina-style run id: YYMMDD_INSTRUMENT_NNNN_FLOWCELL, NNNN counting runs in root."""
+    """Illumina-style run id: YYMMDD_INSTRUMENT_NNNN_FLOWCELL, NNNN one more than the highest
+    run number of this instrument under the data root or the state root.
+
+    The highest, not a count: once an old run folder is deleted (tiering, an operator), a
+    count would hand out the number of a run that still exists, and the new run would be
+    written into its folder as if resuming it.
+    """
+    import re
+
     day = _dt.datetime.now(_dt.timezone.utc).strftime("%y%m%d")
-    n = 1 + sum(1 for p in root.glob(f"*_{config.run.instrument_id}_*") if p.is_dir()) if root.exists() else 1
-    return f"{day}_{config.run.instrument_id}_{n:04d}_{config.run.flowcell}"
+    inst = config.run.instrument_id
+    pattern = re.compile(rf"^\d{{6}}_{re.escape(inst)}_(\d{{4,}})_")
+    state_root = Path(config.output.state_root) if config.output.state_root else root / ".state"
+    numbers = [int(m.group(1)) for d in (root, state_root) if d.is_dir() for p in d.iterdir()
+               if p.is_dir() and (m := pattern.match(p.name))]
+    return f"{day}_{inst}_{max(numbers, default=0) + 1:04d}_{config.run.flowcell}"
 
 
 class Supervisor:
@@ -398,6 +430,8 @@ class Supervisor:
                 admission_check(cfg)
             except StorageThrottled as exc:
                 raise SupervisorError(str(exc)) from exc
+        # Ring slots are sized from the frame geometry: a camera left at its own size (0) is asked.
+        self.config = cfg = with_camera_geometry(cfg)
         for name in rt.clean_dead_rings():
             log.warning("removed stale ring %s of a dead previous instance", name)
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -226,6 +226,21 @@ def test_genicam_camera_through_the_data_path(tmp_path):
     assert len(frames) == 24 and frames.max() <= 255 and frames.std() > 0
 
 
+def test_genicam_camera_at_its_own_size_gets_rings_that_fit(tmp_path):
+    """width/height left at 0 (the camera's size, larger than the synthetic tile): the
+    supervisor asks the camera and sizes the ring slots for its frames."""
+    import json
+
+    cfg = config(tmp_path, 'source.kind="genicam"', 'stages.kernel.algorithm="passthrough"',
+                 'source.genicam.pixel_format="Mono8"', "source.rate_hz=50", "run.cycles=3")
+    assert cfg.source.genicam.width == 0 and cfg.source.genicam.height == 0
+    summary = Supervisor(cfg, run_id=RUN_ID).run()
+    assert summary["restarts"] == {} and summary["frames_acquired"] == 24 and summary["frames_dropped"] == 0
+    g = json.loads((tmp_path / ".state" / RUN_ID / "config.json").read_text())["source"]["genicam"]
+    assert g["width"] * g["height"] > 256 * 256  # bigger than the tile the slots were sized from
+    assert (tmp_path / RUN_ID / "Raw" / "frames.bin").stat().st_size == 24 * g["width"] * g["height"] * 2
+
+
 def test_replay_of_recorded_frames_gives_the_same_base_calls(tmp_path, baseline):
     recorded = tmp_path / "recorded"
     Supervisor(config(recorded, "output.keep_raw_every=1"), run_id=RUN_ID).run()

@@ -41,3 +41,33 @@ def test_a_stage_process_is_pinned_to_its_planned_cpus(tmp_path):
     assert proc.exitcode == 0
     assert affinity == [cpu] and watch == "ParentWatch"
     assert sorted(os.sched_getaffinity(0)) != [cpu] or len(os.sched_getaffinity(0)) == 1  # the parent is untouched
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to tell a confined process apart")
+def test_an_unplanned_stage_spreads_over_every_allowed_cpu_not_the_supervisors(tmp_path):
+    """Under systemd's CPUAffinity= the supervisor sits on the housekeeping CPUs; a stage with
+    no planned CPUs (too few to pin) must not inherit that and crowd onto them."""
+    import rt
+
+    spec = StageSpec(
+        stage="kernel", replica=0, inputs=(), outputs=(), config=load_config(overrides=[f'output.root="{tmp_path}"']),
+        run_id="PIN", run_dir=tmp_path / "PIN", state_dir=tmp_path / ".state", cpus=None, parent_pid=os.getpid(),
+    )
+    ctx = mp.get_context("spawn")
+    ours, theirs = ctx.Pipe(duplex=False)
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})  # this thread, which starts the child: like CPUAffinity=0
+    try:
+        proc = ctx.Process(target=_prepared_affinity, args=(spec, theirs))
+        proc.start()
+    finally:
+        os.sched_setaffinity(0, before)
+    try:
+        theirs.close()
+        assert ours.poll(60), "the stage process did not report"
+        affinity, _ = ours.recv()
+    finally:
+        proc.join(30)
+        ours.close()
+    assert proc.exitcode == 0
+    assert affinity == sorted(rt.allowed_cpus()) and len(affinity) >= 2

@@ -101,3 +101,18 @@ def test_cpu_plan_warns_when_the_local_node_is_full(tmp_path):
     names = [f"kernel-{i}" for i in range(5)]
     plan = plan_cpus(topo, frozenset({0}), names, gpu_node=1)
     assert sum("remote node" in w for w in plan.warnings) == 1
+
+
+def test_new_run_id_never_reuses_the_number_of_an_existing_run(tmp_path):
+    from appliance.pipeline.supervisor import new_run_id
+
+    cfg = load_config(overrides=[f'output.root="{tmp_path}"'])
+    inst, fc = cfg.run.instrument_id, cfg.run.flowcell
+    assert new_run_id(cfg, tmp_path).split("_")[2] == "0001"
+    for n in (1, 2, 3):
+        (tmp_path / f"261101_{inst}_{n:04d}_{fc}").mkdir()
+    (tmp_path / f"261101_{inst}_0001_{fc}").rmdir()  # an old run tiered away: 2 folders left
+    assert new_run_id(cfg, tmp_path).split("_")[2] == "0004"  # not 0003, which exists
+    (tmp_path / ".state" / f"261102_{inst}_0007_{fc}").mkdir(parents=True)  # its folder gone, its state kept
+    (tmp_path / "Analysis").mkdir()
+    assert new_run_id(cfg, tmp_path).split("_")[2] == "0008"
