@@ -440,17 +440,21 @@ class Supervisor:
         from appliance.recorder import FlightRecorder
 
         self.recorder = FlightRecorder(self._recorder_dir, max_bytes=cfg.recorder.max_mb << 20, segment_bytes=min(8 << 20, cfg.recorder.max_mb << 18))
-        specs = self._plan()
+        try:
+            specs = self._plan()
+        except BaseException:
+            self.recorder.close()
+            raise
         self._specs = {s.name: s for s in specs}
         t0 = time.monotonic()
-        server = self._start_control() if cfg.control.enabled else None
-        exporter = None
-        if cfg.metrics.port:
-            from appliance.metrics import MetricsExporter
+        server = exporter = None
+        try:  # from here on, whatever fails is undone in the finally (recorder, sockets, rings)
+            server = self._start_control() if cfg.control.enabled else None
+            if cfg.metrics.port:
+                from appliance.metrics import MetricsExporter
 
-            exporter = MetricsExporter(lambda: (self.latest_stats, list(self.events)), cfg.metrics.port, cfg.metrics.address).start()
-            log.info("metrics on http://%s:%d/metrics", cfg.metrics.address, exporter.port)
-        try:
+                exporter = MetricsExporter(lambda: (self.latest_stats, list(self.events)), cfg.metrics.port, cfg.metrics.address).start()
+                log.info("metrics on http://%s:%d/metrics", cfg.metrics.address, exporter.port)
             self._create_rings()
             for spec in reversed(specs):  # consumers first, so the source finds them attached
                 self._spawn(spec)

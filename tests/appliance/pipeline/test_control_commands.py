@@ -127,3 +127,22 @@ def test_serve_with_an_unusable_control_plane_exits_1_naming_it(tmp_path, capsys
                "--set", 'control.tcp="tcp://127.0.0.1"', "--set", f'control.curve_dir="{tmp_path}"'])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("error: control plane: TCP endpoint") and "Traceback" not in err
+
+
+def test_a_run_that_fails_to_start_releases_its_control_plane(tmp_path):
+    """The metrics port is taken: the run fails before any stage starts, and its control
+    server is stopped (sockets and lock released), not left serving a dead run."""
+    import socket
+
+    from tests.runs import small_run_config
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cfg = small_run_config(tmp_path / "runs", f'control.socket_dir="{tmp_path / "sock"}"',
+                               f"metrics.port={busy.getsockname()[1]}", 'metrics.address="127.0.0.1"')
+        with pytest.raises(OSError):
+            Supervisor(cfg, run_id="FAILS").run()
+    assert not (tmp_path / "sock" / "control.sock").exists()
+    server = start_control_server(cfg.control, {})  # the directory's lock was released
+    server.stop()
