@@ -99,6 +99,7 @@ class Service:
                 cfg = load_config(self.config_path, [*self.overrides, *overrides])
             except ConfigError as exc:
                 raise CommandError("bad_config", str(exc)) from None
+            warnings = self._check_tuning(cfg)
             # the service owns the control sockets; the run publishes through them
             # (and its metrics exporter, when one is configured)
             cfg = dataclasses.replace(cfg, control=dataclasses.replace(cfg.control, enabled=False),
@@ -109,7 +110,26 @@ class Service:
             self.last_error = None
             self.thread = threading.Thread(target=self._run, args=(sup,), name=f"run-{sup.run_id}", daemon=True)
             self.thread.start()
-            return {"started": True, "run_id": sup.run_id, "output": str(sup.run_dir)}
+            started = {"started": True, "run_id": sup.run_id, "output": str(sup.run_dir)}
+            return {**started, "tuning_warnings": warnings} if warnings else started
+
+    @staticmethod
+    def _check_tuning(cfg) -> list[str]:
+        """``supervisor.sysconfig_profile``: check the host before each run, as ``appliance
+        run`` does; with ``supervisor.strict`` a drifted host refuses the run (``tuning_drift``)."""
+        from appliance.control import CommandError
+
+        profile = cfg.supervisor.sysconfig_profile
+        if not profile:
+            return []
+        from appliance.tuning import ProfileError, startup_check
+        from appliance.tuning.startup import TuningDriftError
+
+        try:
+            problems = startup_check(profile, strict=cfg.supervisor.strict)
+        except (TuningDriftError, ProfileError) as exc:
+            raise CommandError("tuning_drift" if isinstance(exc, TuningDriftError) else "bad_config", str(exc)) from None
+        return [str(p) for p in problems]  # startup_check logged each
 
     def _run(self, sup) -> None:
         from appliance.pipeline import SupervisorError

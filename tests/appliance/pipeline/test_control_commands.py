@@ -146,3 +146,21 @@ def test_a_run_that_fails_to_start_releases_its_control_plane(tmp_path):
     assert not (tmp_path / "sock" / "control.sock").exists()
     server = start_control_server(cfg.control, {})  # the directory's lock was released
     server.stop()
+
+
+def test_service_start_checks_the_host_against_the_sysconfig_profile(service):
+    """supervisor.sysconfig_profile / strict hold under `appliance serve` as under `appliance run`."""
+    from appliance.tuning import startup_check
+
+    _, client = service
+    err = _error(client, "start", set=['supervisor.sysconfig_profile="no-such-profile"'])
+    assert err.code == "bad_config" and "no-such-profile" in err.message
+    drift = startup_check("dev", strict=False)  # this host, as it is
+    strict = ['supervisor.sysconfig_profile="dev"', "supervisor.strict=true"]
+    if drift:
+        err = _error(client, "start", set=strict)
+        assert err.code == "tuning_drift" and drift[0][:40] in err.message
+        assert client.request("status")["state"] == "idle"  # refused: nothing started
+    else:  # a host tuned to the profile: the run starts (and is stopped at once)
+        assert client.request("start", set=strict)["started"]
+        client.request("stop")
