@@ -42,10 +42,15 @@ class SocketDirError(OSError):
 
 def default_socket_dir(environ: Mapping[str, str] | None = None, uid: int | None = None) -> Path:
     """The control socket directory for this user (the only reader of the environment for
-    the control plane): ``$XDG_RUNTIME_DIR/appliance``, ``/run/appliance`` for root, else
-    ``/tmp/appliance-<uid>``."""
+    the control plane): under systemd the unit's ``RuntimeDirectory=`` (``$RUNTIME_DIRECTORY``,
+    its first entry: ``/run/appliance`` for the shipped unit, which runs as a non-root user
+    with no ``XDG_RUNTIME_DIR``), else ``$XDG_RUNTIME_DIR/appliance``, ``/run/appliance`` for
+    root, else ``/tmp/appliance-<uid>``."""
     env = os.environ if environ is None else environ
     uid = os.getuid() if uid is None else uid
+    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0].strip()
+    if runtime:
+        return Path(runtime)
     xdg = env.get("XDG_RUNTIME_DIR", "").strip()
     if xdg:
         return Path(xdg) / "appliance"

@@ -17,6 +17,9 @@ def test_default_socket_dir():
     assert default_socket_dir({"XDG_RUNTIME_DIR": "/run/user/1000"}, uid=1000) == Path("/run/user/1000/appliance")
     assert default_socket_dir({}, uid=0) == Path("/run/appliance")
     assert default_socket_dir({"XDG_RUNTIME_DIR": " "}, uid=1234) == Path("/tmp/appliance-1234")
+    # the shipped unit: User=appliance, RuntimeDirectory=appliance, no XDG_RUNTIME_DIR
+    assert default_socket_dir({"RUNTIME_DIRECTORY": "/run/appliance"}, uid=998) == Path("/run/appliance")
+    assert default_socket_dir({"RUNTIME_DIRECTORY": "/run/a:/run/b", "XDG_RUNTIME_DIR": "/run/user/1"}, uid=1) == Path("/run/a")
 
 
 def test_endpoints(tmp_path):
