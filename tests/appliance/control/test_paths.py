@@ -76,26 +76,27 @@ def test_server_refuses_a_sticky_socket_dir(tmp_path):
     assert _mode(d) == 0o1777 and list(d.iterdir()) == []
 
 
+def _dir(path, mode: int, *files: str):
+    """A directory of ``mode`` holding empty ``files``."""
+    path.mkdir()
+    for name in files:
+        (path / name).write_text("")
+    os.chmod(path, mode)
+    return path
+
+
 def test_existing_directories_tightened_only_when_dedicated(tmp_path):
     created = prepare_socket_dir(tmp_path / "new")
     assert _mode(created) == 0o700
     # ours, not shared, empty or holding only the control plane's files: tightened to 0700
-    runtime = tmp_path / "runtime"
-    runtime.mkdir()
-    os.chmod(runtime, 0o750)  # systemd's RuntimeDirectoryMode=0750
+    runtime = _dir(tmp_path / "runtime", 0o750)  # systemd's RuntimeDirectoryMode=0750
     prepare_socket_dir(runtime)
     assert _mode(runtime) == 0o700
-    stale = tmp_path / "stale"
-    stale.mkdir()
-    (stale / "control.lock").write_text("")
-    os.chmod(stale, 0o755)
+    stale = _dir(tmp_path / "stale", 0o755, "control.lock")
     prepare_socket_dir(stale)
     assert _mode(stale) == 0o700
     # an ordinary directory of ours (a home, /opt) with other files: refused, not chmod-ed
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "notes.txt").write_text("")
-    os.chmod(home, 0o755)
+    home = _dir(tmp_path / "home", 0o755, "notes.txt")
     with pytest.raises(SocketDirError, match="notes.txt") as info:
         prepare_socket_dir(home)
     assert "chmod 0700" in str(info.value) and _mode(home) == 0o755

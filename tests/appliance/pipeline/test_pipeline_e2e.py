@@ -3,6 +3,7 @@ byte-identical output after SIGKILL of each stage, checksum quarantine, backpres
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -43,6 +44,24 @@ def digest(run_dir: Path) -> dict[str, str]:
         for p in sorted(run_dir.rglob("*"))
         if p.is_file()
     }
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``path`` (a disk to fill); skips where that is not
+    permitted, and is unmounted on the way out."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs as the data root")
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -100,15 +119,7 @@ def test_slow_writer_backpressures_without_loss(tmp_path):
 
 @pytest.mark.rt
 def test_full_disk_pauses_the_run_alerts_and_resumes(tmp_path):
-    import os
-    import subprocess
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs as the data root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount tmpfs here")
-    try:
+    with small_tmpfs(tmp_path / "disk", "8m") as disk:
         filler = disk / "filler"
         filler.write_bytes(b"\0" * (7 << 20))  # leaves ~1 MiB: less than the run writes
         cfg = config(disk, f'output.state_root="{tmp_path / "state"}"')
@@ -125,8 +136,6 @@ def test_full_disk_pauses_the_run_alerts_and_resumes(tmp_path):
         assert result["frames_dropped"] == 0 and result["incomplete_cycles"] == 0
         assert RunFolder(disk / RUN_ID).verify() == []
         assert result["accuracy"]["error_rate"] <= 0.01
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 @pytest.mark.rt
@@ -135,21 +144,13 @@ def test_full_disk_in_passthrough_pauses_longer_than_the_heartbeat_timeout_witho
     no short write leaving a hole), the stages held up by backpressure stay alive far past
     the heartbeat timeout, and once space is freed frames.bin is byte-identical to an
     undisturbed capture."""
-    import os
-    import subprocess
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs as the data root")
     # small rings: while the writer waits, every stage upstream blocks in emit (backpressure)
     extra = ('stages.kernel.algorithm="passthrough"', "run.cycles=6", "supervisor.heartbeat_timeout_s=2",
              *(f"edges.{e}.n_slots=4" for e in ("raw", "corrected", "intensities", "calls")))
     ref = Supervisor(config(tmp_path / "ref", *extra), run_id=RUN_ID).run()
     assert ref["frames_acquired"] == 48
     want = (tmp_path / "ref" / RUN_ID / "Raw" / "frames.bin").read_bytes()
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount tmpfs here")
-    try:
+    with small_tmpfs(tmp_path / "disk", "8m") as disk:
         filler = disk / "filler"
         filler.write_bytes(b"\0" * ((7 << 20) + 5000))  # ~1 MiB left (the capture is 6 MiB), ending mid-frame
         sup = Supervisor(config(disk, *extra, f'output.state_root="{tmp_path / "state"}"'), run_id=RUN_ID)
@@ -165,8 +166,6 @@ def test_full_disk_in_passthrough_pauses_longer_than_the_heartbeat_timeout_witho
         assert result["restarts"] == {}, "stages waiting on backpressure were taken for hung"
         assert result["frames_acquired"] == 48 and result["frames_dropped"] == 0
         assert (disk / RUN_ID / "Raw" / "frames.bin").read_bytes() == want
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_process_group_sigterm_under_backpressure_drains_without_restarts(tmp_path):

@@ -20,25 +20,42 @@ def _prepared_affinity(spec: StageSpec, conn) -> None:
     conn.close()
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to tell a pinned process apart")
-def test_a_stage_process_is_pinned_to_its_planned_cpus(tmp_path):
-    cpu = max(os.sched_getaffinity(0))
-    spec = StageSpec(
+def _spec(tmp_path, cpus) -> StageSpec:
+    return StageSpec(
         stage="kernel", replica=0, inputs=(), outputs=(), config=load_config(overrides=[f'output.root="{tmp_path}"']),
-        run_id="PIN", run_dir=tmp_path / "PIN", state_dir=tmp_path / ".state", cpus=frozenset({cpu}), parent_pid=os.getpid(),
+        run_id="PIN", run_dir=tmp_path / "PIN", state_dir=tmp_path / ".state", cpus=cpus, parent_pid=os.getpid(),
     )
+
+
+def _stage_affinity(spec: StageSpec, start_on: set[int] | None = None) -> tuple[list[int], str]:
+    """Start a real spawned process that prepares itself as stage ``spec`` and report its
+    affinity; ``start_on``: the CPUs of the thread that starts it (inherited, like systemd's
+    CPUAffinity=)."""
     ctx = mp.get_context("spawn")
     ours, theirs = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_prepared_affinity, args=(spec, theirs))
-    proc.start()
+    before = os.sched_getaffinity(0)
+    if start_on is not None:
+        os.sched_setaffinity(0, start_on)  # this thread only, restored at once
+    try:
+        proc = ctx.Process(target=_prepared_affinity, args=(spec, theirs))
+        proc.start()
+    finally:
+        os.sched_setaffinity(0, before)
     try:
         theirs.close()
         assert ours.poll(60), "the stage process did not report"
-        affinity, watch = ours.recv()
+        report = ours.recv()
     finally:
         proc.join(30)
         ours.close()
     assert proc.exitcode == 0
+    return report
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to tell a pinned process apart")
+def test_a_stage_process_is_pinned_to_its_planned_cpus(tmp_path):
+    cpu = max(os.sched_getaffinity(0))
+    affinity, watch = _stage_affinity(_spec(tmp_path, frozenset({cpu})))
     assert affinity == [cpu] and watch == "ParentWatch"
     assert sorted(os.sched_getaffinity(0)) != [cpu] or len(os.sched_getaffinity(0)) == 1  # the parent is untouched
 
@@ -49,25 +66,5 @@ def test_an_unplanned_stage_spreads_over_every_allowed_cpu_not_the_supervisors(t
     no planned CPUs (too few to pin) must not inherit that and crowd onto them."""
     import rt
 
-    spec = StageSpec(
-        stage="kernel", replica=0, inputs=(), outputs=(), config=load_config(overrides=[f'output.root="{tmp_path}"']),
-        run_id="PIN", run_dir=tmp_path / "PIN", state_dir=tmp_path / ".state", cpus=None, parent_pid=os.getpid(),
-    )
-    ctx = mp.get_context("spawn")
-    ours, theirs = ctx.Pipe(duplex=False)
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})  # this thread, which starts the child: like CPUAffinity=0
-    try:
-        proc = ctx.Process(target=_prepared_affinity, args=(spec, theirs))
-        proc.start()
-    finally:
-        os.sched_setaffinity(0, before)
-    try:
-        theirs.close()
-        assert ours.poll(60), "the stage process did not report"
-        affinity, _ = ours.recv()
-    finally:
-        proc.join(30)
-        ours.close()
-    assert proc.exitcode == 0
+    affinity, _ = _stage_affinity(_spec(tmp_path, None), start_on={min(os.sched_getaffinity(0))})
     assert affinity == sorted(rt.allowed_cpus()) and len(affinity) >= 2
