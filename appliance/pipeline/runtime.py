@@ -97,7 +97,10 @@ class Emitter:
         self.watch = watch
         self.on_wait = None
 
-    def _stopping(self) -> bool:
+    def stopping(self) -> bool:
+        """True when this stage must stop now. A stop while the supervisor lives (with a
+        ``watch``) is a SIGTERM to the whole process group (a terminal, `timeout`,
+        `kill -- -PGID`): it is cleared, and the supervisor drains the pipeline through the source."""
         if not self.stop.is_set():
             return False
         if self.watch is not None and self.watch.parent_alive():
@@ -117,7 +120,7 @@ class Emitter:
                 # the read counter): wait, staying visibly alive.
                 if self.on_wait is not None:
                     self.on_wait()
-                if self._stopping():
+                if self.stopping():
                     raise Stopping from None
         h = slot.header
         if source_header is not None:
@@ -230,7 +233,7 @@ def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFl
                 pass
             finished = True
         else:
-            finished = _consume(spec, handler, emitter, stop, stats, watch)
+            finished = _consume(spec, handler, emitter, stats)
         status = "finished" if finished else "stopped"
     except Stopping:
         status = "stopped"
@@ -241,7 +244,7 @@ def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFl
     log.info("%s: %d frames in, %d out", status, stats.frames_in, stats.frames_out)
 
 
-def _consume(spec: StageSpec, handler, emitter: Emitter, stop: threading.Event, stats: StageStats, watch: rt.ParentWatch) -> bool:
+def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats) -> bool:
     consumers = [rt.Consumer(name) for name in spec.inputs]
     handler.heartbeat = lambda: [c.heartbeat() for c in consumers]
     emitter.on_wait = handler.heartbeat
@@ -268,15 +271,9 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stop: threading.Event, 
     stats.budget_ms = spec.config.stages[spec.stage].budget_ms
     try:
         while active:
-            if stop.is_set():
-                if watch.parent_alive():
-                    # A SIGTERM to the whole process group (a terminal, `timeout`, `kill -- -PGID`):
-                    # the supervisor is alive and drains the pipeline through the source.
-                    stop.clear()
-                    log.info("SIGTERM while the supervisor lives: draining with the pipeline")
-                else:
-                    checkpoint()
-                    return False
+            if emitter.stopping():  # the supervisor died (a group SIGTERM is ignored there)
+                checkpoint()
+                return False
             got = False
             for i in list(active):
                 try:
