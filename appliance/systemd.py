@@ -37,6 +37,10 @@ _NOTIFY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 _FIELD_NAME = re.compile(r"[A-Z_][A-Z0-9_]*\Z")
 
 
+# How long READY=1 and STOPPING=1 are retried while the receiver's queue is full.
+_MUST_ARRIVE_S = 2.0
+
+
 class NotifyConfigError(ValueError):
     """A systemd environment variable holds a value the protocol does not allow."""
 
@@ -182,10 +186,16 @@ class Notifier:
         """True when running under systemd with a notify socket."""
         return self.address is not None
 
-    def notify(self, **fields: Any) -> bool:
+    def notify(self, *, retry_s: float = 0.0, **fields: Any) -> bool:
         """Send ``KEY=value`` fields in one datagram (systemd applies them together), e.g.
         ``notify(READY=1, STATUS="running")``. Keys are upper-case protocol names; values are
-        converted with ``str`` and must not contain a newline."""
+        converted with ``str`` and must not contain a newline.
+
+        The socket is non-blocking, so a receiver whose queue is full (a unix datagram queue
+        holds ``net.unix.max_dgram_qlen`` messages, 10 by default) makes the send fail at once
+        and the message is dropped. ``retry_s`` > 0 retries such a send for up to that many
+        seconds first: :meth:`ready` and :meth:`stopping` use it, as those two must not be lost,
+        while periodic ``STATUS``/``WATCHDOG`` pings are dropped rather than stall the loop."""
         if not fields:
             raise ValueError("notify() needs at least one field, e.g. notify(READY=1)")
         lines = []
@@ -198,11 +208,11 @@ class Notifier:
             lines.append(f"{key}={text}")
         if self.address is None:
             return False
-        return self._send("\n".join(lines).encode())
+        return self._send("\n".join(lines).encode(), retry_s=retry_s)
 
     def ready(self, status: str | None = None) -> bool:
         """``READY=1``: start-up finished; systemd considers the unit started."""
-        return self.notify(READY=1, **_status(status))
+        return self.notify(READY=1, retry_s=_MUST_ARRIVE_S, **_status(status))
 
     def status(self, text: str) -> bool:
         """``STATUS=text``: one line shown by ``systemctl status`` (newlines become spaces)."""
@@ -210,7 +220,7 @@ class Notifier:
 
     def stopping(self, status: str | None = None) -> bool:
         """``STOPPING=1``: the service began to shut down (drain)."""
-        return self.notify(STOPPING=1, **_status(status))
+        return self.notify(STOPPING=1, retry_s=_MUST_ARRIVE_S, **_status(status))
 
     def reloading(self, status: str | None = None) -> bool:
         """``RELOADING=1`` with ``MONOTONIC_USEC`` (as ``Type=notify-reload`` requires); send
@@ -268,20 +278,31 @@ class Notifier:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _send(self, data: bytes) -> bool:
-        with self._lock:
-            try:
-                if self._sock is None:
-                    # Non-blocking: a notify receiver that stops reading (a full datagram queue)
-                    # must never stall the supervisor's loop; the message is dropped instead.
-                    self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-                self._sock.sendto(data, self.address)
-            except OSError as exc:
-                if not self._warned:
-                    self._warned = True
-                    log.warning("systemd notify to %r failed: %s (further failures are not logged)", self.address, exc)
-                return False
-        return True
+    def _send(self, data: bytes, *, retry_s: float = 0.0) -> bool:
+        deadline = time.monotonic() + retry_s
+        while True:
+            with self._lock:
+                try:
+                    if self._sock is None:
+                        # Non-blocking: a notify receiver that stops reading (a full datagram
+                        # queue) must never stall the supervisor's loop; the message is dropped
+                        # instead, unless the caller asked for a bounded retry.
+                        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+                    self._sock.sendto(data, self.address)
+                    return True
+                except BlockingIOError as exc:
+                    if time.monotonic() < deadline:
+                        error: OSError | None = None
+                    else:
+                        error = exc
+                except OSError as exc:
+                    error = exc
+                if error is not None:
+                    if not self._warned:
+                        self._warned = True
+                        log.warning("systemd notify to %r failed: %s (further failures are not logged)", self.address, error)
+                    return False
+            time.sleep(0.01)  # the receiver's queue is full: give it a moment to read
 
     def __repr__(self) -> str:
         return (

@@ -294,6 +294,30 @@ def test_a_vanished_socket_is_logged_once_and_does_not_raise(tmp_path, caplog):
     assert len(warnings) == 1 and "gone.sock" in warnings[0].getMessage()
 
 
+def test_ready_and_stopping_wait_out_a_full_queue_while_status_is_dropped(path_receiver):
+    """A receiver that stops reading fills its datagram queue (net.unix.max_dgram_qlen). Status
+    pings are then dropped at once (they must never stall the loop), but READY=1 and STOPPING=1
+    are retried until the receiver reads again, within the notifier's bounded retry."""
+    import threading
+
+    with Notifier(path_receiver.address) as n:
+        sent = 0
+        while n.status(f"filler {sent}"):  # fill the queue until the kernel refuses
+            sent += 1
+            assert sent < 10_000, "the receiver's queue never filled"
+        assert not n.status("dropped at once")
+        fillers: list = []
+        # the receiver reads the fillers again, later (only them: STOPPING is checked below)
+        drain = threading.Timer(0.3, lambda: fillers.extend(path_receiver.recv() for _ in range(sent)))
+        drain.start()
+        try:
+            assert n.stopping("draining")
+        finally:
+            drain.join()
+        assert [m for _pid, m in fillers] == [f"STATUS=filler {i}" for i in range(sent)]
+        assert path_receiver.pending() == ["STOPPING=1\nSTATUS=draining"]
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

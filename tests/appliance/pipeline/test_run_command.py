@@ -15,7 +15,7 @@ from pathlib import Path
 
 from appliance.cli import main
 from appliance.runfolder import RunFolder
-from tests.procs import cli_process
+from tests.procs import NotifyListener, cli_process
 
 
 def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
@@ -56,39 +56,28 @@ def test_run_offloads_its_own_run_and_reports_the_alignment(tmp_path, capsys):
 
 
 def test_headless_run_notifies_systemd_and_drains_on_sigterm(tmp_path):
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock_path = tmp_path / "notify.sock"
-    notify.bind(str(sock_path))
-    notify.settimeout(120)
     env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="2000000")
     args = [
         sys.executable, "-m", "appliance", "run", "--headless", "--run-id", "HEADLESS",
         "--set", f'output.root="{tmp_path / "runs"}"', "--set", "source.synthetic.tile_size=256",
         "--set", "source.rate_hz=20", "--json", str(tmp_path / "summary.json"),
     ]
-    with cli_process(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        try:
-            messages = []
-            while not any("READY=1" in m for m in messages):
-                messages.append(notify.recv(4096).decode())
-            while sum("WATCHDOG=1" in m for m in messages) < 2:  # pinged at half WATCHDOG_USEC
-                messages.append(notify.recv(4096).decode())
-            lane = tmp_path / "runs" / "HEADLESS" / "Data" / "Intensities" / "L001"
-            deadline = time.monotonic() + 120
-            # Stop once both tiles have their clusters (after the template cycles), mid-run.
-            while not all((lane / f"s_1_{t}.locs").exists() for t in (1101, 1102)):
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
-            proc.send_signal(signal.SIGTERM)  # systemd's stop: only the main process gets it
-            out, err = proc.communicate(timeout=120)
-        finally:
-            notify.settimeout(0.5)
-            try:
-                while True:
-                    messages.append(notify.recv(4096).decode())
-            except (TimeoutError, BlockingIOError):
-                pass
-            notify.close()
+    # Read in a thread, as systemd does: a reader that pauses lets the 10-message datagram
+    # queue fill while the run goes on, and the notifier drops what does not fit.
+    with NotifyListener(str(sock_path)) as notify, \
+            cli_process(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        notify.wait_for(lambda ms: any("READY=1" in m for m in ms), timeout=120)
+        notify.wait_for(lambda ms: sum("WATCHDOG=1" in m for m in ms) >= 2, timeout=60)  # pinged at half WATCHDOG_USEC
+        lane = tmp_path / "runs" / "HEADLESS" / "Data" / "Intensities" / "L001"
+        deadline = time.monotonic() + 120
+        # Stop once both tiles have their clusters (after the template cycles), mid-run.
+        while not all((lane / f"s_1_{t}.locs").exists() for t in (1101, 1102)):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)  # systemd's stop: only the main process gets it
+        out, err = proc.communicate(timeout=120)
+        messages = notify.wait_for(lambda ms: any("STOPPING=1" in m for m in ms), timeout=10)
     assert proc.returncode == 0, err[-3000:]
     assert any("STOPPING=1" in m for m in messages)
     summary = json.loads((tmp_path / "summary.json").read_text())
