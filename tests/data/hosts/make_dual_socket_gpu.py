@@ -161,6 +161,8 @@ DEVICES = {  # bdf: (vendor, device, class, node)
     NIC1: ("0x15b3", "0x101d", "0x020000", 1),
     GPU: ("0x10de", "0x20f1", "0x030200", 1),
 }
+# PCIe links: the A100 and the ConnectX-6 Dx are Gen4 x16 cards, the NVMe SSD Gen4 x4.
+LINKS = {NVME: ("16.0", 4), NIC0: ("16.0", 16), NIC1: ("16.0", 16), GPU: ("16.0", 16)}
 for bdf, (vendor, device, cls, n) in DEVICES.items():
     put(f"{pci}/{bdf}/vendor", vendor + "\n")
     put(f"{pci}/{bdf}/device", device + "\n")
@@ -168,6 +170,12 @@ for bdf, (vendor, device, cls, n) in DEVICES.items():
     put(f"{pci}/{bdf}/numa_node", f"{n}\n")
     put(f"{pci}/{bdf}/local_cpulist", cpulist(NODES[n]) + "\n")
     put(f"{pci}/{bdf}/local_cpus", mask(NODES[n]) + "\n")
+    # PCIe link, as the kernel (>= 4.19) writes it: every device trained at its maximum.
+    speed, width = LINKS[bdf]
+    put(f"{pci}/{bdf}/current_link_speed", f"{speed} GT/s PCIe\n")
+    put(f"{pci}/{bdf}/max_link_speed", f"{speed} GT/s PCIe\n")
+    put(f"{pci}/{bdf}/current_link_width", f"{width}\n")
+    put(f"{pci}/{bdf}/max_link_width", f"{width}\n")
 for ifname, bdf in (("ens6f0np0", NIC0), ("ens6f1np1", NIC1)):
     put(
         f"sys/class/net/{ifname}/device/uevent",
