@@ -23,6 +23,7 @@ SUITES: dict[str, str] = {
     "ring": "ring",
     "e2e": "e2e",
     "kernels": "kernels",
+    "gpu": "gpu",
     "storage": "storage",
     "ledger": "ledger",
 }
