@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "storage": "storage",
     "jobs": "jobs",
     "algo": "algo",
+    "soak": "soak",
 }
 
 _EPILOG = """\
