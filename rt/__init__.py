@@ -45,9 +45,11 @@ from rt.frame import (
     stamp_trace,
 )
 from rt.ring import (
+    MAX_LINKS,
     POLICIES,
     WAIT_STRATEGIES,
     Consumer,
+    LinkStatistics,
     Observer,
     Producer,
     Ring,
@@ -135,5 +137,7 @@ __all__ = [
     "clean_dead_rings",
     "inspect",
     "is_stale",
+    "LinkStatistics",
+    "MAX_LINKS",
     "list_rings",
 ]

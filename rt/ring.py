@@ -12,12 +12,19 @@ Roles:
   ``statistics``. The ring outlives the processes that use it.
 * :class:`Producer`: ``reserve`` a slot, fill it in place, ``commit``.
 * :class:`Consumer`: ``acquire`` a slot view, use it, ``release``; ``acquire_many`` for batches.
+  A ring created with ``links=K`` carries an ordered chain of K consumers, as the LMAX
+  Disruptor's sequence barriers do: link k (``Consumer(name, link=k)``) reads only slots that
+  link k-1 released (link 0 reads what the producer committed), and the producer reuses a
+  slot only after the last link released it. So a frame is written once and read in place by
+  every link; a link that inspects or corrects a frame in place needs no ring of its own.
 * :class:`Observer`: a lossy reader of the latest committed frame that never writes to the
   ring, so it cannot slow the producer (a preview or a TUI tap).
 
 Crash semantics: a restarted consumer resumes at the shared read counter, so a frame it had
 acquired but not released is delivered again (downstream must be idempotent by frame
-identity). A restarted producer resumes at the write counter (a reserved, uncommitted slot
+identity). In a chain the same holds per link: each link's cursor lives in the control
+block, a restarted link resumes at it, and links downstream never see a slot that the link
+before them has not released. A restarted producer resumes at the write counter (a reserved, uncommitted slot
 is simply rewritten). A peer that died is reported as :class:`ProducerGone` or
 :class:`ConsumerGone` while waiting.
 """
@@ -60,6 +67,8 @@ from rt.frame import (
 )
 
 __all__ = [
+    "LinkStatistics",
+    "MAX_LINKS",
     "Ring",
     "Producer",
     "Consumer",
@@ -87,12 +96,27 @@ CONTROL_BYTES = 4096
 # is written by one side only (S = set once at creation).
 _MAGIC, _VERSION, _SLOT_STRIDE, _N_SLOTS, _CAPACITY, _POLICY, _WAIT = 0, 1, 2, 3, 4, 5, 6
 _DATA_OFFSET, _TOTAL, _CREATED_NS, _OWNER_PID, _OWNER_START, _PAGE, _INIT_DONE = 7, 8, 9, 10, 11, 12, 13
+_N_LINKS = 14  # consumers in the chain; 0 (a ring from before chains) reads as 1
 _WRITE = 16  # producer: committed frames (the publishing store)
 _READ = 32  # consumer: released frames
 # producer line
 _RESERVED, _DROPS, _FULL_WAITS, _PEAK, _P_PID, _P_START, _P_HEARTBEAT, _EOS, _P_WAITING = range(48, 57)
-# consumer line
+# consumer line (link 0 of a chain)
 _EMPTY_WAITS, _C_PID, _C_START, _C_HEARTBEAT, _C_WAITING = range(64, 69)
+# Links 1.. of a chain: two 128-byte lines each from word 80, the cursor alone on the first
+# (the word its downstream link and the producer poll), the link's own figures on the second.
+_LINK_BASE, _LINK_WORDS = 80, 32
+_L_EMPTY_WAITS, _L_PID, _L_START, _L_HEARTBEAT, _L_WAITING, _L_PEAK = range(16, 22)
+#: the longest chain a ring carries (the control block has room for this many links)
+MAX_LINKS = 8
+
+
+def _link_words(link: int) -> tuple[int, int, int, int, int, int, int]:
+    """(cursor, empty_waits, pid, start, heartbeat, waiting, peak) word indices of ``link``."""
+    if link == 0:
+        return _READ, _EMPTY_WAITS, _C_PID, _C_START, _C_HEARTBEAT, _C_WAITING, _PEAK
+    b = _LINK_BASE + (link - 1) * _LINK_WORDS
+    return (b, b + _L_EMPTY_WAITS, b + _L_PID, b + _L_START, b + _L_HEARTBEAT, b + _L_WAITING, b + _L_PEAK)
 
 _SPIN_CHECKS = 200  # re-checks before the first yield
 _YIELD_CHECKS = 50  # yields before sleeping / kernel wait
@@ -117,8 +141,26 @@ class RingGeometry:
 
 
 @dataclass(frozen=True)
+class LinkStatistics:
+    """One consumer of a chain: its cursor, its occupancy (slots its upstream released that
+    it has not), and its process."""
+
+    link: int
+    read: int
+    occupancy: int
+    peak_occupancy: int
+    empty_waits: int
+    pid: int
+    alive: bool
+    heartbeat_age_s: float | None
+
+
+@dataclass(frozen=True)
 class RingStatistics:
-    """A snapshot of the ring's control block (read without touching the data path)."""
+    """A snapshot of the ring's control block (read without touching the data path).
+
+    ``read`` and ``occupancy`` are the last link's (what the producer waits on); the
+    ``consumer_*`` fields are link 0's, and ``links`` has every link of a chain."""
 
     name: str
     policy: str
@@ -142,6 +184,11 @@ class RingStatistics:
     owner_pid: int
     owner_alive: bool
     page_size: int
+    links: tuple[LinkStatistics, ...] = ()
+
+    @property
+    def n_links(self) -> int:
+        return max(1, len(self.links))
 
     @property
     def occupancy_fraction(self) -> float:
@@ -255,6 +302,12 @@ class _Mapping:
             raise RingFormatError(f"ring {name!r}: segment is {len(mm)} bytes, its control block says {g.total_bytes}: corrupt or truncated")
         self.policy = POLICIES[ctl[_POLICY]]
         self.wait = WAIT_STRATEGIES[ctl[_WAIT]]
+        self.n_links = max(1, ctl[_N_LINKS])
+        if self.n_links > MAX_LINKS:
+            self.close()
+            raise RingFormatError(f"ring {name!r} claims {self.n_links} links (at most {MAX_LINKS}): corrupt control block")
+        #: the cursor the producer waits on: the last link's
+        self.last_read = _link_words(self.n_links - 1)[0]
         self.mask = g.n_slots - 1
         self.slots = [self._slot(i) for i in range(g.n_slots)]
         mm = segment.mmap
@@ -268,9 +321,14 @@ class _Mapping:
         self.stride_words = g.slot_stride // 8
         self.items_sem: posix_ipc.Semaphore | None = None
         self.space_sem: posix_ipc.Semaphore | None = None
+        #: per link, the doorbell its upstream rings (link 0's is ``items_sem``)
+        self.link_sems: list[posix_ipc.Semaphore | None] = [None] * self.n_links
         if self.wait == "kernel":
             self.items_sem = posix_ipc.Semaphore(_sem_name(name, "items"))
             self.space_sem = posix_ipc.Semaphore(_sem_name(name, "space"))
+            self.link_sems = [self.items_sem] + [
+                posix_ipc.Semaphore(_sem_name(name, f"items{k}")) for k in range(1, self.n_links)
+            ]
 
     def _slot(self, i: int) -> Slot:
         g = self.geometry
@@ -297,10 +355,26 @@ class _Mapping:
         for seq in range(first, first + count):
             words[base + (seq & mask) * stride] = seq
 
+    def link_statistics(self, now: int) -> tuple[LinkStatistics, ...]:
+        ctl = self.ctl
+        out = []
+        upstream = ctl[_WRITE]
+        for k in range(self.n_links):
+            cur, empty, pid, start, hb, _waiting, peak = _link_words(k)
+            read = ctl[cur]
+            occ = max(0, upstream - read)
+            out.append(LinkStatistics(
+                link=k, read=read, occupancy=occ, peak_occupancy=max(ctl[peak], occ), empty_waits=ctl[empty],
+                pid=ctl[pid], alive=process_alive(ctl[pid], ctl[start]),
+                heartbeat_age_s=(now - ctl[hb]) / 1e9 if ctl[hb] else None,
+            ))
+            upstream = read
+        return tuple(out)
+
     def statistics(self) -> RingStatistics:
         ctl = self.ctl
         now = time.monotonic_ns()
-        written, read = ctl[_WRITE], ctl[_READ]
+        written, read = ctl[_WRITE], ctl[self.last_read]
         p_pid, c_pid = ctl[_P_PID], ctl[_C_PID]
         p_hb, c_hb = ctl[_P_HEARTBEAT], ctl[_C_HEARTBEAT]
         return RingStatistics(
@@ -327,13 +401,16 @@ class _Mapping:
             owner_pid=ctl[_OWNER_PID],
             owner_alive=process_alive(ctl[_OWNER_PID], ctl[_OWNER_START]),
             page_size=self.geometry.page_size,
+            links=self.link_statistics(now),
         )
 
     def close(self) -> None:
-        for sem in (getattr(self, "items_sem", None), getattr(self, "space_sem", None)):
+        sems = [getattr(self, "items_sem", None), getattr(self, "space_sem", None), *getattr(self, "link_sems", [])[1:]]
+        for sem in sems:
             if sem is not None:
                 sem.close()
         self.items_sem = self.space_sem = None
+        self.link_sems = []
         # Drop our own views first so the mmap can really be unmapped.
         self.slots = []
         self.headers = self.payloads = None
@@ -395,13 +472,15 @@ class Ring:
         wait: WaitStrategy = "sleep",
         hugepages: str = "none",
         mode: int = 0o600,
+        links: int = 1,
     ) -> "Ring":
         """Create the ring ``name`` (exclusively) and return the owner's handle.
 
         ``payload_bytes`` is the largest payload a slot carries (the 256-byte header comes
         on top); ``n_slots`` is a power of two >= 2. Pages are allocated up front
         (``posix_fallocate``), so a ring that does not fit in /dev/shm or the hugepage pool
-        fails here with a clear error rather than with SIGBUS mid-run.
+        fails here with a clear error rather than with SIGBUS mid-run. ``links`` > 1 makes
+        the ring carry an ordered chain of that many consumers (see the module docstring).
         """
         check_platform()
         _validate_name(name)
@@ -413,6 +492,8 @@ class Ring:
             raise ValueError(f"policy={policy!r}: allowed values are {', '.join(POLICIES)}")
         if wait not in WAIT_STRATEGIES:
             raise ValueError(f"wait={wait!r}: allowed values are {', '.join(WAIT_STRATEGIES)}")
+        if not isinstance(links, int) or not 1 <= links <= MAX_LINKS:
+            raise ValueError(f"links={links!r}: a chain has 1 to {MAX_LINKS} consumers")
         slot_align = 4096 if payload_bytes >= 65536 else 64
         stride = _align(FRAME_HEADER_SIZE + payload_bytes, slot_align)
         data_offset = CONTROL_BYTES
@@ -448,13 +529,14 @@ class Ring:
             ctl[_OWNER_PID] = pid
             ctl[_OWNER_START] = start
             ctl[_PAGE] = backing.page_size
+            ctl[_N_LINKS] = links
             hdr = np.ndarray((n_slots,), FRAME_HEADER_DTYPE, buffer=segment.mmap, offset=data_offset, strides=(stride,))
             hdr["magic"] = FRAME_MAGIC
             hdr["version"] = FRAME_VERSION
             hdr["header_size"] = FRAME_HEADER_SIZE
             del hdr
             if wait == "kernel":
-                for which in ("items", "space"):
+                for which in ("items", "space", *(f"items{k}" for k in range(1, links))):
                     posix_ipc.Semaphore(_sem_name(name, which), posix_ipc.O_CREX, mode=mode, initial_value=0).close()
             ctl[_MAGIC] = RING_MAGIC
             ctl[_INIT_DONE] = 1
@@ -474,8 +556,13 @@ class Ring:
     def producer(self, **kwargs) -> "Producer":
         return Producer(self.name, **kwargs)
 
-    def consumer(self, **kwargs) -> "Consumer":
-        return Consumer(self.name, **kwargs)
+    def consumer(self, link: int = 0, **kwargs) -> "Consumer":
+        return Consumer(self.name, link=link, **kwargs)
+
+    @property
+    def n_links(self) -> int:
+        """Consumers in the ring's chain (1 for a plain SPSC ring)."""
+        return self._m.n_links
 
     def observer(self) -> "Observer":
         return Observer(self.name)
@@ -518,7 +605,7 @@ def _validate_name(name: str) -> None:
 
 def _unlink(name: str) -> bool:
     removed = _shm.unlink_segment(name)
-    for which in ("items", "space"):
+    for which in ("items", "space", *(f"items{k}" for k in range(1, MAX_LINKS))):
         try:
             posix_ipc.unlink_semaphore(_sem_name(name, which))
         except posix_ipc.ExistentialError:
@@ -689,7 +776,8 @@ class Producer(_End):
         self._written = ctl[_WRITE]  # resume at the write counter: uncommitted slots are rewritten
         ctl[_RESERVED] = self._written
         self._reserved = self._written
-        self._read_cache = ctl[_READ]
+        self._last = self._m.last_read  # slots are free once the chain's last link released them
+        self._read_cache = ctl[self._last]
         self._n = self._m.geometry.n_slots
         # Reservations not yet committed, as runs [count, dropped] in reservation order.
         self._runs: collections.deque[list] = collections.deque()
@@ -697,7 +785,7 @@ class Producer(_End):
         self._scratch: Slot | None = None
 
     def _space(self):
-        self._read_cache = r = self._m.ctl[_READ]
+        self._read_cache = r = self._m.ctl[self._last]
         return r if self._reserved - r < self._n else None
 
     def _discard_slot(self) -> Slot:
@@ -836,9 +924,12 @@ class Producer(_End):
 
     def _check_peer(self) -> None:
         ctl = self._m.ctl
-        pid = ctl[_C_PID]
-        if pid and not process_alive(pid, ctl[_C_START]):
-            raise ConsumerGone(f"ring {self._m.name!r}: consumer pid {pid} died with the ring full; restart it and it resumes at the read counter", pid)
+        for k in range(self._m.n_links):
+            _cur, _e, pid_w, start_w, *_ = _link_words(k)
+            pid = ctl[pid_w]
+            if pid and not process_alive(pid, ctl[start_w]):
+                who = "consumer" if self._m.n_links == 1 else f"consumer link {k}"
+                raise ConsumerGone(f"ring {self._m.name!r}: {who} pid {pid} died with the ring full; restart it and it resumes at its read counter", pid)
 
     def close(self, end_of_stream: bool = True) -> None:
         """Detach; by default mark end of stream first (idempotent). Uncommitted
@@ -861,31 +952,60 @@ class Consumer(_End):
     """The reading end. ``acquire()`` returns the next committed :class:`Slot` as a view;
     ``release()`` hands the oldest acquired slot back to the producer. A frame acquired but
     not released when this process dies is delivered again to the next consumer.
+
+    On a ring with a chain of consumers, ``link=k`` attaches as the chain's k-th consumer: it
+    acquires only slots that link k-1 released (link 0: that the producer committed), and its
+    releases hand the slots to link k+1, or back to the producer from the last link. Each link
+    is single-consumer, with its own cursor, pid and heartbeat in the control block.
     """
 
     _role = "consumer"
-    _PID, _START, _HEARTBEAT = _C_PID, _C_START, _C_HEARTBEAT
 
-    def __init__(self, name: str, **kwargs) -> None:
+    def __init__(self, name: str, *, link: int = 0, **kwargs) -> None:
+        if not isinstance(link, int) or not 0 <= link < MAX_LINKS:
+            raise ValueError(f"link={link!r}: a chain link is 0 to {MAX_LINKS - 1}")
+        (self._CUR, self._EMPTY, self._PID, self._START, self._HEARTBEAT, self._WAITING, self._PEAK_W) = _link_words(link)
+        self.link = link
         super().__init__(name, **kwargs)
-        ctl = self._m.ctl
-        self._released = ctl[_READ]  # resume at the read counter
+        m = self._m
+        if link >= m.n_links:
+            m.close()
+            raise ValueError(f"ring {name!r} has a chain of {m.n_links} consumer(s): link {link} does not exist (0 to {m.n_links - 1})")
+        ctl = m.ctl
+        if m.n_links > 1:
+            self._role = f"consumer link {link}"
+        # A dead upstream link interrupts a wait only at the timeout: the supervisor restarts it
+        # and it resumes at its cursor, so this link just keeps waiting (as a producer does for
+        # its consumer). A dead producer is reported at once, as on a plain ring.
+        self._watch_peer = link == 0
+        #: the cursor this link reads up to: the producer's write counter, or the upstream link's
+        self._UP = _WRITE if link == 0 else _link_words(link - 1)[0]
+        self._up_pid, self._up_start = (_P_PID, _P_START) if link == 0 else _link_words(link - 1)[2:4]
+        self._released = ctl[self._CUR]  # resume at this link's cursor
         self._acquired = self._released
-        self._write_cache = ctl[_WRITE]
-        self._peak = ctl[_PEAK]
-        self._mask = self._m.geometry.n_slots - 1
+        self._write_cache = ctl[self._UP]
+        self._peak = ctl[self._PEAK_W]
+        self._mask = m.geometry.n_slots - 1
+        self._sem = m.link_sems[link] if m.link_sems else None
+        last = link == m.n_links - 1
+        # What a release wakes: the producer (last link) or the next link's doorbell.
+        if last:
+            self._wake_sem, self._wake_flag = m.space_sem, _P_WAITING
+        else:
+            self._wake_sem, self._wake_flag = (m.link_sems[link + 1] if m.link_sems else None), _link_words(link + 1)[5]
 
     def _data(self):
         ctl = self._m.ctl
-        self._write_cache = w = ctl[_WRITE]
+        self._write_cache = w = ctl[self._UP]
         if w > self._acquired:
-            # Occupancy is exact here: a fresh write counter against our own read counter.
+            # Occupancy is exact here: a fresh upstream cursor against our own.
             occ = w - self._released
             if occ > self._peak:
-                self._peak = ctl[_PEAK] = occ
+                self._peak = ctl[self._PEAK_W] = occ
             return w
-        # End of stream is read before the counter is re-read (load-load order), so a frame
-        # committed just before close() is never missed.
+        # End of stream is read before the write counter is re-read (load-load order), so a
+        # frame committed just before close() is never missed. Every frame passes every link,
+        # so a link is done once it has acquired all the producer wrote.
         if ctl[_EOS] and ctl[_WRITE] <= self._acquired:
             raise EndOfStream(f"ring {self._m.name!r}: end of stream after {self._acquired} frames")
         return None
@@ -893,15 +1013,16 @@ class Consumer(_End):
     def _available(self, timeout: float | None) -> None:
         if self._acquired < self._write_cache or self._data() is not None:
             return
-        self._m.ctl[_EMPTY_WAITS] += 1
+        self._m.ctl[self._EMPTY] += 1
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._wait(self._data, deadline, self._m.items_sem, _C_WAITING)
+        self._wait(self._data, deadline, self._sem, self._WAITING)
 
     def acquire(self, timeout: float | None = None) -> Slot:
         """The next frame, waiting up to ``timeout`` seconds (None: forever).
 
         Raises EndOfStream when the producer closed and every frame was read, RingTimeout at
-        the timeout, ProducerGone when the producer died, RingClosed after ``close()``.
+        the timeout, ProducerGone when the producer (or, in a chain, the upstream link) died,
+        RingClosed after ``close()``.
         """
         if self._closed:
             self._check()
@@ -944,20 +1065,22 @@ class Consumer(_End):
         return self._m.batch(pos, n)
 
     def release(self, n: int = 1) -> None:
-        """Hand the ``n`` oldest acquired slots back to the producer."""
+        """Hand the ``n`` oldest acquired slots on: to the next link, or back to the producer."""
         if self._closed:
             self._check()
         new = self._released + n
         if new > self._acquired:
             raise RingError(f"release({n}) with only {self._acquired - self._released} acquired slots")
         ctl = self._m.ctl
-        # Our reads of these slots are complete before this store (x86-64 keeps load->store order).
-        ctl[_READ] = new
+        # Our reads (and in-place writes) of these slots are complete before this store: x86-64
+        # keeps load->store and store->store order (rt/_ordering.py), so the next link or the
+        # producer sees the slot as this link left it.
+        ctl[self._CUR] = new
         if (new ^ self._released) >> 6:  # heartbeat every 64 frames; waits refresh it too
-            ctl[_C_HEARTBEAT] = time.monotonic_ns()
+            ctl[self._HEARTBEAT] = time.monotonic_ns()
         self._released = new
-        if self._m.space_sem is not None and ctl[_P_WAITING]:
-            self._m.space_sem.release()
+        if self._wake_sem is not None and ctl[self._wake_flag]:
+            self._wake_sem.release()
 
     def _timed_out(self) -> None:
         self._check_peer()
@@ -965,11 +1088,13 @@ class Consumer(_End):
 
     def _check_peer(self) -> None:
         ctl = self._m.ctl
-        pid = ctl[_P_PID]
-        if pid and not process_alive(pid, ctl[_P_START]):
-            if ctl[_EOS]:
-                return
-            raise ProducerGone(f"ring {self._m.name!r}: producer pid {pid} died without end of stream; {self._acquired} frames read. Restart it and it resumes at the write counter", pid)
+        pid = ctl[self._up_pid]
+        if pid and not process_alive(pid, ctl[self._up_start]):
+            if self.link == 0:
+                if ctl[_EOS]:
+                    return
+                raise ProducerGone(f"ring {self._m.name!r}: producer pid {pid} died without end of stream; {self._acquired} frames read. Restart it and it resumes at the write counter", pid)
+            raise ProducerGone(f"ring {self._m.name!r}: upstream consumer link {self.link - 1} (pid {pid}) died; {self._acquired} frames read. Restart it and it resumes at its cursor", pid)
 
     def close(self) -> None:
         """Detach (idempotent). Acquired but unreleased frames stay in the ring for the next
@@ -977,8 +1102,8 @@ class Consumer(_End):
         if self._closed:
             return
         ctl = self._m.ctl
-        if ctl[_C_PID] == self._pid:
-            ctl[_C_PID] = 0
+        if ctl[self._PID] == self._pid:
+            ctl[self._PID] = 0
         self._closed = True
         self._m.close()
 
@@ -1068,8 +1193,9 @@ def inspect(name: str) -> RingStatistics:
 
 
 def is_stale(st: RingStatistics) -> bool:
-    """True when the ring's owner and both ends are dead (pid and start time checked)."""
-    return not (st.owner_alive or st.producer_alive or st.consumer_alive)
+    """True when the ring's owner and every end (each link of a chain) are dead (pid and
+    start time checked)."""
+    return not (st.owner_alive or st.producer_alive or st.consumer_alive or any(lk.alive for lk in st.links))
 
 
 def clean_dead_rings(force: tuple[str, ...] = (), dry_run: bool = False) -> list[str]:

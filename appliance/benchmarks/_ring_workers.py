@@ -233,3 +233,34 @@ def zmq_latency_consumer(addr, n, ready, results) -> None:
     results.put(("lat", lat[:got]))
     sock.close(linger=0)
     ctx.term()
+
+
+def ring_link(name, n, link, last, ready, results) -> None:
+    """Link ``link`` of a chained ring: read each frame in place (one byte) and release it;
+    the last link reports when it has seen all ``n``."""
+    import rt
+
+    with rt.Consumer(name, link=link) as c:
+        ready.set()
+        checksum = 0
+        for _ in range(n):
+            slot = c.acquire()
+            checksum += int(slot.data[0])
+            c.release()
+        t1 = time.monotonic_ns()
+    if last:
+        results.put(("end", t1))
+
+
+def ring_relay(src, dst, n, size, ready, results) -> None:
+    """What a chain replaces: a stage that copies each frame into a ring of its own."""
+    import rt
+
+    with rt.Consumer(src) as c, rt.Producer(dst) as p:
+        ready.set()
+        for _ in range(n):
+            slot = c.acquire()
+            out = p.reserve()
+            out.data[:size] = slot.data[:size]
+            p.commit()
+            c.release()

@@ -133,6 +133,68 @@ def _ring_throughput(ctx, size: int, n: int, batch: int, timeout: float, hugepag
     return (out["end"] - out["start"]) / 1e9
 
 
+def _run_all(ctx, starters, producer, pargs, timeout: float) -> dict:
+    """Start the consumer-side processes (each ``(target, args)`` gets ``ready`` and the
+    results queue), then the producer; wait for "start" and "end"."""
+    results = ctx.Queue()
+    procs = []
+    try:
+        for target, args in starters:
+            ready = ctx.Event()
+            proc = ctx.Process(target=target, args=(*args, ready, results), daemon=True)
+            proc.start()
+            procs.append(proc)
+            if not ready.wait(timeout):
+                raise RuntimeError(f"benchmark process {target.__name__} did not start")
+        ready_p, go = ctx.Event(), ctx.Event()
+        prod = ctx.Process(target=producer, args=(*pargs, ready_p, go, results), daemon=True)
+        prod.start()
+        procs.append(prod)
+        if not ready_p.wait(timeout):
+            raise RuntimeError(f"benchmark producer {producer.__name__} did not start")
+        go.set()
+        out = {}
+        for _ in range(2):
+            kind, value = results.get(timeout=timeout)
+            out[kind] = value
+        for p in procs:
+            p.join(timeout)
+            if p.exitcode != 0:
+                raise RuntimeError(f"benchmark process {p.name} exited with {p.exitcode}")
+        return out
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join(5)
+        results.close()
+        results.join_thread()
+
+
+def _chain_throughput(ctx, size: int, n: int, links: int, timeout: float, hugepages: str = "none") -> float:
+    """One ring with a chain of ``links`` consumers, each reading every frame in place."""
+    import rt
+
+    name = _ring_name()
+    with rt.Ring.create(name, payload_bytes=size, n_slots=ring_slots_for(size), wait="yield", hugepages=hugepages, links=links):
+        starters = [(w.ring_link, (name, n, k, k == links - 1)) for k in reversed(range(links))]
+        out = _run_all(ctx, starters, w.ring_producer, (name, size, n, 1), timeout)
+    return (out["end"] - out["start"]) / 1e9
+
+
+def _relay_throughput(ctx, size: int, n: int, timeout: float, hugepages: str = "none") -> float:
+    """What the chain replaces: producer -> ring -> a stage copying into its own ring -> consumer."""
+    import rt
+
+    a, b = _ring_name(), _ring_name()
+    slots = ring_slots_for(size)
+    with rt.Ring.create(a, payload_bytes=size, n_slots=slots, wait="yield", hugepages=hugepages), \
+            rt.Ring.create(b, payload_bytes=size, n_slots=slots, wait="yield", hugepages=hugepages):
+        starters = [(w.ring_consumer, (b, n, 1)), (w.ring_relay, (a, b, n, size))]
+        out = _run_all(ctx, starters, w.ring_producer, (a, size, n, 1), timeout)
+    return (out["end"] - out["start"]) / 1e9
+
+
 def _queue_throughput(ctx, size: int, n: int, timeout: float) -> float:
     q = ctx.Queue(maxsize=1000)
     try:
@@ -233,6 +295,10 @@ def run_benchmark(
         measured["ring"] = (n, _ring_throughput(ctx, size, n, 1, timeout, hugepages))
         if size <= 4096:
             measured[f"ring batch {_BATCH}"] = (n, _ring_throughput(ctx, size, n, _BATCH, timeout, hugepages))
+        if progress:
+            progress(f"{_label(size)}: ring chain of 2 links, and the two-ring relay it replaces")
+        measured["ring chain 2"] = (n, _chain_throughput(ctx, size, n, 2, timeout, hugepages))
+        measured["2 rings + copy"] = (n, _relay_throughput(ctx, size, n, timeout, hugepages))
         if progress:
             progress(f"{_label(size)}: multiprocessing.Queue")
         measured["mp.Queue"] = (n, _queue_throughput(ctx, size, n, timeout))

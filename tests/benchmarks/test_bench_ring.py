@@ -70,7 +70,7 @@ def test_bench_ring_harness_smoke(tmp_path, capsys):
     result = json.loads(out.read_text())
     transports = {(r["size"], r["transport"]) for r in result["throughput"]}
     for size in (64, 65536):
-        for t in ("ring", "mp.Queue", "memcpy", "memcpy hot"):
+        for t in ("ring", "ring chain 2", "2 rings + copy", "mp.Queue", "memcpy", "memcpy hot"):
             assert (size, t) in transports
         # zmq is a reference: a rare lost message is reported as a failure, not a hang
         assert (size, "zmq ipc") in transports or any(f"{size} B" in f for f in result["failures"])

@@ -63,3 +63,29 @@ def produce_lossy(name: str, n: int, queue) -> None:
                 dropped.append(i)
             p.commit()
     queue.put(dropped)
+
+
+#: where a chain link leaves its mark in a slot: past the longest payload, inside the slot
+MARK_AT = 4088
+
+
+def chain_consume(name: str, link: int, log_path: str, hang_at: int | None = None) -> None:
+    """Consumer ``link`` of a chain: verify the frame and every upstream link's in-place mark,
+    add its own mark, log '<id>\\n' and release. 'BAD <id>' when anything is off."""
+    with rt.Consumer(name, link=link) as c, open(log_path, "a", buffering=1) as log:
+        while True:
+            try:
+                slot = c.acquire(timeout=30)
+            except rt.EndOfStream:
+                return
+            fid = frame_id(slot)
+            ok = slot.verify() and np.array_equal(slot.payload, payload_for(fid))
+            marks = slot.data[MARK_AT:MARK_AT + 8]
+            ok = ok and all(int(marks[j]) == (fid + j) % 251 for j in range(link))
+            log.write(f"{fid}\n" if ok else f"BAD {fid}\n")
+            marks[link] = (fid + link) % 251  # in place: the next link must see it
+            if hang_at is not None and fid == hang_at:
+                log.flush()
+                os.fsync(log.fileno())
+                time.sleep(3600)  # holds the slot unreleased until SIGKILL
+            c.release()
