@@ -24,7 +24,7 @@ def job_summary(job: Job, now: float | None = None) -> dict:
         "attempts": job.attempts, "max_attempts": job.max_attempts,
         "age_s": round(now - job.created_at, 3), "error": job.error, "depends_on": job.depends_on,
         "algorithm": f"{job.algorithm}@{job.algorithm_version}" if job.algorithm else None,
-        "run": job.params.get("run"), "output_dir": job.output_dir,
+        "run": job.params.get("run"), "output_dir": job.output_dir, "instrument": job.instrument_id,
     }
 
 

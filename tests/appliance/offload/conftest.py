@@ -7,6 +7,7 @@ import time
 import pytest
 
 from appliance.offload import OffloadConfig
+from tests.pg import pg_dsn, pg_server  # noqa: F401  (fixtures: a private PostgreSQL server)
 
 PLUGIN = "tests.appliance.offload._jobs"
 

@@ -1,5 +1,7 @@
-"""The ledger on real SQLite files: idempotent submission, leases, retries, dead-letter,
-migrations, admission and several processes at once."""
+"""The ledger on both backends, a real SQLite file and a real PostgreSQL database (a private
+server, tests/pg.py): idempotent submission, leases, retries, dead-letter, migrations, admission
+and several processes at once. Every test takes ``target`` (or ``ledger``, opened on it) and runs
+once per backend."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 import pytest
 
 from appliance.offload import AdmissionRefused, Ledger, LedgerError, OffloadConfig, RetryPolicy, job_key
-from appliance.offload.ledger import MIGRATIONS, SCHEMA_VERSION, backoff_delay, run_inputs
+from appliance.offload.ledger import MIGRATIONS, PG_MIGRATIONS, SCHEMA_VERSION, backoff_delay, run_inputs
 
 
 class Clock:
@@ -31,16 +33,35 @@ def clock():
     return Clock()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path) -> str:
+    """Where a test's ledger lives: a fresh SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "l.sqlite")
+    return request.getfixturevalue("pg_dsn")
+
+
+def _pg(target: str):
+    import psycopg
+
+    return psycopg.connect(target, autocommit=True)
+
+
 @pytest.fixture
-def ledger(tmp_path, clock):
-    with Ledger(tmp_path / "l.sqlite", policy=lambda kind: FAST, clock=clock, rng=random.Random(1)) as led:
+def ledger(target, clock):
+    with Ledger(target, policy=lambda kind: FAST, clock=clock, rng=random.Random(1)) as led:
         yield led
 
 
-def test_file_is_wal_and_current_schema(ledger):
+def test_file_is_wal_and_current_schema(ledger, target):
     assert ledger.schema_version == SCHEMA_VERSION
-    with sqlite3.connect(ledger.path) as c:
-        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if ledger.backend == "sqlite":
+        with sqlite3.connect(ledger.path) as c:
+            assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    else:
+        assert ledger.backend == "postgresql" and target.startswith("postgresql://")
+        with _pg(target) as c:
+            assert c.execute("SELECT version FROM ledger_schema").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_submit_is_idempotent(ledger):
@@ -185,10 +206,10 @@ def test_stats_shape(ledger, clock):
     json.dumps(s)
 
 
-def test_admission_refuses_batch_past_depth_but_admits_realtime(tmp_path, clock):
+def test_admission_refuses_batch_past_depth_but_admits_realtime(target, clock):
     alerts = []
     cfg = OffloadConfig(depth_high=3, oldest_age_s=100.0)
-    with Ledger(tmp_path / "l.sqlite", config=cfg, clock=clock, on_alert=alerts.append) as led:
+    with Ledger(target, config=cfg, clock=clock, on_alert=alerts.append) as led:
         for i in range(3):
             led.submit("k", {"i": i}, priority="reprocess")
         with pytest.raises(AdmissionRefused, match="offload.depth_high = 3"):
@@ -204,9 +225,9 @@ def test_admission_refuses_batch_past_depth_but_admits_realtime(tmp_path, clock)
         assert [a["action"] for a in alerts] == ["raised", "cleared"]
 
 
-def test_admission_by_age_and_waiting_submission(tmp_path, clock):
+def test_admission_by_age_and_waiting_submission(target, clock):
     cfg = OffloadConfig(depth_high=100, oldest_age_s=60.0)
-    with Ledger(tmp_path / "l.sqlite", config=cfg, clock=clock) as led:
+    with Ledger(target, config=cfg, clock=clock) as led:
         old = led.submit("k", {"i": 0}, priority="batch").job
         clock.t += 61
         with pytest.raises(AdmissionRefused, match="offload.oldest_age_s"):
@@ -243,18 +264,39 @@ def test_backoff_is_full_jitter_and_capped():
     assert all(0 <= backoff_delay(1, 2.0, 100.0, rng) <= 2.0 for _ in range(100))
 
 
-def test_migration_upgrades_a_version_1_file(tmp_path):
-    path = tmp_path / "old.sqlite"
-    with sqlite3.connect(path) as c:
-        MIGRATIONS[0](c)
-        c.execute("PRAGMA user_version = 1")
-        c.execute("INSERT INTO jobs(key, kind, priority, params, state, attempts, max_attempts, next_attempt_at, created_at) "
-                  "VALUES ('k1', 'fastq', 'realtime', '{\"run\": \"R1\"}', 'held', 3, 3, 0, 5.0)")
-    c.close()
+_V1_JOB = ("INSERT INTO jobs(key, kind, priority, params, state, attempts, max_attempts, next_attempt_at, created_at) "
+           "VALUES ('k1', 'fastq', 'realtime', '{\"run\": \"R1\"}', 'held', 3, 3, 0, 5.0)")
+
+
+def _set_version(target: str, version: int, schema=None) -> None:
+    """Write a ledger at schema ``version`` by hand (the first migrations of ``schema``)."""
+    if not target.startswith("postgresql://"):
+        with sqlite3.connect(target) as c:
+            for m in (schema or ())[:version]:
+                m(c)
+            c.execute(f"PRAGMA user_version = {version}")
+            if schema:
+                c.execute(_V1_JOB)
+        c.close()
+        return
+    with _pg(target) as c:
+        for m in (schema or ())[:version]:
+            for stmt in m:
+                c.execute(stmt)
+        c.execute("CREATE TABLE ledger_schema (version INTEGER NOT NULL)")
+        c.execute("INSERT INTO ledger_schema VALUES (%s)", (version,))
+        if schema:
+            c.execute(_V1_JOB)
+
+
+def test_migration_upgrades_a_version_1_file(target):
+    path = target
+    _set_version(target, 1, PG_MIGRATIONS if target.startswith("postgresql://") else MIGRATIONS)
     with Ledger(path) as led:
         assert led.schema_version == SCHEMA_VERSION
         [job] = led.jobs()
         assert job.kind == "fastq" and job.params == {"run": "R1"} and job.algorithm is None and job.depends_on is None
+        assert job.instrument_id == ""
         assert [e["to_state"] for e in led.events(job.id)] == ["held"]
         led.requeue(job.id)
         assert led.get(job.id).state == "queued"
@@ -262,13 +304,14 @@ def test_migration_upgrades_a_version_1_file(tmp_path):
         assert len(led.jobs()) == 1
 
 
-def test_newer_or_corrupt_file_is_a_clear_error(tmp_path):
-    newer = tmp_path / "new.sqlite"
-    with sqlite3.connect(newer) as c:
-        c.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    c.close()
+def test_newer_or_corrupt_file_is_a_clear_error(tmp_path, target):
+    _set_version(target, SCHEMA_VERSION + 1)
     with pytest.raises(LedgerError, match="newer than this"):
-        Ledger(newer)
+        Ledger(target)
+    if target.startswith("postgresql://"):
+        with pytest.raises(LedgerError, match="cannot connect to the ledger database .*check offload.ledger"):
+            Ledger(target.replace("/t_", "/no_such_db_"))
+        return
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(LedgerError, match="not a readable SQLite database"):
@@ -290,8 +333,8 @@ def _hammer(path: str, owner: str, n: int) -> None:
             done += 1
 
 
-def test_several_processes_share_one_ledger(tmp_path):
-    path = str(tmp_path / "l.sqlite")
+def test_several_processes_share_one_ledger(target):
+    path = target
     Ledger(path).close()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_hammer, args=(path, f"p{i}", 40)) for i in range(2)]
@@ -317,10 +360,10 @@ def _submit_until_refused(path: str, owner: str, n: int, go) -> None:
                 pass
 
 
-def test_admission_is_exact_across_processes(tmp_path):
+def test_admission_is_exact_across_processes(target):
     """Three processes submit at once against depth_high = 10: the decision is taken inside
     the write transaction, so exactly 10 jobs get in, not 10 plus whoever raced past."""
-    path = str(tmp_path / "l.sqlite")
+    path = target
     Ledger(path).close()
     ctx = mp.get_context("spawn")
     go = ctx.Event()
@@ -335,10 +378,10 @@ def test_admission_is_exact_across_processes(tmp_path):
         assert len(led.jobs(limit=1000)) == 10
 
 
-def test_admission_rechecks_inside_the_write_transaction(tmp_path):
+def test_admission_rechecks_inside_the_write_transaction(target):
     """Deterministic form of the race above: another process's submission lands just before
     this one's insert; the decision, taken inside the insert's transaction, sees it."""
-    path = tmp_path / "l.sqlite"
+    path = target
     cfg = OffloadConfig(depth_high=10)
     raced = []
     calls = [0]
