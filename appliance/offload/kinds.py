@@ -32,6 +32,10 @@ class JobKind:
     backoff_cap_s: float = 300.0
     timeout_s: float = 3600.0  #: an attempt running longer is stopped and retried
     description: str = ""
+    cores: int = 1  #: what one attempt needs on a pool slot (placement: appliance.offload.scheduler.place)
+    memory_mb: int = 1024
+    gpu: bool = False  #: needs a GPU (placed only on a pool with gpus >= 1)
+    inputs: tuple[str, ...] = ("hot",)  #: data locations its inputs are read from: hot, warm, object (any one)
 
     def __post_init__(self) -> None:
         if self.priority not in CLASSES:
@@ -40,18 +44,29 @@ class JobKind:
             raise ValueError(f"job kind {self.name!r}: target {self.target!r} must be 'module:function'")
         if self.max_attempts < 1:
             raise ValueError(f"job kind {self.name!r}: max_attempts must be >= 1")
+        if self.cores < 0 or self.memory_mb < 0:
+            raise ValueError(f"job kind {self.name!r}: cores and memory_mb must be >= 0")
+        bad = [i for i in self.inputs if i not in ("hot", "warm", "object")]
+        if bad or not self.inputs:
+            raise ValueError(f"job kind {self.name!r}: inputs {self.inputs!r} must be a non-empty tuple of hot, warm, object")
+
+    def candidate(self, job_id: int, priority: str | None = None):
+        """This kind's needs as a scheduler :class:`~appliance.offload.scheduler.Candidate`."""
+        from appliance.offload.scheduler import Candidate
+
+        return Candidate(job_id, priority or self.priority, self.cores, self.memory_mb, self.gpu, self.inputs, self.timeout_s)
 
 
 #: The kinds the appliance ships (their functions live in appliance.analysis).
 BUILTIN_KINDS = (
     JobKind("cycle-qc", "appliance.analysis.cycle_qc:run_job", "realtime", 3, 1.0, 30.0, 600.0,
-            "per-cycle quality figures as a run's cycles complete"),
+            "per-cycle quality figures as a run's cycles complete", memory_mb=512),
     JobKind("fastq", "appliance.analysis.fastq:run_job", "realtime", 3, 5.0, 300.0, 3600.0,
-            "gzipped FASTQ per lane from a completed run folder"),
+            "gzipped FASTQ per lane from a completed run folder", memory_mb=1024),
     JobKind("align-qc", "appliance.analysis.align_qc:run_job", "batch", 3, 5.0, 300.0, 7200.0,
-            "align the FASTQ to the run's reference (minimap2): % aligned, per-cycle error rate"),
+            "align the FASTQ to the run's reference (minimap2): % aligned, per-cycle error rate", memory_mb=2048),
     JobKind("reprocess", "appliance.analysis.reprocess:run_job", "reprocess", 2, 30.0, 600.0, 14400.0,
-            "re-run the kernel chain on a run's raw frames with a named algorithm version"),
+            "re-run the kernel chain on a run's raw frames with a named algorithm version", memory_mb=4096),
     JobKind("compare", "appliance.analysis.compare:run_job", "reprocess", 2, 10.0, 300.0, 3600.0,
             "compare a candidate algorithm's output with production: promote or roll back"),
 )

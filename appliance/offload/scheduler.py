@@ -1,6 +1,12 @@
 """Which ready jobs to start now: a pure function of the ready jobs, the running counts and
 the free slots (state in, decisions out), so its guarantees are tested without processes.
 
+:func:`place` does the same across several compute pools (``[offload.pools]``): every started
+job goes to a pool that serves its class, can read its inputs, fits its cores/memory/GPU per
+slot and has a free slot whose worker has at least the kind's ``timeout_s`` of walltime left;
+among those the cheapest, then the least loaded. :func:`plan` is ``place`` over one pool that
+fits everything.
+
 Rules, in order:
 
 1. Concurrency limits: at most ``limits[c]`` jobs of class ``c`` run at once (all executors of
@@ -22,7 +28,8 @@ from typing import Mapping, Sequence
 
 from appliance.offload.config import CLASSES
 
-__all__ = ["Candidate", "Decision", "SchedulerPolicy", "SchedulerState", "plan", "dependency_action"]
+__all__ = ["Candidate", "Decision", "Placement", "PoolState", "SchedulerPolicy", "SchedulerState", "dependency_action",
+           "place", "plan", "unplaceable"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,11 @@ class Candidate:
 
     id: int
     priority: str
+    cores: int = 0  #: what the job's kind needs per attempt (0: not declared)
+    memory_mb: int = 0
+    gpu: bool = False
+    inputs: tuple[str, ...] = ("hot",)  #: data locations its inputs are on (any one will do)
+    timeout_s: float = 0.0  #: the kind's attempt limit: a worker must have this much walltime left
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,149 @@ def plan(ready: Sequence[Candidate], running: Mapping[str, int], free_slots: int
             elif queues[c]:
                 passed[c] += 1
     return Decision(tuple(start), SchedulerState(passed), tuple(reasons))
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """One compute pool as :func:`place` sees it (recorded from the executors each dispatch)."""
+
+    name: str
+    slots: int  #: live slots now (a Slurm pool's grow and shrink)
+    free_time_left: tuple[float, ...] = ()  #: per free slot: walltime its worker has left (inf: no walltime)
+    running: Mapping[str, int] = field(default_factory=dict)  #: attempts on this pool per class
+    classes: tuple[str, ...] = CLASSES
+    reads: tuple[str, ...] = ("hot", "warm", "object")
+    cores: int = 0  #: per slot, 0 = not declared (anything fits)
+    memory_mb: int = 0
+    gpus: int = 0
+    cost: float = 1.0
+    walltime_s: float = 0.0  #: the pool's worker walltime (0: none)
+
+
+@dataclass(frozen=True)
+class Placement:
+    start: tuple[tuple[int, str], ...]  #: (job id, pool) to lease and start, in order
+    state: SchedulerState
+    reasons: tuple[str, ...] = ()  #: per started job: "priority" or "share"
+    waiting: Mapping[int, str] = field(default_factory=dict)  #: job id -> why it was not started now
+
+
+def unplaceable(cand: Candidate, pool: PoolState) -> str | None:
+    """Why ``cand`` can never run on ``pool`` (None: it can, given a free slot)."""
+    if cand.priority not in pool.classes:
+        return f"pool {pool.name} does not serve class {cand.priority}"
+    if not set(cand.inputs) & set(pool.reads):
+        return (f"pool {pool.name} reads {', '.join(pool.reads)}; the job's inputs are only on "
+                f"{', '.join(cand.inputs)}")
+    if cand.gpu and pool.gpus < 1:
+        return f"pool {pool.name} has no GPU"
+    if pool.cores and cand.cores > pool.cores:
+        return f"the job needs {cand.cores} cores; pool {pool.name} has {pool.cores} per slot"
+    if pool.memory_mb and cand.memory_mb > pool.memory_mb:
+        return f"the job needs {cand.memory_mb} MB; pool {pool.name} has {pool.memory_mb} MB per slot"
+    if pool.walltime_s and cand.timeout_s > pool.walltime_s:
+        return (f"the job may run {cand.timeout_s:.0f} s (its kind's timeout_s) but pool {pool.name}'s workers "
+                f"live {pool.walltime_s:.0f} s (walltime_s)")
+    return None
+
+
+def _slot_now(cand: Candidate, pool: PoolState, free: list[float], run: dict[str, int],
+              policy: SchedulerPolicy) -> tuple[int | None, str]:
+    """The free slot (index into ``free``) to start ``cand`` on now, or None and why not."""
+    if not free:
+        return None, f"pool {pool.name}: no free slot"
+    if cand.priority != "realtime" and "realtime" in pool.classes and pool.slots > 1:
+        reserve = min(policy.reserved_realtime, pool.slots - 1)
+        non_rt = sum(run.values()) - run.get("realtime", 0)
+        if non_rt >= pool.slots - reserve:
+            return None, f"pool {pool.name}: its free slots are reserved for real-time jobs"
+    fitting = [i for i, left in enumerate(free) if left >= cand.timeout_s]
+    if not fitting:
+        return None, (f"pool {pool.name}: no free worker has {cand.timeout_s:.0f} s of walltime left "
+                      f"(most: {max(free):.0f} s); waiting for a new worker")
+    return min(fitting, key=lambda i: free[i]), ""
+
+
+def place(ready: Sequence[Candidate], running: Mapping[str, int], pools: Sequence[PoolState],
+          policy: SchedulerPolicy, state: SchedulerState | None = None) -> Placement:
+    """Pick the jobs to start now and the pool of each (the module's rules, across pools)."""
+    state = state or SchedulerState()
+    queues: dict[str, list[Candidate]] = {c: [] for c in CLASSES}
+    for cand in ready:
+        if cand.priority not in queues:
+            raise ValueError(f"job {cand.id}: unknown priority class {cand.priority!r}")
+        queues[cand.priority].append(cand)
+    run = {c: int(running.get(c, 0)) for c in CLASSES}
+    passed = {c: int(state.passed_over.get(c, 0)) for c in CLASSES}
+    free = {p.name: list(p.free_time_left)[:max(0, p.slots - sum(p.running.values()))] for p in pools}
+    prun = {p.name: {c: int(p.running.get(c, 0)) for c in CLASSES} for p in pools}
+    waiting: dict[int, str] = {}
+    # jobs no pool can ever take are left waiting with every pool's reason
+    for c in CLASSES:
+        keep = []
+        for cand in queues[c]:
+            why = [unplaceable(cand, p) for p in pools]
+            if pools and all(why):
+                waiting[cand.id] = "no pool can run it: " + "; ".join(why)  # type: ignore[arg-type]
+            elif not pools:
+                waiting[cand.id] = "no compute pool is configured"
+            else:
+                keep.append(cand)
+        queues[c] = keep
+    start: list[tuple[int, str]] = []
+    reasons: list[str] = []
+    while True:
+        options: dict[str, tuple[int, str, int]] = {}  # class -> (queue index, pool, slot index)
+        for c in CLASSES:
+            if not queues[c] or run[c] >= policy.limits.get(c, 0):
+                continue
+            for qi, cand in enumerate(queues[c]):
+                best = None
+                whys = []
+                for p in pools:
+                    if unplaceable(cand, p):
+                        continue
+                    slot, why = _slot_now(cand, p, free[p.name], prun[p.name], policy)
+                    if slot is None:
+                        whys.append(why)
+                        continue
+                    load = 1.0 - len(free[p.name]) / max(1, p.slots)
+                    key = (p.cost, load, p.name)
+                    if best is None or key < best[0]:
+                        best = (key, p.name, slot)
+                if best is not None:
+                    options[c] = (qi, best[1], best[2])
+                    break
+                waiting[cand.id] = "; ".join(whys)
+        if not options:
+            break
+        eligible = [c for c in CLASSES if c in options]
+        starving = [c for c in eligible if c != "realtime" and policy.starve_after(c) is not None
+                    and passed[c] >= policy.starve_after(c)]  # type: ignore[operator]
+        if starving:
+            chosen = max(starving, key=lambda c: (passed[c], -CLASSES.index(c)))
+            why = "share"
+        else:
+            chosen = eligible[0]
+            why = "priority"
+        qi, pool, slot = options[chosen]
+        cand = queues[chosen].pop(qi)
+        waiting.pop(cand.id, None)
+        free[pool].pop(slot)
+        prun[pool][chosen] += 1
+        start.append((cand.id, pool))
+        reasons.append(why)
+        run[chosen] += 1
+        for c in CLASSES:
+            if c == chosen:
+                passed[c] = 0
+            elif queues[c]:
+                passed[c] += 1
+    for c in CLASSES:  # what the limits held back
+        for cand in queues[c]:
+            waiting.setdefault(cand.id, f"class {c} is at its limit (offload.limits.{c} = {policy.limits.get(c, 0)})"
+                               if run[c] >= policy.limits.get(c, 0) else "no free slot on a pool that can run it")
+    return Placement(tuple(start), SchedulerState(passed), tuple(reasons), waiting)
 
 
 def dependency_action(dep_state: str | None) -> str:
