@@ -59,11 +59,13 @@ def test_disk_budget_and_heartbeat_rules():
 def test_every_rule_has_a_runbook_entry():
     """The run's rules, and the alerts the offload orchestrator and the storage tierer raise."""
     from appliance.offload.admission import ALERT_RULE
+    from appliance.offload.burst import ALERT_RULE as BURST_RULE
     from appliance.storage.manager import ALERTS
+    from appliance.transfer import ALERT_RULE as TRANSFER_RULE
 
     runbook = (Path(__file__).parents[2] / "docs" / "runbook.md").read_text()
     headings = set(re.findall(r"^## `([a-z0-9_]+)`", runbook, re.M))
-    every = {*RULES, ALERT_RULE, *ALERTS}
+    every = {*RULES, ALERT_RULE, BURST_RULE, TRANSFER_RULE, *ALERTS}
     assert every <= headings, every - headings
 
 
