@@ -18,10 +18,70 @@ from prometheus_client.exposition import start_http_server
 from appliance.config import EDGES
 from appliance.pipeline._histogram import LatencyHistogram
 
-__all__ = ["JobsCollector", "MetricsExporter", "StatsCollector", "StorageCollector", "LATENCY_BUCKETS_S"]
+__all__ = [
+    "BuildInfoCollector",
+    "JobsCollector",
+    "LATENCY_BUCKETS_S",
+    "MetricsExporter",
+    "RUN_STATES",
+    "STAGE_STATES",
+    "StatsCollector",
+    "StorageCollector",
+    "alerts_raised",
+    "run_state",
+    "stage_process_state",
+]
 
 #: histogram bucket bounds (seconds) of the exported latency histograms
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+#: the values of appliance_run_state's ``state`` label
+RUN_STATES = ("acquiring", "paused", "draining", "done")
+#: the values of appliance_stage_state's ``state`` label
+STAGE_STATES = ("running", "finished", "failed")
+
+
+def stage_process_state(st: dict) -> str:
+    """``running``, ``finished`` (exited 0: its work is done) or ``failed`` (gone otherwise)."""
+    if st.get("alive"):
+        return "running"
+    return "finished" if st.get("exitcode") == 0 else "failed"
+
+
+def run_state(sample: dict) -> str | None:
+    """The run's state for appliance_run_state: the supervisor's, except that a run whose
+    source has finished (every frame acquired) while the rest still works is ``draining``."""
+    state = sample.get("state")
+    if state in ("acquiring", "paused"):
+        stages = sample.get("stages") or {}
+        sources = [st for name, st in stages.items() if name.startswith("source")]
+        if sources and all(stage_process_state(st) == "finished" for st in sources):
+            return "draining"
+    return state
+
+
+def alerts_raised(events: list) -> dict[str, int]:
+    """How many times each alert (rule) was raised, from the run's events (a cleared alert
+    is not counted again)."""
+    counts: dict[str, int] = {}
+    for ev in events:
+        if ev.get("kind") in ("alert", "error") and ev.get("rule") and "cleared" not in ev:
+            counts[ev["rule"]] = counts.get(ev["rule"], 0) + 1
+    return counts
+
+
+class BuildInfoCollector:
+    """``appliance_build_info{version, python}`` = 1, the usual way to export a version."""
+
+    def collect(self):
+        import platform
+
+        from appliance._version import __version__
+
+        info = GaugeMetricFamily("appliance_build_info", "Always 1: the appliance's version and Python", labels=["version", "python"])
+        info.add_metric([__version__, platform.python_version()], 1)
+        yield info
 
 
 class StatsCollector:
@@ -55,24 +115,30 @@ class StatsCollector:
                 per_stage[dk] = per_stage.get(dk, 0) + r["drops"]
         for (stage, outcome), n in sorted(per_stage.items()):
             items.add_metric([stage, outcome], n)
-        up = GaugeMetricFamily("appliance_stage_up", "1 while the stage process runs", labels=["stage"])
+        up = GaugeMetricFamily("appliance_stage_up", "1 while the stage process runs or after it finished normally; 0 when it is gone otherwise (crashed, killed)", labels=["stage"])
+        stage_state = GaugeMetricFamily("appliance_stage_state", "1 for the stage process's state: running, finished (exit 0) or failed", labels=["stage", "state"])
         restarts = CounterMetricFamily("appliance_stage_restarts", "Restarts of the stage after a crash", labels=["stage"])
-        for stage, st in sorted(sample.get("stages", {}).items()):
-            up.add_metric([stage], 1 if st["alive"] else 0)
+        stages = sample.get("stages", {})
+        for stage, st in sorted(stages.items()):
+            now = stage_process_state(st)
+            up.add_metric([stage], 0 if now == "failed" else 1)
+            for s in STAGE_STATES:
+                stage_state.add_metric([stage, s], 1 if now == s else 0)
             restarts.add_metric([stage], st["restarts"])
         frames = CounterMetricFamily("appliance_frames_acquired", "Frames the camera delivered (kept or dropped)")
         frames.add_metric([], sample.get("frames_acquired", 0))
         planned = GaugeMetricFamily("appliance_frames_planned", "Frames the run plans to acquire")
         planned.add_metric([], sample.get("frames_planned", 0))
-        alerts = CounterMetricFamily("appliance_alerts", "Alerts and events raised", labels=["kind"])
-        kinds: dict[str, int] = {}
-        for ev in events:
-            kinds[ev["kind"]] = kinds.get(ev["kind"], 0) + 1
-        for kind, n in sorted(kinds.items()):
-            alerts.add_metric([kind], n)
+        alerts = CounterMetricFamily("appliance_alerts", "Alerts raised in this run, by alert (rule) name", labels=["alert"])
+        for name, n in sorted(alerts_raised(events).items()):
+            alerts.add_metric([name], n)
+        active = GaugeMetricFamily("appliance_alert_active", "1 while the alert is active; stage is its subject (a stage, ring, 'run' or 'data')", labels=["alert", "stage", "severity"])
+        for a in sorted(sample.get("alerts") or [], key=lambda a: (a.get("rule", ""), a.get("subject", ""))):
+            active.add_metric([a.get("rule", ""), str(a.get("subject", "")), a.get("severity", "")], 1)
         state = GaugeMetricFamily("appliance_run_state", "1 for the run's current state", labels=["state"])
-        for s in ("acquiring", "paused", "draining", "done"):
-            state.add_metric([s], 1 if sample.get("state") == s else 0)
+        current = run_state(sample)
+        for s in RUN_STATES:
+            state.add_metric([s], 1 if current == s else 0)
         stage_lat = HistogramMetricFamily("appliance_stage_latency_seconds", "Per frame: leaving the previous stage to done in this one (from the frames' trace timestamps)", labels=["stage"])
         e2e = HistogramMetricFamily("appliance_e2e_latency_seconds", "Per frame: acquisition to done at the writer")
         for stage, st in sorted(sample.get("stages", {}).items()):
@@ -80,7 +146,7 @@ class StatsCollector:
                 stage_lat.add_metric([stage], *self._buckets(st["stage_latency_hist"]))
             if stage.startswith("writer") and st.get("e2e_latency_hist"):
                 e2e.add_metric([], *self._buckets(st["e2e_latency_hist"]))
-        yield from (occ, cap, drops, written, items, up, restarts, frames, planned, alerts, state, stage_lat, e2e)
+        yield from (occ, cap, drops, written, items, up, stage_state, restarts, frames, planned, alerts, active, state, stage_lat, e2e)
 
     @staticmethod
     def _buckets(sparse: dict) -> tuple[list[tuple[str, int]], float]:
@@ -107,6 +173,9 @@ class StorageCollector:
             files.add_metric([tier], t["files"])
         free = GaugeMetricFamily("appliance_storage_hot_free_fraction", "Free fraction of the hot tier's file system")
         free.add_metric([], s.get("hot_free_fraction", 1.0))
+        marks = GaugeMetricFamily("appliance_storage_hot_watermark", "The policy's free-fraction watermarks of the hot tier (high: evict; critical: refuse new runs)", labels=["level"])
+        for level, value in sorted((s.get("watermarks") or {}).items()):
+            marks.add_metric([level], value)
         pending = GaugeMetricFamily("appliance_storage_pending_moves", "Copies, archives and deletes the policy wants and are not done yet")
         pending.add_metric([], s.get("pending_moves", 0))
         corrupt = GaugeMetricFamily("appliance_storage_corrupt_copies", "Copies marked corrupt and not yet repaired")
@@ -115,7 +184,7 @@ class StorageCollector:
         held.add_metric([], s.get("held_copies", 0))
         failures = CounterMetricFamily("appliance_storage_verification_failures", "Copies that failed a verify re-read (copy, scrub, verify)")
         failures.add_metric([], s.get("verification_failures", 0))
-        yield from (size, files, free, pending, corrupt, held, failures)
+        yield from (size, files, free, marks, pending, corrupt, held, failures)
 
 
 class JobsCollector:
@@ -146,8 +215,13 @@ class MetricsExporter:
     own registry, in a daemon thread. ``start()``/``stop()``; a context manager."""
 
     def __init__(self, snapshot: Callable[[], tuple[dict, list]], port: int, address: str = "127.0.0.1") -> None:
+        from prometheus_client import PlatformCollector, ProcessCollector
+
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatsCollector(snapshot))
+        self.registry.register(BuildInfoCollector())
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        PlatformCollector(registry=self.registry)  # python_info
         self.address = address
         self.port = port
         self._server = None

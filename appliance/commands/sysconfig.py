@@ -13,7 +13,10 @@ Tune this Linux host from a profile in sysconfig/profiles/ (instrument, hpc-node
 hugepages per NUMA node with hugetlbfs mounts, IRQ affinity, irqbalance banned CPUs, cpufreq
 governor and energy preference, sysctls, transparent hugepages and kernel command-line items.
 
-  plan      show every item's current and desired value; writes nothing
+  list      the profiles found, each with its description
+  plan      the profile's description, then every item's current and desired value
+            (IRQs of one device and alike items grouped; risky changes marked ! with
+            why); writes nothing
   apply     change what differs, journalling each old value first (idempotent)
   verify    exit 0 when the host matches, 1 on drift or a missing object,
             3 when only a reboot is pending (kernel command line configured, not running)
@@ -22,6 +25,7 @@ governor and energy preference, sysctls, transparent hugepages and kernel comman
             command line (grubby, BLS or /etc/default/grub; otherwise prints the line)
 
 examples:
+  appliance sysconfig list
   appliance sysconfig plan --profile instrument
   sudo appliance sysconfig apply --profile instrument
   appliance sysconfig verify --profile instrument --json
@@ -32,7 +36,7 @@ The same commands exist as scripts for provisioning: sysconfig/plan, sysconfig/a
 See docs/sysconfig.md.
 """
 
-ACTIONS = ("plan", "apply", "verify", "rollback", "persist")
+ACTIONS = ("list", "plan", "apply", "verify", "rollback", "persist")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--profile",
         metavar="NAME",
         help="profile name (sysconfig/profiles/NAME.toml) or path to a .toml file; "
-        "required except for rollback",
+        "required except for list and rollback",
     )
     parser.add_argument(
         "--root",
@@ -64,6 +68,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from appliance import tuning
 
+    if args.action == "list":
+        return _list(args)
     if args.action != "rollback" and not args.profile:
         names = ", ".join(tuning.list_profiles(args.profiles_dir)) or "none found"
         print(
@@ -101,3 +107,29 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(report.to_text())
     return code
+
+
+def _list(args: argparse.Namespace) -> int:
+    """``list``: every profile found with its description (as ``tuned-adm list``)."""
+    from appliance import tuning
+
+    dirs = args.profiles_dir or tuning.default_profile_dirs()
+    rows = []
+    for name in tuning.list_profiles(dirs):
+        try:
+            prof = tuning.load_profile(name, dirs)
+            rows.append({"name": name, "description": prof.description, "source": str(prof.sources[-1]) if prof.sources else ""})
+        except tuning.ProfileError as exc:
+            rows.append({"name": name, "description": "", "error": str(exc)})
+    if args.json:
+        sys.stdout.write(json.dumps({"profiles": rows, "dirs": [str(d) for d in dirs]}, indent=2) + "\n")
+        return 0
+    if not rows:
+        print(f"no profiles found in {', '.join(map(str, dirs))}: pass --profiles-dir DIR", file=sys.stderr)
+        return 1
+    width = max(len(r["name"]) for r in rows)
+    sys.stdout.write("available profiles:\n")
+    for r in rows:
+        text = r["description"] or ("(invalid: " + r["error"] + ")" if "error" in r else "(no description)")
+        sys.stdout.write(f"- {r['name'].ljust(width)}  {text}\n")
+    return 0

@@ -89,12 +89,21 @@ class Arg:
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-    """A handler with its help line and argument schema. ``args=None`` means the arguments are
-    not described and are passed to the handler unchecked."""
+    """A handler with its help line, argument schema and own error codes. ``args=None`` means
+    the arguments are not described and are passed to the handler unchecked. ``errors`` maps
+    each command-specific code the handler raises (:class:`CommandError`) to when it does;
+    ``help`` lists them (the server's own codes, ``bad_args`` and ``internal`` included, are
+    in ``help``'s ``error_codes``)."""
 
     handler: Callable[[dict[str, Any]], Any]
     help: str = ""
     args: tuple[Arg, ...] | None = ()
+    errors: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for code in self.errors:
+            if not _CODE_RE.match(code):
+                raise ValueError(f"error code {code!r} must be lower_snake_case (a-z, 0-9, _)")
 
     def validate(self, args: Mapping[str, Any]) -> None:
         """Raise CommandError('bad_args') naming the first problem with ``args``."""
@@ -119,6 +128,7 @@ class Command:
         return {
             "help": self.help,
             "args": None if self.args is None else {a.name: a.describe() for a in self.args},
+            "errors": dict(self.errors),
         }
 
 

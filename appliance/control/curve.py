@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import stat
 from pathlib import Path
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "SERVER_PUBLIC",
     "SERVER_SECRET",
     "authorize_client",
+    "check_secret_mode",
     "create_client_keys",
     "create_server_keys",
     "load_server_keys",
@@ -88,10 +90,28 @@ def authorize_client(curve_dir: Path, client_public: Path) -> Path:
     return dest
 
 
+def check_secret_mode(path: Path) -> None:
+    """Refuse a secret key file that its group or others can read or write (as ssh refuses a
+    private key that others can read): CurveKeyError naming the ``chmod`` that fixes it."""
+    path = Path(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return  # _load names the missing file
+    if mode & 0o077:
+        raise CurveKeyError(
+            f"CURVE secret key {path} has mode {mode:04o}: it must not be accessible by group or others "
+            f"(anyone who can read it can impersonate its owner): run chmod 600 {path}, and create a new key "
+            f"pair if others may already have read it"
+        )
+
+
 def load_server_keys(curve_dir: Path) -> tuple[bytes, bytes, Path]:
-    """``(public, secret, authorized_clients dir)`` of a server key directory."""
+    """``(public, secret, authorized_clients dir)`` of a server key directory; the secret key
+    file must be readable by its owner only (mode 0600 or 0400, :func:`check_secret_mode`)."""
     d = Path(curve_dir)
     public, secret = _load(d / SERVER_SECRET, need_secret=True)
+    check_secret_mode(d / SERVER_SECRET)
     authorized = d / AUTHORIZED_DIR
     if not authorized.is_dir():
         raise CurveKeyError(f"{authorized} does not exist: create it and put the public key (.key) of every client allowed to connect in it")
@@ -109,8 +129,10 @@ class CurveKeys:
 
     @classmethod
     def from_files(cls, client_secret_file: Path, server_public_file: Path) -> CurveKeys:
-        """Load ``<name>.key_secret`` (this client) and ``server.key`` (the server)."""
+        """Load ``<name>.key_secret`` (this client; owner-only mode, as the server's) and
+        ``server.key`` (the server)."""
         public, secret = _load(client_secret_file, need_secret=True)
+        check_secret_mode(client_secret_file)
         server_public, _ = _load(server_public_file, need_secret=False)
         assert secret is not None
         return cls(public, secret, server_public)

@@ -80,6 +80,7 @@ def prepare_socket_dir(socket_dir: Path) -> Path:
     tightened to 0700 only while it is empty or holds nothing but the control plane's own
     files; otherwise it is refused, so an ordinary directory (a home, /opt) is never chmod-ed."""
     d = Path(socket_dir).absolute()
+    ipc_endpoints(d)  # a socket path that is too long is refused before anything is created
     d.parent.mkdir(parents=True, exist_ok=True)
     try:
         d.mkdir(mode=0o700)
@@ -88,7 +89,7 @@ def prepare_socket_dir(socket_dir: Path) -> Path:
         created = False
     st = os.lstat(d)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise SocketDirError(f"socket directory {d} is not a plain directory: remove it or choose another with --socket-dir")
+        raise SocketDirError(f"socket directory {d} is not a plain directory: remove it or choose another (control.socket_dir)")
     if st.st_uid != os.getuid():
         raise SocketDirError(f"socket directory {d} is owned by uid {st.st_uid}, not by this user ({os.getuid()}): remove it or choose another")
     mode = stat.S_IMODE(st.st_mode)

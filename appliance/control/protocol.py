@@ -21,6 +21,7 @@ import msgpack
 
 __all__ = [
     "ERROR_CODES",
+    "MAX_NESTING",
     "MAX_REPLY_BYTES",
     "MAX_REQUEST_BYTES",
     "PROTOCOL_VERSION",
@@ -35,6 +36,7 @@ __all__ = [
     "encode_reply",
     "encode_request",
     "pack",
+    "read_id",
 ]
 
 #: The version this code speaks. A request with any other ``v`` gets a ``bad_version`` error.
@@ -118,13 +120,19 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True, timestamp=0)
 
 
+#: Containers (arrays and maps) may be nested this deep inside ``args``: ``{"a": [[...]]}``
+#: with 32 arrays is accepted, 33 is ``bad_request``.
+MAX_NESTING = 32
+
+
 def _check_plain(obj: Any, path: str, depth: int = 0) -> None:
     """Reject what msgpack can carry but a command argument must not: ext types (timestamps
-    included) and non-string map keys; nesting is capped at 32 levels."""
-    if depth > 32:
-        raise ProtocolError("bad_request", f"{path} is nested more than 32 levels deep")
+    included) and non-string map keys; containers inside ``args`` nest at most
+    :data:`MAX_NESTING` deep (``depth`` is the container depth of ``obj``; ``args`` is 0)."""
     if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
         return
+    if depth > MAX_NESTING and isinstance(obj, (list, dict)):
+        raise ProtocolError("bad_request", f"{path} is nested more than {MAX_NESTING} levels deep: flatten the argument")
     if isinstance(obj, list):
         for i, item in enumerate(obj):
             _check_plain(item, f"{path}[{i}]", depth + 1)
@@ -146,16 +154,17 @@ def encode_request(cmd: str, args: Mapping[str, Any] | None = None, *, req_id: s
 def decode_request(data: bytes) -> Request:
     """Decode and validate a request body; raise :class:`ProtocolError` naming the problem."""
     if len(data) > MAX_REQUEST_BYTES:
-        raise ProtocolError("too_large", f"request is {len(data)} bytes; the limit is {MAX_REQUEST_BYTES}: send fewer or smaller arguments")
+        raise ProtocolError("too_large", f"request is {len(data)} bytes; the limit is {MAX_REQUEST_BYTES}: send fewer or smaller arguments", read_id(data))
     try:
         msg = _unpack(data)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise ProtocolError("bad_request", f"request is not one msgpack value ({type(exc).__name__}: {exc}): encode the request map with msgpack") from None
+        raise ProtocolError("bad_request", f"request is not one msgpack value ({type(exc).__name__}: {exc or 'nested too deep'}): encode the request map with msgpack", read_id(data)) from None
     if not isinstance(msg, dict):
         raise ProtocolError("bad_request", f"request is a msgpack {type(msg).__name__}, not a map: send {{'v': {PROTOCOL_VERSION}, 'id': ..., 'cmd': ..., 'args': {{...}}}}")
     req_id = msg.get("id")
     if not (isinstance(req_id, str) and 0 < len(req_id) <= _ID_MAX):
-        raise ProtocolError("bad_request", f"'id' must be a non-empty string of at most {_ID_MAX} characters, got {_describe(req_id)}")
+        echo = req_id if isinstance(req_id, str) and req_id else None  # a readable id is echoed, even a too long one
+        raise ProtocolError("bad_request", f"'id' must be a non-empty string of at most {_ID_MAX} characters, got {_describe(req_id)}", echo)
     # The version right after the id: a request of another version is answered bad_version
     # whatever else it holds (its fields may be valid there), as docs/control-protocol.md promises.
     v = msg.get("v")
@@ -177,6 +186,29 @@ def decode_request(data: bytes) -> Request:
     except ProtocolError as exc:
         raise ProtocolError(exc.code, exc.message, req_id) from None
     return Request(req_id, cmd, args)
+
+
+def read_id(data: bytes) -> str | None:
+    """The request id of a body that does not decode as a whole (too large, invalid UTF-8 in
+    some other string, nested past msgpack's own limit), or None when none can be read: the
+    top-level map is walked key by key and every value but ``id`` skipped, so the id is found
+    whenever it is a UTF-8 string placed before the part that cannot be read."""
+    try:
+        u = msgpack.Unpacker(raw=True, strict_map_key=False, max_buffer_size=max(len(data), 1))
+        u.feed(data)
+        n = u.read_map_header()
+        for _ in range(n):
+            key = u.unpack()
+            if key in (b"id", "id"):
+                value = u.unpack()
+                if isinstance(value, bytes):
+                    text = value.decode("utf-8")
+                    return text or None
+                return None
+            u.skip()
+    except Exception:  # garbage: no id to echo
+        return None
+    return None
 
 
 def _describe(value: Any) -> str:

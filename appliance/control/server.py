@@ -45,6 +45,7 @@ from appliance.control.protocol import (
     encode_error,
     encode_pub,
     encode_reply,
+    read_id,
 )
 
 __all__ = ["ControlServer", "ControlServerError", "BUILTIN_COMMANDS", "THROTTLED_TOPICS"]
@@ -170,6 +171,7 @@ class ControlServer:
                 self._help,
                 "list the commands with their arguments, and the error codes",
                 (Arg("command", "str", help="describe only this command"),),
+                {"unknown_command": "'command' names no command of this server"},
             ),
             "control_status": Command(lambda a: self.counters(), "the control server's own counters: requests, errors, PUB messages sent, coalesced and dropped"),
         }
@@ -538,8 +540,13 @@ class ControlServer:
         elif len(frames) == 3 and frames[1] == b"":
             envelope, body = [ident, b""], frames[2]
         else:
-            n = len(frames) - 1
-            self._reply(router, [ident], encode_error(None, "bad_request", f"a request is one frame (from a DEALER) or an empty delimiter and one frame (from a REQ); got {n} frames"), "bad_request")
+            # A REQ client's message starts with the empty delimiter: the reply must carry it
+            # too, or REQ drops the reply and its socket stays stuck waiting for one.
+            envelope = [ident, b""] if frames[1] == b"" else [ident]
+            bodies = frames[len(envelope):]
+            rid = next((i for i in map(read_id, bodies) if i is not None), None)
+            shape = f"an empty delimiter and {len(bodies)} frames" if len(envelope) == 2 else f"{len(bodies)} frames"
+            self._reply(router, envelope, encode_error(rid, "bad_request", f"a request is one frame (from a DEALER) or an empty delimiter and one frame (from a REQ); got {shape}: send the whole request as one msgpack frame"), "bad_request")
             return
         try:
             req = decode_request(body)

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from appliance.tuning.bootloader import boot_config
-from appliance.tuning.cpulist import format_cpulist
+from appliance.tuning.cpulist import format_cpulist, parse_cpulist
 from appliance.tuning.host import Host
 from appliance.tuning.items import Context, ItemError, build_items
 from appliance.tuning.journal import Journal
 from appliance.tuning.profile import Profile, load_profile
+from appliance.tuning.risk import risk_of
 from appliance.tuning.runner import CommandError, Runner, SystemRunner
 
 __all__ = [
@@ -55,6 +57,60 @@ class PlanEntry:
     current: str | None
     desired: str
     reason: str = ""
+    #: why this setting is risky, in one line ("" when it is not): appliance.tuning.risk
+    risk: str = ""
+
+
+_NUMBERED = re.compile(r"(?P<head>[a-z]+:[a-z]*)(?P<n>\d+)(?P<tail>(?::.*)?)\Z")
+_IRQ_REASON = re.compile(r"(?P<name>[^@;]*)(?:@(?P<device>[^;]+))?; (?P<rule>.+)\Z")
+
+
+def _cpus(values: list[str | None]) -> str:
+    """The union of CPU lists, or the distinct values when they are not CPU lists."""
+    try:
+        cpus: set[int] = set()
+        for v in values:
+            cpus |= set(parse_cpulist(v or ""))
+        return format_cpulist(sorted(cpus))
+    except (ValueError, TypeError):
+        return ",".join(dict.fromkeys("-" if v is None else v for v in values))
+
+
+def _group(entries: tuple[PlanEntry, ...]) -> list[tuple[list[PlanEntry], str, str, str]]:
+    """Rows of the text plan: ``(entries, item, current -> desired, note)``. Many IRQs of one
+    device and pin rule become one row (``32 IRQs of pci:... (mlx5_comp*)``, as tuna shows
+    them), and numbered items with the same change (``cpufreq:policy0-63:...``) one row."""
+    groups: dict[tuple, list[PlanEntry]] = {}
+    for e in entries:
+        m = _NUMBERED.match(e.key)
+        irq = _IRQ_REASON.match(e.reason) if e.key.startswith("irq:") and m else None
+        if irq:
+            gk: tuple = ("irq", e.status, e.desired, irq["device"], irq["rule"], e.risk)
+        elif m and not e.key.startswith("irq:"):
+            gk = ("num", e.status, m["head"], m["tail"], e.current, e.desired, e.reason, e.risk)
+        else:
+            gk = ("one", e.key)
+        groups.setdefault(gk, []).append(e)
+    rows = []
+    for gk, es in groups.items():
+        e = es[0]
+        cur = "-" if e.current is None else e.current
+        if gk[0] == "one" or len(es) == 1:
+            rows.append((es, e.key, f"{cur} -> {e.desired}", e.reason))
+        elif gk[0] == "irq":
+            numbers = format_cpulist(sorted(int(x.key.split(":", 1)[1]) for x in es))
+            rule = gk[4].removeprefix("pin ")
+            what = f"{len(es)} IRQs of {gk[3]} ({rule})" if gk[3] else f"{len(es)} IRQs ({rule})"
+            names = [m["name"] for m in (_IRQ_REASON.match(x.reason) for x in es) if m]
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            note = f"irq {numbers}" + ("" if gk[3] else f": {shown}")
+            rows.append((es, what, f"CPU {_cpus([x.current for x in es])} -> CPU {e.desired}", note))
+        else:
+            m = _NUMBERED.match(e.key)
+            assert m is not None
+            numbers = format_cpulist(sorted(int(_NUMBERED.match(x.key)["n"]) for x in es))  # type: ignore[index]
+            rows.append((es, f"{m['head']}{numbers}{m['tail']}", f"{cur} -> {e.desired}", "; ".join(filter(None, (f"{len(es)} items", e.reason)))))
+    return rows
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -74,6 +130,7 @@ class Plan:
     cpusets: dict[str, str]
     boot_config: str | None
     entries: tuple[PlanEntry, ...]
+    description: str = ""
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -84,6 +141,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "profile": self.profile,
+            "description": self.description,
             "root": self.root,
             "cpusets": self.cpusets,
             "boot_config": self.boot_config,
@@ -92,16 +150,34 @@ class Plan:
         }
 
     def to_text(self) -> str:
+        """The plan for people: the profile's description, one row per item or group of
+        alike items (IRQs of one device, cpufreq policies), and each risky change marked
+        ``!`` with its why on the next line. ``to_dict`` keeps one entry per item."""
         lines = [f"profile {self.profile} on {self.root}"]
+        if self.description:
+            lines.append(f"  {self.description}")
         lines += [f"  cpu set {k} = {v}" for k, v in self.cpusets.items()]
         lines.append(f"  boot loader: {self.boot_config or 'none found'}")
-        rows = [["STATUS", "KIND", "ITEM", "CURRENT -> DESIRED  (note)"]]
-        for e in self.entries:
-            note = f"  ({e.reason})" if e.reason else ""
-            cur = "-" if e.current is None else e.current
-            rows.append([e.status, e.kind, e.key, f"{cur} -> {e.desired}{note}"])
+        rows = [[" ", "STATUS", "ITEM", "CURRENT -> DESIRED  (note)"]]
+        whys: dict[int, str] = {}
+        risky = 0
+        for es, item, change, note in _group(self.entries):
+            e = es[0]
+            flag = bool(e.risk) and e.status not in ("ok", "unsupported", "missing")
+            risky += len(es) if flag else 0
+            rows.append(["!" if flag else " ", e.status, item, change + (f"  ({note})" if note else "")])
+            if flag:
+                whys[len(rows) - 1] = e.risk
+        table = _table(rows).split("\n")
+        out = []
+        for i, line in enumerate(table):
+            out.append(line)
+            if i in whys:
+                out.append(f"    ! {whys[i]}")
         summary = ", ".join(f"{n} {s}" for s, n in self.counts().items())
-        return "\n".join(lines) + "\n" + _table(rows) + f"\n{summary}\n"
+        if risky:
+            summary += f"; {risky} risky (marked !)"
+        return "\n".join(lines) + "\n" + "\n".join(out) + f"\n{summary}\n"
 
 
 def resolve_profile(profile: str | Profile, profile_dirs: list[Path] | None = None) -> Profile:
@@ -119,11 +195,13 @@ def plan(
     for item in items:
         obs = item.observe(host)
         entries.append(
-            PlanEntry(item.key, item.kind, obs.status, obs.current, item.desired, obs.reason)
+            PlanEntry(item.key, item.kind, obs.status, obs.current, item.desired, obs.reason,
+                      risk_of(item.key, item.desired))
         )
     boot = boot_config(host)
     return Plan(
         profile=prof.name,
+        description=prof.description,
         root=str(root),
         cpusets={k: format_cpulist(v) for k, v in sets.items()},
         boot_config=None

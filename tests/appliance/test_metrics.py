@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import platform
 import threading
 import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from appliance._version import __version__
 from appliance.config import load_config
-from appliance.metrics import MetricsExporter
+from appliance.metrics import MetricsExporter, run_state
 from appliance.pipeline import Supervisor
 
 
@@ -36,10 +38,13 @@ def test_exporter_serves_a_sample_with_conventional_names():
         "state": "acquiring", "frames_acquired": 12, "frames_planned": 208,
         "rings": {"raw.0.0": {"occupancy": 3, "n_slots": 64, "written": 12, "read": 9, "drops": 1},
                   "corrected.0.0": {"occupancy": 1, "n_slots": 64, "written": 9, "read": 8, "drops": 0}},
-        "stages": {"source-0": {"alive": True, "restarts": 0}, "kernel-0": {"alive": False, "restarts": 2},
+        "stages": {"source-0": {"alive": True, "restarts": 0}, "kernel-0": {"alive": False, "exitcode": -9, "restarts": 2},
+                   "basecall-0": {"alive": False, "exitcode": 0, "restarts": 0},
                    "writer-0": {"alive": True, "restarts": 0, "stage_latency_hist": _hist([2e-3, 2e-3, 0.2]), "e2e_latency_hist": _hist([0.3, 3.0])}},
+        "alerts": [{"rule": "stage_over_budget", "subject": "kernel-0", "severity": "warning", "message": "m", "first_seen": 1.0}],
     }
-    events = [{"kind": "alert"}, {"kind": "alert"}, {"kind": "event"}]
+    events = [{"kind": "alert", "rule": "stage_over_budget"}, {"kind": "alert", "rule": "frames_dropped"}, {"kind": "alert", "rule": "frames_dropped"},
+              {"kind": "event", "rule": "frames_dropped", "cleared": 2.0}, {"kind": "event", "message": "paused"}]
     with MetricsExporter(lambda: (sample, events), port=0) as exp:
         m = _scrape(exp.port)
     assert m[("appliance_ring_occupancy", (("ring", "raw.0.0"),))] == 3
@@ -48,14 +53,34 @@ def test_exporter_serves_a_sample_with_conventional_names():
     assert m[("appliance_stage_items_total", (("outcome", "out"), ("stage", "preprocess-0")))] == 9
     assert m[("appliance_stage_items_total", (("outcome", "dropped"), ("stage", "source-0")))] == 1
     assert m[("appliance_stage_restarts_total", (("stage", "kernel-0"),))] == 2
-    assert m[("appliance_stage_up", (("stage", "kernel-0"),))] == 0
-    assert m[("appliance_alerts_total", (("kind", "alert"),))] == 2
+    assert m[("appliance_stage_up", (("stage", "kernel-0"),))] == 0  # killed
+    assert m[("appliance_stage_up", (("stage", "basecall-0"),))] == 1  # finished normally: not down
+    assert m[("appliance_stage_state", (("stage", "basecall-0"), ("state", "finished")))] == 1
+    assert m[("appliance_stage_state", (("stage", "kernel-0"), ("state", "failed")))] == 1
+    assert m[("appliance_stage_state", (("stage", "source-0"), ("state", "running")))] == 1
+    assert m[("appliance_alerts_total", (("alert", "frames_dropped"),))] == 2  # raised twice; the clear is not counted
+    assert m[("appliance_alerts_total", (("alert", "stage_over_budget"),))] == 1
+    assert m[("appliance_alert_active", (("alert", "stage_over_budget"), ("severity", "warning"), ("stage", "kernel-0")))] == 1
+    assert not [k for k in m if k[0] == "appliance_alert_active" and dict(k[1])["alert"] == "frames_dropped"]
     assert m[("appliance_run_state", (("state", "acquiring"),))] == 1
+    assert m[("appliance_build_info", (("python", platform.python_version()), ("version", __version__)))] == 1
+    assert m[("process_resident_memory_bytes", ())] > 0
+    assert m[("process_cpu_seconds_total", ())] >= 0
     assert m[("appliance_stage_latency_seconds_bucket", (("le", "0.0025"), ("stage", "writer-0")))] == 2
     assert m[("appliance_stage_latency_seconds_bucket", (("le", "+Inf"), ("stage", "writer-0")))] == 3
     assert m[("appliance_stage_latency_seconds_count", (("stage", "writer-0"),))] == 3
     assert m[("appliance_e2e_latency_seconds_bucket", (("le", "0.5"),))] == 1
     assert m[("appliance_e2e_latency_seconds_bucket", (("le", "5.0"),))] == 2
+
+
+def test_run_state_says_draining_once_the_source_finished():
+    stages = {"source-0": {"alive": False, "exitcode": 0}, "writer-0": {"alive": True}}
+    assert run_state({"state": "acquiring", "stages": stages}) == "draining"
+    assert run_state({"state": "draining", "stages": {}}) == "draining"
+    assert run_state({"state": "acquiring", "stages": {"source-0": {"alive": True}}}) == "acquiring"
+    crashed = {"source-0": {"alive": False, "exitcode": 1}}
+    assert run_state({"state": "acquiring", "stages": crashed}) == "acquiring"
+    assert run_state({"state": "done", "stages": stages}) == "done"
 
 
 def test_exporter_during_a_real_run(tmp_path):

@@ -40,7 +40,7 @@ def test_round_trip():
         ({"v": 1, "cmd": "ping"}, "bad_request", False),  # no id
         ({"v": 1, "id": "", "cmd": "ping"}, "bad_request", False),
         ({"v": 1, "id": 5, "cmd": "ping"}, "bad_request", False),
-        ({"v": 1, "id": "x" * 129, "cmd": "ping"}, "bad_request", False),
+        ({"v": 1, "id": "x" * 129, "cmd": "ping"}, "bad_request", "x" * 129),  # readable: echoed
         ({"v": 1, "id": "r", "cmd": "ping", "extra": 1}, "bad_request", True),
         ({"v": 2, "id": "r", "cmd": "ping"}, "bad_version", True),
         ({"v": 0, "id": "r", "cmd": "ping"}, "bad_version", True),
@@ -60,7 +60,7 @@ def test_invalid_requests_name_the_problem(obj, code, has_id):
     with pytest.raises(ProtocolError) as info:
         decode_request(_raw(obj))
     assert info.value.code == code
-    assert info.value.req_id == ("r" if has_id else None)
+    assert info.value.req_id == (has_id if isinstance(has_id, str) else "r" if has_id else None)
     assert len(info.value.message) > 20
 
 
@@ -76,6 +76,7 @@ def test_garbage_ext_types_and_size():
     with pytest.raises(ProtocolError) as info:
         decode_request(big)
     assert info.value.code == "too_large"
+    assert info.value.req_id == "r"  # the id is read from the oversized body and echoed
 
 
 def test_pub_frames():
@@ -111,4 +112,8 @@ def test_command_arg_validation():
 
         More text."""
 
-    assert as_command(documented).describe() == {"help": "Start a run.", "args": None}
+    assert as_command(documented).describe() == {"help": "Start a run.", "args": None, "errors": {}}
+    coded = Command(lambda a: a, "pause", (), {"not_running": "nothing to pause"})
+    assert coded.describe()["errors"] == {"not_running": "nothing to pause"}
+    with pytest.raises(ValueError, match="lower_snake_case"):
+        Command(lambda a: a, "x", (), {"NotRunning": "bad code"})

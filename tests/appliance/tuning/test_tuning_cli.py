@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,40 @@ def test_plan_json_and_verify_exit_codes(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["exit_code"] == 1 and result["drift"] and not result["missing"]
     assert {u["key"] for u in result["unsupported"]} >= {"cpufreq:scaling_governor", "irq:36"}
+
+
+def test_list_shows_each_profile_with_its_description(tmp_path, capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("instrument", "hpc-node", "dev"):
+        desc = verb_description(name)
+        assert desc and re.search(rf"^- {re.escape(name)} +{re.escape(desc)}$", out, re.M), out
+    assert main(["list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["profiles"]}
+    assert rows["instrument"]["description"] == verb_description("instrument")
+    mine = tmp_path / "profiles"
+    mine.mkdir()
+    (mine / "lab.toml").write_text('description = "a lab profile"\nextends = "dev"\n')
+    assert main(["list", "--profiles-dir", str(mine), "--profiles-dir", str(REPO / "sysconfig/profiles")]) == 0
+    assert re.search(r"^- lab +a lab profile$", capsys.readouterr().out, re.M)
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert main(["list", "--profiles-dir", str(empty)]) == 1
+    assert "no profiles found" in capsys.readouterr().err
+
+
+def test_plan_text_starts_with_the_description(tmp_path, capsys):
+    root = copy_host("vm-2core", tmp_path)
+    assert main(["plan", "--profile", "dev", "--root", str(root)]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == f"  {verb_description('dev')}"
+    assert main(["plan", "--profile", "dev", "--root", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["description"] == verb_description("dev")
+
+
+def verb_description(name: str) -> str:
+    import tomllib
+
+    return tomllib.loads((REPO / "sysconfig/profiles" / f"{name}.toml").read_text())["description"]
 
 
 def test_bad_profile_is_a_usage_error(tmp_path, capsys):
@@ -106,7 +141,7 @@ def test_module_runs_as_a_program(tmp_path):
         cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "reboot   cmdline:transparent_hugepage" in proc.stdout
+    assert re.search(r"^! +reboot +cmdline:transparent_hugepage ", proc.stdout, re.M)  # one status column, risk-flagged
 
 
 def test_apply_on_a_tree_never_runs_programs_on_the_live_machine(tmp_path, capsys):
