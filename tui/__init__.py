@@ -4,9 +4,9 @@
 plane) or a :class:`ReplaySource` (a past run's ``stats.jsonl``); see docs/tui.md.
 """
 
-from tui._model import JobsView, RunModel, StorageView
-from tui._source import CommandUnavailable, LiveSource, ReplaySource, Source, SourceError, Update, resolve_stats_file
-from tui.app import ApplianceApp, ConfirmScreen, HelpScreen
+from tui._model import JobsView, Notice, RunModel, RunNotices, StorageView, display_state, format_reply
+from tui._source import CommandUnavailable, LiveSource, ReplaySource, Source, SourceError, Update, parse_seek, resolve_stats_file
+from tui.app import ApplianceApp, ConfirmScreen, HelpScreen, NoticeList, NoticeScreen, SeekScreen, runbook_entry
 
 __all__ = [
     "ApplianceApp",
@@ -15,11 +15,20 @@ __all__ = [
     "HelpScreen",
     "JobsView",
     "LiveSource",
+    "Notice",
+    "NoticeList",
+    "NoticeScreen",
     "ReplaySource",
     "RunModel",
+    "RunNotices",
+    "SeekScreen",
     "Source",
     "SourceError",
     "StorageView",
     "Update",
+    "display_state",
+    "format_reply",
+    "parse_seek",
     "resolve_stats_file",
+    "runbook_entry",
 ]

@@ -16,6 +16,7 @@ n_slots, written, read, drops) and ``stages`` (``"<stage>-<r>"`` -> alive, resta
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ __all__ = [
     "EdgeView",
     "StageView",
     "Notice",
+    "RunNotices",
+    "display_state",
+    "format_reply",
     "ClassQueue",
     "JobFailure",
     "JobsView",
@@ -372,22 +376,64 @@ class StageView:
         return bool(self.p99_ms is not None and self.budget_ms and self.p99_ms > self.budget_ms)
 
 
+_SEQ = itertools.count(1)
+
+
 @dataclass(frozen=True)
 class Notice:
-    """One line of the alerts panel or the log tail."""
+    """One row of the alerts & events list or of the log: ``text`` is the whole message (the
+    list cuts it to its width; Enter opens it whole, with ``fields``: the message's other
+    keys, such as an alert's ``rule``, ``subject`` and ``severity``). ``seq`` orders every
+    notice the model ever made (the list keeps its selection by it)."""
 
     t: float
-    kind: str  # alert, error, event, stopping, command, ... (log: the level)
+    kind: str  # alert, error, event, stopping, command, connection, ... (log: the level)
     text: str
+    fields: dict = field(default_factory=dict, compare=False)
+    seq: int = field(default_factory=lambda: next(_SEQ), compare=False)
 
     @property
     def severe(self) -> bool:
         return self.kind.lower() in ("alert", "error", "critical", "warning")
 
+    @property
+    def rule(self) -> str | None:
+        """The alert rule (a docs/runbook.md section) this notice is about, if any."""
+        rule = self.fields.get("rule")
+        return None if rule is None else str(rule)
+
+
+@dataclass
+class RunNotices:
+    """The alerts & events and the log of one run (``run_id`` None: before any run)."""
+
+    run_id: str | None
+    alerts: deque = field(default_factory=lambda: deque(maxlen=200))
+    logs: deque = field(default_factory=lambda: deque(maxlen=200))
+    seen_active: set = field(default_factory=set)  # (rule, subject) of alerts already listed
+
+
+def display_state(state: str | None, *, frames_acquired: int, frames_planned: int | None,
+                  source_alive: bool, prerender: bool | None) -> str | None:
+    """The run state to show, from what the stats sample publishes: ``prerendering`` while a
+    synthetic source renders its frames before acquiring (state ``acquiring``, no frame yet,
+    the source up, ``source.prerender`` on or unknown), ``draining`` once every planned frame
+    is acquired and the run is not done yet (the supervisor says ``acquiring`` until the end),
+    else the supervisor's state."""
+    if state == "acquiring":
+        if frames_acquired == 0 and source_alive and prerender is not False:
+            return "prerendering"
+        if frames_planned is not None and frames_acquired >= frames_planned:
+            return "draining"
+    return state
+
 
 class RunModel:
     """The state the screen draws, updated by :meth:`update` with each stats sample and by
     :meth:`add_event` / :meth:`add_log` with each event, alert and log record."""
+
+    #: how many runs' alerts and logs are kept (the current one and the ones before it)
+    MAX_RUNS = 8
 
     def __init__(self, max_notices: int = 200) -> None:
         self.samples = 0
@@ -395,8 +441,9 @@ class RunModel:
         self.config: dict[str, Any] | None = None
         self.edges: dict[str, EdgeView] = {e: EdgeView(e) for e in EDGES}
         self.stages: dict[str, StageView] = {s: StageView(s) for s in STAGES}
-        self.alerts: deque[Notice] = deque(maxlen=max_notices)
-        self.logs: deque[Notice] = deque(maxlen=max_notices)
+        self.max_notices = max_notices
+        # every run's notices, oldest first; the last one is the current run's
+        self.runs: list[RunNotices] = [self._new_run(None)]
         self._window: deque[tuple[float, dict[str, int], int]] = deque()
         # the service's figures (not the run's: a reset keeps them), with when they arrived
         # (time.monotonic()) and why the latest body was refused, if it was
@@ -404,6 +451,48 @@ class RunModel:
         self.storage: StorageView | None = None
         self.received: dict[str, float] = {}
         self.malformed: dict[str, str] = {}
+
+    def _new_run(self, run_id: str | None) -> RunNotices:
+        return RunNotices(run_id, deque(maxlen=self.max_notices), deque(maxlen=self.max_notices))
+
+    @property
+    def current(self) -> RunNotices:
+        return self.runs[-1]
+
+    @property
+    def alerts(self) -> deque:
+        """The current run's alerts & events."""
+        return self.runs[-1].alerts
+
+    @property
+    def logs(self) -> deque:
+        """The current run's log records."""
+        return self.runs[-1].logs
+
+    def run_notices(self, run_id: str | None) -> RunNotices | None:
+        return next((r for r in self.runs if r.run_id == run_id), None)
+
+    def _enter_run(self, run_id: str | None) -> None:
+        """A sample of run ``run_id``: a run not seen before gets its own alerts and log (the
+        notices that came before its first sample, with no run, become its own); a run seen
+        before gets its notices back."""
+        cur = self.runs[-1]
+        if run_id is None or cur.run_id == run_id:
+            return
+        if cur.run_id is None:
+            cur.run_id = run_id
+            return
+        known = self.run_notices(run_id)
+        if known is not None:
+            self.runs.remove(known)
+            self.runs.append(known)
+        else:
+            self.runs.append(self._new_run(run_id))
+        del self.runs[: max(0, len(self.runs) - self.MAX_RUNS)]
+
+    def clear_run(self) -> None:
+        """Forget every run's notices (a replay starts over)."""
+        self.runs = [self._new_run(None)]
 
     # -- input ---------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -419,6 +508,7 @@ class RunModel:
         t = float(sample.get("t", time.time()))
         if self.last and (sample.get("run_id") != self.last.get("run_id") or t < float(self.last.get("t", 0.0))):
             self.reset()
+        self._enter_run(sample.get("run_id"))
         edges = {e: EdgeView(e, history=self.edges[e].history) for e in EDGES}
         for key, ring in (sample.get("rings") or {}).items():
             edge = str(key).split(".", 1)[0]
@@ -450,6 +540,27 @@ class RunModel:
         self._mark_finished()
         self.samples += 1
         self._rates(t)
+        self._list_active(t)
+
+    def _list_active(self, t: float) -> None:
+        """An alert active at this sample that the list lacks (the console attached after it
+        was raised) is added, dated when it was first seen: the title's ``(N active)`` never
+        stands above an empty list."""
+        cur = self.current
+        for a in self.active_alerts:
+            if not isinstance(a, dict):
+                continue
+            key = (a.get("rule"), a.get("subject"))
+            if key in cur.seen_active:
+                continue
+            cur.seen_active.add(key)
+            if any(n.fields.get("rule") == key[0] and n.fields.get("subject") == key[1] and n.kind == "alert" for n in cur.alerts):
+                continue
+            fields = {k: v for k, v in a.items() if k != "message"}
+            fields["listed"] = "active when the console attached"
+            at = a.get("first_seen")
+            stamp = float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else t
+            cur.alerts.append(Notice(stamp, "alert", str(a.get("message", "")), fields))
 
     def _mark_finished(self) -> None:
         """A stage with no replica alive has finished (rather than crashed) when acquisition is
@@ -498,7 +609,14 @@ class RunModel:
         kind = str(body.get("kind") or topic)
         if topic == "alert" and kind == "event":
             kind = "alert"
-        self.alerts.append(Notice(float(body.get("t") or time.time()), kind, str(body.get("message", body))))
+        fields = {k: v for k, v in body.items() if k not in ("t", "kind", "message")}
+        if kind == "alert" and fields.get("rule") is not None:
+            key = (fields.get("rule"), fields.get("subject"))
+            self.current.seen_active.add(key)
+            for n in list(self.alerts):  # listed from a sample first: the message itself replaces it
+                if n.fields.get("listed") and (n.fields.get("rule"), n.fields.get("subject")) == key:
+                    self.alerts.remove(n)
+        self.alerts.append(Notice(float(body.get("t") or time.time()), kind, str(body.get("message", body)), fields))
 
     def add_log(self, record: dict[str, Any]) -> None:
         """A ``log`` message body: a log record ``{"t", "level", "logger", "message", ...}``
@@ -512,7 +630,8 @@ class RunModel:
         msg = record.get("message", record.get("msg", ""))
         logger = str(record.get("logger", "")).removeprefix("appliance.")  # room on 80 columns
         text = f"{logger}: {msg}".lstrip(": ")
-        self.logs.append(Notice(t, level, text))
+        fields = {k: v for k, v in record.items() if k not in ("t", "ts", "level", "message", "msg") and v is not None}
+        self.logs.append(Notice(t, level, text, fields))
 
     def update_jobs(self, body: Any, now: float | None = None) -> None:
         """Take a ``jobs`` body; TypeError/ValueError (and :attr:`malformed` set) when it is
@@ -545,9 +664,10 @@ class RunModel:
         age = self.age(topic, now)
         return age is not None and age > STALE_S
 
-    def note(self, kind: str, text: str) -> None:
-        """A line of the TUI's own in the alerts panel (a command's result)."""
-        self.alerts.append(Notice(time.time(), kind, text))
+    def note(self, kind: str, text: str, t: float | None = None, **fields: Any) -> None:
+        """A line of the TUI's own in the alerts panel (a command's result, the connection
+        lost or regained)."""
+        self.alerts.append(Notice(time.time() if t is None else t, kind, text, fields))
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -556,7 +676,21 @@ class RunModel:
 
     @property
     def state(self) -> str | None:
+        """The supervisor's state (acquiring, paused, draining, done) at the latest sample."""
         return self.last.get("state")
+
+    @property
+    def shown_state(self) -> str | None:
+        """The state to show (:func:`display_state`): adds ``prerendering`` and ``draining``
+        (acquisition over, the pipeline still writing) to the supervisor's."""
+        src = self.stages.get("source")
+        prerender = None
+        if isinstance(self.config, dict):
+            source = self.config.get("source") or {}
+            if isinstance(source, dict) and "prerender" in source:
+                prerender = bool(source.get("prerender")) and source.get("kind") != "genicam"
+        return display_state(self.state, frames_acquired=self.frames_acquired, frames_planned=self.frames_planned,
+                             source_alive=bool(src and src.alive), prerender=prerender)
 
     @property
     def e2e_p99_ms(self) -> float | None:
@@ -623,3 +757,44 @@ class RunModel:
         if planned is None or not rate or rate <= 0:
             return None
         return (planned - self.frames_acquired) / rate
+
+
+def _plain(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_plain(x) for x in v) or "none"
+    if isinstance(v, dict):
+        return "; ".join(f"{k} {_plain(x)}" for k, x in v.items()) or "nothing"
+    return str(v)
+
+
+_REPLIES = {
+    ("pause", "paused", True): "acquisition paused",
+    ("resume", "paused", False): "acquisition resumed",
+    ("stop", "stopping", True): "draining: acquisition ends, frames in flight are written",
+}
+
+
+def format_reply(cmd: str, result: Any) -> str:
+    """A command's reply as a line for the operator: ``pause: acquisition paused``,
+    ``start: run 251125_SIM01_0002 started``; other maps as ``key value`` pairs (never a
+    Python dict)."""
+    if isinstance(result, dict):
+        parts = []
+        rest = dict(result)
+        for (c, key, value), text in _REPLIES.items():
+            if c == cmd and key in rest and rest[key] is value:
+                parts.append(text)
+                rest.pop(key)
+                break
+        run = rest.pop("run_id", None)
+        if run is not None:
+            parts.append(f"run {run}" + (" started" if cmd == "start" else ""))
+        parts += [f"{k.replace('_', ' ')} {_plain(v)}" for k, v in rest.items()]
+        return f"{cmd}: {', '.join(parts) or 'done'}"
+    if result is None or result is True:
+        return f"{cmd}: done"
+    return f"{cmd}: {_plain(result)}"

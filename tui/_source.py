@@ -27,6 +27,8 @@ __all__ = [
     "SourceError",
     "CommandUnavailable",
     "resolve_stats_file",
+    "format_offset",
+    "parse_seek",
 ]
 
 Emit = Callable[["Update"], None]
@@ -40,13 +42,15 @@ class Update:
     under ``appliance serve`` with offload on), ``storage`` (``body`` the storage manager's
     stats, likewise with storage on), ``config`` (``body`` the run config from ``status``),
     ``command`` (``text`` the outcome of a stop/pause/resume, ``ok``), ``reset`` (a replay
-    starts over: forget the run)."""
+    starts over: forget the run). A ``status`` of a lost connection carries ``retry_s``, the
+    seconds until the next try (the console counts them down)."""
 
     kind: str
     body: Any = None
     text: str = ""
     connected: bool = False
     ok: bool = True
+    retry_s: float | None = None
 
 
 class SourceError(Exception):
@@ -137,7 +141,7 @@ class LiveSource(Source):
                 reason = f"{type(exc).__name__}: {exc}"
             if stop.is_set():
                 break
-            emit(Update("status", text=f"disconnected ({reason}); retrying in {backoff:.1f} s", connected=False))
+            emit(Update("status", text=f"disconnected ({reason})", connected=False, retry_s=backoff))
             stop.wait(backoff)
             backoff = min(self.max_backoff_s, backoff * 2)
 
@@ -174,6 +178,43 @@ class LiveSource(Source):
         """Send ``cmd`` on a connection of its own (a client is not thread-safe)."""
         with self._client() as client:
             return client.request(cmd)
+
+
+def format_offset(seconds: float) -> str:
+    """A time into a replay: ``M:SS`` (``H:MM:SS`` from an hour)."""
+    s = max(0, int(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def parse_seek(text: str, start_t: float) -> float:
+    """The time a replay seek asks for: ``+SECONDS``, ``+M:SS`` or ``+H:MM:SS`` from the start,
+    or ``HH:MM[:SS]``, a local clock time on the run's day. Raise ValueError naming the forms."""
+    raw = text.strip()
+    forms = "give +SECONDS, +M:SS or +H:MM:SS from the start, or a clock time HH:MM[:SS]"
+    if not raw:
+        raise ValueError(f"no time given: {forms}")
+    rel = raw.startswith("+")
+    parts = raw.lstrip("+").split(":")
+    try:
+        nums = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a time: {forms}") from None
+    if len(nums) > 3 or any(n < 0 for n in nums):
+        raise ValueError(f"{raw!r} is not a time: {forms}")
+    if rel:
+        secs = 0.0
+        for n in nums:
+            secs = secs * 60 + n
+        return start_t + secs
+    if len(nums) < 2:
+        raise ValueError(f"{raw!r} is not a clock time: {forms}")
+    h, m, sec = (nums + [0.0])[:3]
+    if h >= 24 or m >= 60 or sec >= 60:
+        raise ValueError(f"{raw!r} is not a clock time: {forms}")
+    day = time.localtime(start_t)
+    midnight = time.mktime((day.tm_year, day.tm_mon, day.tm_mday, 0, 0, 0, 0, 0, -1))
+    t = midnight + h * 3600 + m * 60 + sec
+    return t + 86400 if t < start_t - 43200 else t  # a run past midnight
 
 
 _SEGMENT = re.compile(r"^flight-\d{8}\.jsonl$")
@@ -256,6 +297,11 @@ class ReplaySource(Source):
                 self._load_recorder(self.path.parent.parent / "recorder", stats=False)
         if not self.samples:
             raise SourceError(f"{self.path} holds no stats samples")
+        #: what is played, in time order: ("stats", sample) and ("event"/"alert", body)
+        self.timeline: list[tuple[str, dict]] = self._timeline()
+        self.cursor = 0  # timeline items played so far
+        self._seek: int | None = None
+        self._lock = threading.Lock()
 
     def _load_recorder(self, folder: Path, stats: bool = True) -> None:
         """Records ``{"topic", "t", "body"}`` of the flight recorder: its stats samples (when
@@ -280,26 +326,92 @@ class ReplaySource(Source):
     def describe(self) -> str:
         return str(self.path)
 
+    def _timeline(self) -> list[tuple[str, dict]]:
+        last_t = float(self.samples[-1]["t"]) + 1.0
+        return sorted([("stats", s) for s in self.samples] + [e for e in self.events if float(e[1]["t"]) <= last_t],
+                      key=lambda item: float(item[1]["t"]))
+
     def restart(self) -> None:
+        self.seek(0)
+
+    # -- seeking ---------------------------------------------------------------------------
+    @property
+    def start_t(self) -> float:
+        return float(self.timeline[0][1]["t"])
+
+    @property
+    def end_t(self) -> float:
+        return float(self.timeline[-1][1]["t"])
+
+    @property
+    def now_t(self) -> float:
+        """The time of the latest item played (the start before the first)."""
+        return float(self.timeline[max(0, self.cursor - 1)][1]["t"])
+
+    def seek(self, index: int) -> None:
+        """Play the timeline again up to item ``index`` at once (the screen shows the run as
+        it was then), then go on at the current speed (held if held)."""
+        with self._lock:
+            self._seek = max(0, min(len(self.timeline), int(index)))
         self._restart.set()
+
+    def seek_time(self, t: float) -> float:
+        """Seek to the first item at or after time ``t`` (epoch seconds, clamped to the run);
+        return the time sought to."""
+        t = min(max(t, self.start_t), self.end_t)
+        index = next((i for i, (_, b) in enumerate(self.timeline) if float(b["t"]) >= t), len(self.timeline) - 1)
+        self.seek(index + 1)
+        return float(self.timeline[index][1]["t"])
+
+    def _event_indexes(self) -> list[int]:
+        return [i for i, (topic, _) in enumerate(self.timeline) if topic != "stats"]
+
+    def seek_event(self, step: int) -> dict | None:
+        """Seek just past the next (``step`` 1) or the previous (``step`` -1) event or alert
+        from where the playback is; return its body (None: there is no such event, nothing
+        changes)."""
+        here = self.cursor - 1  # the item last played
+        events = self._event_indexes()
+        if step > 0:
+            target = next((i for i in events if i > here), None)
+        else:
+            target = next((i for i in reversed(events) if i < here), None)
+        if target is None:
+            return None
+        self.seek(target + 1)
+        return self.timeline[target][1]
 
     def _status(self, emit: Emit, done: bool = False) -> None:
         state = "finished" if done else ("paused" if self.paused else f"x{self.speed:g}" if self.speed else "max speed")
-        emit(Update("status", text=f"replay {self.path.name} sample {self.position}/{len(self.samples)} ({state})", connected=True))
+        at = format_offset(self.now_t - self.start_t)
+        span = f"{at}/{format_offset(self.end_t - self.start_t)}"
+        emit(Update("status", text=f"replay {self.path.name} sample {self.position}/{len(self.samples)} at {span} ({state})", connected=True))
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         while not stop.is_set():
             self._restart.clear()
+            with self._lock:
+                upto, self._seek = (self._seek or 0), None
             self.position = 0
+            self.cursor = 0
+            self.timeline = self._timeline()  # the samples as they are now
             emit(Update("reset"))
+            if not upto:
+                self._status(emit)
             prev_t = None
-            last_t = float(self.samples[-1]["t"]) + 1.0 if self.samples else 0.0
-            timeline = sorted(
-                [("stats", s) for s in self.samples] + [e for e in self.events if float(e[1]["t"]) <= last_t],
-                key=lambda item: float(item[1]["t"]),
-            )
-            for topic, sample in timeline:
+            for index, (topic, sample) in enumerate(self.timeline):
                 t = float(sample["t"])
+                if index < upto:  # sought past: at once
+                    if stop.is_set() or self._restart.is_set():
+                        break
+                    prev_t = t
+                    self.cursor = index + 1
+                    if topic == "stats":
+                        self.position += 1
+                    emit(Update(topic, body=sample))
+                    if index == upto - 1:
+                        self._status(emit)
+                    continue
                 if prev_t is not None and self.speed > 0:
                     wait = min(self.max_gap_s, max(0.0, t - prev_t)) / self.speed
                     deadline = time.monotonic() + wait
@@ -313,6 +425,7 @@ class ReplaySource(Source):
                 if stop.is_set() or self._restart.is_set():
                     break
                 prev_t = t
+                self.cursor = index + 1
                 if topic != "stats":
                     emit(Update(topic, body=sample))
                     continue

@@ -12,14 +12,18 @@ with sparklines, drops and restarts, run progress (frames, cycle, tile, ETA), al
 log tail. It talks to the appliance only over its control plane, so start it from a second
 terminal while `appliance run` runs; it reconnects by itself when the appliance restarts.
 Keys: ? help, g start (under appliance serve), s stop (drain), p pause, r resume (each asks
-first), c clear alerts, q quit; e / j / t switch the bottom area between alerts & log, the
-offload jobs and the storage tiers (published by appliance serve).
+first, and is refused while the console is disconnected), c clear alerts, q quit; the
+alerts and the log are lists: up/down select, Tab switches, Enter opens a row whole with its
+fields and its runbook entry; b shows an earlier run's alerts and log; e / j / t switch the
+bottom area between alerts & log, the offload jobs and the storage tiers (published by
+appliance serve). A lost connection dims the screen and marks it with its age.
 
 By default the local sockets in $XDG_RUNTIME_DIR/appliance (/run/appliance as root,
 /tmp/appliance-UID otherwise) are used, as by `appliance run`; --socket-dir picks another
 directory and --connect tcp://HOST:PORT a remote appliance (CURVE keys: --client-key,
 --server-key). --replay plays back a past run's stats.jsonl instead (space holds it,
-+/- change the speed). See docs/tui.md.
++/- change the speed, [ and ] jump to the previous/next event, : to a time such as +1:30
+or 18:05:00, home starts over). See docs/tui.md.
 
 examples:
   appliance tui                                   the appliance on this machine

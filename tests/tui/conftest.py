@@ -90,7 +90,7 @@ def drive(app, script, size=SIZE):
     asyncio.run(main())
 
 
-async def wait_until(pilot, predicate, timeout=10.0, what="condition"):
+async def wait_until(pilot, predicate, timeout=30.0, what="condition"):
     """Let the app run until ``predicate()`` holds; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -46,7 +46,7 @@ def test_live_stats_appear_pause_resume_and_stop_drains_the_run(tmp_path, sock_d
 
         await confirm(pilot, "p")
         await wait_until(pilot, lambda: app.model.state == "paused", what="the paused state")
-        assert any("pause: {'paused': True}" in n.text for n in app.model.alerts)
+        assert any(n.text == "pause: acquisition paused" for n in app.model.alerts)  # readable, not a dict
         await confirm(pilot, "r")
         await wait_until(pilot, lambda: app.model.state == "acquiring", what="acquisition to resume")
 

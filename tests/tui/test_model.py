@@ -230,3 +230,88 @@ def test_pane_formatting_helpers():
         ["-", "0 B", "512 B", "1.5 KiB", "3.0 GiB", "5.0 TiB", "4096.0 TiB"]
     assert gauge(0.5, (0.15, 0.05), 20) == "█│█│██████░░░░░░░░░░"
     assert gauge(0.0, (0.5,), 4) == "░░│░" and gauge(1.0, (), 3) == "███"
+
+
+def test_the_shown_state_adds_prerendering_and_draining():
+    from tui._model import display_state
+
+    kw = dict(frames_planned=80, source_alive=True, prerender=True)
+    assert display_state("acquiring", frames_acquired=0, **kw) == "prerendering"
+    assert display_state("acquiring", frames_acquired=0, **{**kw, "prerender": None}) == "prerendering"  # no config yet
+    assert display_state("acquiring", frames_acquired=0, **{**kw, "prerender": False}) == "acquiring"
+    assert display_state("acquiring", frames_acquired=0, **{**kw, "source_alive": False}) == "acquiring"
+    assert display_state("acquiring", frames_acquired=5, **kw) == "acquiring"
+    assert display_state("acquiring", frames_acquired=80, **kw) == "draining"  # every frame in, not done
+    for state in ("paused", "draining", "done"):
+        assert display_state(state, frames_acquired=0, **kw) == state
+    m = RunModel()
+    m.config = {"source": {"kind": "synthetic", "prerender": True}}
+    m.update(sample(100, 0))
+    assert m.state == "acquiring" and m.shown_state == "prerendering"
+    m.config = {"source": {"kind": "genicam", "prerender": True}}  # a camera does not pre-render
+    assert m.shown_state == "acquiring"
+
+
+def test_command_replies_read_as_text():
+    from tui._model import format_reply
+
+    assert format_reply("pause", {"paused": True}) == "pause: acquisition paused"
+    assert format_reply("resume", {"paused": False}) == "resume: acquisition resumed"
+    assert format_reply("stop", {"stopping": True, "run_id": "R1"}) == "stop: draining: acquisition ends, frames in flight are written, run R1"
+    assert format_reply("start", {"run_id": "R2"}) == "start: run R2 started"
+    assert format_reply("set", {"key": "source.rate_hz", "value": 50.0, "applied": True}) == "set: key source.rate_hz, value 50, applied yes"
+    assert format_reply("ping", None) == "ping: done"
+    for reply in (format_reply("x", {"a": {"b": [1, 2]}}), format_reply("x", [1, 2])):
+        assert "{" not in reply and "[" not in reply
+
+
+def test_attaching_mid_run_lists_the_active_alerts_and_the_message_replaces_them():
+    m = RunModel()
+    active = {"rule": "ring_occupancy_high", "subject": "calls.0.0", "severity": "warning", "message": "ring calls.0.0 78% full", "first_seen": 90.0}
+    m.update({**sample(100, 10), "alerts": [active]})
+    assert len(m.active_alerts) == 1 and [(n.kind, n.text, n.t) for n in m.alerts] == [("alert", "ring calls.0.0 78% full", 90.0)]
+    assert m.alerts[0].rule == "ring_occupancy_high" and m.alerts[0].fields["listed"]
+    m.update({**sample(101, 12), "alerts": [active]})
+    assert len(m.alerts) == 1  # listed once
+    m.add_event("alert", {"t": 90.0, "kind": "alert", "message": "ring calls.0.0 78% full", "rule": "ring_occupancy_high", "subject": "calls.0.0"})
+    assert len(m.alerts) == 1 and "listed" not in m.alerts[0].fields
+    fresh = RunModel()  # the alert seen as it was raised: no second row from the sample
+    fresh.add_event("alert", {"t": 99.0, "kind": "alert", "message": "ring calls.0.0 78% full", "rule": "ring_occupancy_high", "subject": "calls.0.0"})
+    fresh.update({**sample(100, 10), "alerts": [active]})
+    assert len(fresh.alerts) == 1
+
+
+def test_each_run_keeps_its_own_notices():
+    m = RunModel()
+    m.add_event("event", {"t": 1.0, "kind": "event", "message": "before any sample"})
+    m.update(sample(100, 10, run_id="A"))
+    m.add_log({"t": 2.0, "level": "WARNING", "logger": "appliance.stage", "message": "slow", "stage": "writer-0"})
+    m.update(sample(200, 0, run_id="B"))
+    m.add_event("alert", {"t": 3.0, "kind": "alert", "message": "B's alert"})
+    assert [r.run_id for r in m.runs] == ["A", "B"]
+    assert [n.text for n in m.alerts] == ["B's alert"] and not m.logs
+    a = m.run_notices("A")
+    assert [n.text for n in a.alerts] == ["before any sample"] and a.logs[0].fields == {"logger": "appliance.stage", "stage": "writer-0"}
+    m.update(sample(300, 0, run_id="A"))  # back to A (a replay of the recorder): its notices come back
+    assert [n.text for n in m.alerts] == ["before any sample"]
+    for i in range(RunModel.MAX_RUNS + 2):
+        m.update(sample(400 + i, 0, run_id=f"R{i}"))
+    assert len(m.runs) == RunModel.MAX_RUNS and m.runs[-1].run_id == f"R{RunModel.MAX_RUNS + 1}"
+
+
+def test_replay_seek_times_parse():
+    import time as _time
+
+    from tui._source import format_offset, parse_seek
+
+    start = _time.mktime((2025, 11, 25, 18, 2, 0, 0, 0, -1))  # a local time
+    assert parse_seek("+90", start) == start + 90
+    assert parse_seek("+1:30", start) == start + 90
+    assert parse_seek("+1:00:05", start) == start + 3605
+    assert parse_seek("18:05", start) == start + 180
+    assert parse_seek("18:05:30", start) == start + 210
+    assert parse_seek("00:10", start) == start + 6 * 3600 - 2 * 60 + 10 * 60  # after midnight: the next day
+    for bad in ("", "soon", "25:00", "18", "+-1", "1:2:3:4"):
+        with pytest.raises(ValueError, match=r"\+SECONDS, \+M:SS or \+H:MM:SS"):
+            parse_seek(bad, start)
+    assert format_offset(75) == "1:15" and format_offset(3725) == "1:02:05"
