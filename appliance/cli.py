@@ -3,19 +3,22 @@
 Each verb lives in ``appliance/commands/<verb>.py`` and exposes ``HELP`` (one line),
 ``DESCRIPTION`` (the ``--help`` text), ``configure(parser)`` and ``run(args) -> int``.
 Verb modules are imported only when the verb runs, so ``appliance --help`` stays fast
-and importing the CLI has no side effects.
+and importing the CLI has no side effects. A verb with actions (``storage ls``) defines its
+common options once on the verb; :func:`share_options` makes them valid after the action too,
+so ``--json`` sits in the same place in every verb.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import logging
 import sys
 
 from appliance._version import __version__
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "COMMANDS", "build_parser", "share_options"]
 
 #: verb -> module under ``appliance.commands``. Order is the order shown in ``--help``.
 COMMANDS: dict[str, str] = {
@@ -80,8 +83,35 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.configure(p)
+        share_options(p)
         p.set_defaults(_run=module.run)
     return parser
+
+
+def share_options(parser: argparse.ArgumentParser) -> None:
+    """Make a verb's options valid after its action too: ``appliance storage ls --json`` as
+    well as ``appliance storage --json ls``.
+
+    A verb with actions (``storage ls``, ``algo ls``, ``bench ring``) defines its common
+    options (``--json``, ``--config``, ``--set``, ...) on the verb's parser; argparse then
+    accepts them only before the action. This copies each of them onto every action's parser
+    (recursively) with ``default=SUPPRESS``, so an option given after the action sets the
+    value and one not given there leaves the verb-level value alone. An action that defines
+    the same option string itself keeps its own.
+    """
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        shared = [a for a in parser._actions if a.option_strings and not isinstance(a, (argparse._HelpAction, argparse._VersionAction))]
+        for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+            for opt in shared:
+                if any(s in child._option_string_actions for s in opt.option_strings):
+                    continue
+                twin = copy.copy(opt)
+                twin.default = argparse.SUPPRESS
+                twin.required = False
+                child._optionals._add_action(twin)
+            share_options(child)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from appliance.logjson import configure_logging
+
+    # plain lines on stderr, warnings and errors in colour on a TTY (not with NO_COLOR);
+    # --headless verbs switch to JSON / the journal themselves. Like basicConfig, this leaves
+    # a root logger that already has handlers (an embedding program, pytest) alone.
+    if not logging.getLogger().handlers:
+        configure_logging(json=False, level=level)
     if not getattr(args, "verb", None):
         parser.print_help()
         return 2

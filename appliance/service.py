@@ -108,6 +108,9 @@ class Service:
             sup.publish = self._server.publish if self._server is not None else None
             self.supervisor = sup
             self.last_error = None
+            from appliance.logjson import set_log_fields
+
+            set_log_fields(run_id=sup.run_id)  # RUN_ID= in the journal; its stages inherit it
             self.thread = threading.Thread(target=self._run, args=(sup,), name=f"run-{sup.run_id}", daemon=True)
             self.thread.start()
             started = {"started": True, "run_id": sup.run_id, "output": str(sup.run_dir)}
@@ -143,8 +146,19 @@ class Service:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("run %s crashed", sup.run_id)
         finally:
+            from appliance.logjson import set_log_fields
+
+            set_log_fields(run_id=None)
             if self.storage is not None:
                 self.storage.wake()  # catalogue the run now, not at the next interval
+
+    def status_sample(self) -> dict:
+        """The current run's latest stats sample (appliance.progress reads it for the status
+        line), or ``{"state": "idle", "run_id": <the last run>}`` between runs."""
+        sup, thread = self.supervisor, self.thread
+        if sup is not None and thread is not None and thread.is_alive():
+            return sup.latest_stats or {"state": "starting", "run_id": sup.run_id}
+        return {"state": "idle", "run_id": sup.run_id if sup is not None else None}
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> "Service":

@@ -52,8 +52,9 @@ class SystemdEnvironment:
     ``notify_socket`` is the socket address ready for ``sendto`` (an abstract ``@name`` becomes
     ``"\\0name"``); ``watchdog_usec``/``watchdog_pid`` come from ``WatchdogSec=``;
     ``journal_stream`` is the ``(st_dev, st_ino)`` of the journal stream stdout/stderr are
-    connected to; ``runtime_directory``/``state_directory`` come from ``RuntimeDirectory=`` and
-    ``StateDirectory=`` (the first entry where the unit lists several).
+    connected to; ``runtime_directory``/``state_directory``/``logs_directory`` come from
+    ``RuntimeDirectory=``, ``StateDirectory=`` and ``LogsDirectory=`` (the first entry where
+    the unit lists several).
     """
 
     notify_socket: str | None = None
@@ -62,6 +63,7 @@ class SystemdEnvironment:
     journal_stream: tuple[int, int] | None = None
     runtime_directory: Path | None = None
     state_directory: Path | None = None
+    logs_directory: Path | None = None
 
     @classmethod
     def from_environ(
@@ -82,6 +84,7 @@ class SystemdEnvironment:
             journal_stream=_parse_journal_stream(env.get("JOURNAL_STREAM")),
             runtime_directory=_first_dir(env.get("RUNTIME_DIRECTORY")),
             state_directory=_first_dir(env.get("STATE_DIRECTORY")),
+            logs_directory=_first_dir(env.get("LOGS_DIRECTORY")),
         )
         if unset:
             for name in _NOTIFY_VARS:

@@ -31,13 +31,21 @@ examples:
   appliance ctl jobs.ls run=TEST1                             # the run's offload jobs
   appliance serve --set storage.enabled=true --set storage.warm=/mnt/warm
   appliance serve --config site.toml --headless               # under systemd
+  appliance serve --output /data/runs                         # same as --set output.root=/data/runs
+
+With --headless under systemd, STATUS= says what the service does every 5 s (idle, or the
+run's phase, run id, cycle, frames/s, drops and ETA) and log records reach the journal with
+their fields (journalctl RUN_ID=...); docs/headless.md.
 """
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="run config (TOML) for every run; ctl start adds overrides")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one key for every run (repeatable)")
-    parser.add_argument("--headless", action="store_true", help="under systemd: READY/STOPPING and JSON log lines")
+    from appliance.commands.run import add_output_option
+
+    add_output_option(parser)
+    parser.add_argument("--headless", action="store_true", help="under systemd: READY/WATCHDOG/STOPPING, STATUS= every 5 s, records to the journal with RUN_ID=/STAGE=/ALERT= (JSON lines where there is no journal)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,12 +58,17 @@ def run(args: argparse.Namespace) -> int:
         from appliance.logjson import configure_logging
         from appliance.systemd import Notifier, NotifyConfigError
 
-        configure_logging(json=True)
+        from appliance.commands.run import headless_log_file
+
+        configure_logging(json=True, log_file=headless_log_file())
         try:
             notifier = Notifier.from_environment(unset=True)
         except NotifyConfigError as exc:  # a malformed NOTIFY_SOCKET / WATCHDOG_USEC: as `run --headless`
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    from appliance.commands.run import overrides_of
+
+    args.overrides = overrides_of(args)
     stop = threading.Event()
     old = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -65,13 +78,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2 if isinstance(exc, ConfigError) else 1
         print("appliance serving; start a run with `appliance ctl start`", flush=True)
+        reporter = None
         if notifier is not None:
             notifier.ready(status="idle: waiting for `ctl start`")
-        while not stop.wait(0.5):
-            if notifier is not None:
-                notifier.watchdog_if_due()
+            if notifier.enabled:
+                from appliance.progress import StatusReporter
+
+                reporter = StatusReporter(service.status_sample, notifier.status, period=5.0).start()
+        try:
+            while not stop.wait(0.5):
+                if notifier is not None:
+                    notifier.watchdog_if_due()
+        finally:
+            if reporter is not None:
+                reporter.stop()
         if notifier is not None:
-            notifier.stopping()
+            notifier.stopping(status="draining" if service.status_sample().get("state") != "idle" else "stopping")
         service.shutdown()
         if service.last_summary:
             from appliance.pipeline import format_summary

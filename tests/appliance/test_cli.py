@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,69 @@ def test_run_strict_refuses_on_tuning_drift(tmp_path, capsys):
 def test_run_strict_needs_a_profile(capsys):
     assert main(["run", "--strict"]) == 2
     assert "--strict needs --profile" in capsys.readouterr().err
+
+
+# --- options in the same place in every verb ---------------------------------------------------
+
+
+def _verbs_with_actions():
+    import argparse
+
+    from appliance.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for verb, parser in sub.choices.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                yield verb, parser, action
+
+
+def test_a_verbs_options_are_accepted_after_its_action_too():
+    from appliance.cli import build_parser
+
+    found = list(_verbs_with_actions())
+    assert {"storage", "algo", "bench"} <= {verb for verb, _, _ in found}
+    for verb, parser, sub in found:
+        options = [a for a in parser._actions if a.option_strings and a.dest not in ("help",)]
+        for name, child in sub.choices.items():
+            for opt in options:
+                assert any(s in child._option_string_actions for s in opt.option_strings), f"{verb} {name} does not take {opt.option_strings}"
+    parse = build_parser().parse_args
+    for argv in (["storage", "ls", "--json"], ["storage", "--json", "ls"], ["algo", "ls", "--json"], ["algo", "--json", "ls"]):
+        assert parse(argv).json is True, argv
+    assert parse(["storage", "ls"]).json is False and parse(["algo", "ls"]).json is False
+    # a value given after the action wins; one given before it is kept when none comes after
+    args = parse(["storage", "--config", "a.toml", "ls", "--set", "storage.warm=/w"])
+    assert (str(args.config), args.overrides) == ("a.toml", ["storage.warm=/w"])
+    assert str(parse(["storage", "--config", "a.toml", "ls", "--config", "b.toml"]).config) == "b.toml"
+
+
+def test_storage_ls_and_algo_ls_json_after_the_verb(tmp_path, capsys):
+    assert main(["storage", "ls", "--json", "--set", f'output.root="{tmp_path}"']) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["algo", "ls", "--json", "--root", str(tmp_path)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["algorithms"] and all("name" in a for a in listed["algorithms"])
+
+
+@pytest.mark.parametrize("verb", ["run", "serve"])
+def test_output_is_shorthand_for_set_output_root(verb, tmp_path):
+    from appliance.cli import build_parser
+    from appliance.commands.run import overrides_of
+    from appliance.config import load_config
+
+    weird = tmp_path / "true"  # a directory name TOML would otherwise read as a boolean
+    args = build_parser().parse_args([verb, "--set", 'output.root="elsewhere"', "--output", str(weird)])
+    assert load_config(None, overrides_of(args)).output.root == str(weird)
+    relative = build_parser().parse_args([verb, "--output", "runs2"])
+    assert load_config(None, overrides_of(relative)).output.root == str(Path("runs2").absolute())
+    assert "--output DIR" in subprocess.run([sys.executable, "-m", "appliance", verb, "--help"], capture_output=True, text=True, check=True).stdout
+
+
+def test_run_help_states_the_real_default_frame_rate():
+    from appliance.config import load_config
+
+    rate = load_config(None).source.rate_hz
+    text = subprocess.run([sys.executable, "-m", "appliance", "run", "--help"], capture_output=True, text=True, check=True).stdout
+    rates = {float(r) for r in re.findall(r"([\d.]+) frames/s", text)}
+    assert rates == {rate}, f"run --help names {rates} frames/s; the defaults say {rate}"

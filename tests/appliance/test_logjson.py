@@ -8,6 +8,8 @@ import json
 import logging
 import multiprocessing
 import os
+import socket
+import struct
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -145,3 +147,176 @@ def test_records_from_a_spawned_stage_process(tmp_path):
     assert wrote["pid"] == failed["pid"] == proc.pid != os.getpid()
     assert (wrote["cycle"], wrote["bytes"]) == (26, 1 << 20)
     assert failed["exc_type"] == "OSError" and "No space left on device" in failed["exc"]
+
+
+# --- the journal's native protocol ------------------------------------------------------------
+
+
+def parse_native(data: bytes) -> dict[str, list[bytes]]:
+    """journald's side of https://systemd.io/JOURNAL_NATIVE_PROTOCOL/: ``NAME=value\\n``, or
+    ``NAME\\n`` + 64-bit little-endian length + value + ``\\n``."""
+    fields: dict[str, list[bytes]] = {}
+    i = 0
+    while i < len(data):
+        nl = data.index(b"\n", i)
+        line = data[i:nl]
+        if b"=" in line:
+            name, _, value = line.partition(b"=")
+            i = nl + 1
+        else:
+            name = line
+            (size,) = struct.unpack("<Q", data[nl + 1:nl + 9])
+            value = data[nl + 9:nl + 9 + size]
+            assert data[nl + 9 + size:nl + 10 + size] == b"\n", "a binary field ends with a newline"
+            i = nl + 10 + size
+        assert name and name.decode().isupper() or name.decode().replace("_", "").isalnum(), name
+        fields.setdefault(name.decode(), []).append(value)
+    return fields
+
+
+class JournalSocket:
+    """A bound datagram socket standing in for /run/systemd/journal/socket; receives the
+    memfd a too-big entry comes in too, as journald does."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(20.0)
+
+    def entry(self) -> dict[str, list[bytes]]:
+        data, ancdata, _flags, _addr = self.sock.recvmsg(1 << 17, socket.CMSG_SPACE(4))
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fd = struct.unpack("i", payload[:4])[0]
+                try:
+                    assert data == b""
+                    size = os.fstat(fd).st_size
+                    data = os.pread(fd, size, 0)
+                finally:
+                    os.close(fd)
+        return parse_native(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def journal(tmp_path):
+    j = JournalSocket(str(tmp_path / "journal.sock"))
+    yield j
+    j.close()
+
+
+def _one(fields, name):
+    assert len(fields[name]) == 1, fields[name]
+    return fields[name][0].decode()
+
+
+def test_records_reach_the_journal_with_their_fields(journal, tmp_path, monkeypatch):
+    from appliance.logjson import JournalHandler, set_log_fields
+
+    stream = tmp_path / "stderr"
+    with open(stream, "w") as f:
+        st = os.fstat(f.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        handler = configure_logging(json=True, stream=f, journal_socket=journal.path)
+        assert isinstance(handler, JournalHandler)
+        set_log_fields(run_id="261202_SIM01_0007_FC0001")
+        try:
+            log = logging.getLogger("appliance.test")
+            log.warning("ring %s 78%% full", "calls.0.0", extra={"alert": "ring_full", "stage": "basecall-0", "occupancy": 0.78, "tiles": [1101]})
+            try:
+                raise KeyError("tile")
+            except KeyError:
+                log.exception("two\nlines")
+        finally:
+            set_log_fields(run_id=None)
+        log.info("after the run")
+    assert stream.read_text() == ""  # nothing on stderr: it all went to the journal
+    first = journal.entry()
+    assert _one(first, "MESSAGE") == "ring calls.0.0 78% full"
+    assert _one(first, "PRIORITY") == "4"
+    assert _one(first, "RUN_ID") == "261202_SIM01_0007_FC0001"
+    assert _one(first, "STAGE") == "basecall-0" and _one(first, "ALERT") == "ring_full"
+    assert _one(first, "OCCUPANCY") == "0.78" and json.loads(_one(first, "TILES")) == [1101]
+    assert _one(first, "LOGGER") == "appliance.test" and _one(first, "SYSLOG_IDENTIFIER") == "appliance"
+    assert _one(first, "CODE_FUNC") == "test_records_reach_the_journal_with_their_fields"
+    second = journal.entry()
+    message = _one(second, "MESSAGE")  # a newline: the length-prefixed form
+    assert message.startswith("two\nlines\nTraceback") and "KeyError: 'tile'" in message
+    assert _one(second, "PRIORITY") == "3" and _one(second, "EXC_TYPE") == "KeyError"
+    assert _one(second, "RUN_ID") == "261202_SIM01_0007_FC0001"
+    after = journal.entry()
+    assert _one(after, "MESSAGE") == "after the run" and "RUN_ID" not in after  # cleared
+    logging.getLogger().removeHandler(handler)
+    handler.close()
+
+
+def test_an_entry_too_big_for_a_datagram_goes_through_a_memfd(journal):
+    from appliance.logjson import JournalHandler
+
+    journal.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    handler = JournalHandler(journal.path)
+    try:
+        big = "x" * (1 << 20)  # larger than any datagram the kernel takes here
+        handler.emit(logging.LogRecord("appliance.test", logging.INFO, __file__, 1, "%s", (big,), None))
+        fields = journal.entry()
+    finally:
+        handler.close()
+    assert _one(fields, "MESSAGE") == big and _one(fields, "PRIORITY") == "6"
+
+
+def test_without_the_journal_socket_json_lines_stay(tmp_path, monkeypatch):
+    stream = tmp_path / "stderr"
+    with open(stream, "w") as f:
+        st = os.fstat(f.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        configure_logging(json=True, stream=f, journal_socket=str(tmp_path / "no-such.sock"))
+        logging.getLogger("appliance.test").info("kept", extra={"run_id": "R1"})
+    line = stream.read_text()
+    assert line.startswith("<6>{") and json.loads(line[3:])["run_id"] == "R1"
+
+
+def test_run_id_reaches_a_spawned_process_through_the_environment(tmp_path):
+    from appliance.logjson import log_fields, set_log_fields
+
+    set_log_fields(run_id="R42")
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(1) as pool:
+            inherited = pool.apply(log_fields)
+    finally:
+        set_log_fields(run_id=None)
+    assert inherited == {"run_id": "R42"} and "run_id" not in log_fields()
+    with pytest.raises(ValueError, match="allowed fields are run_id, stage"):
+        set_log_fields(tile=1)
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colour_on_a_tty_for_warnings_and_errors_and_no_color_respected(monkeypatch):
+    from appliance.logjson import use_colour
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    tty = _Tty()
+    configure_logging(json=False, stream=tty)
+    log = logging.getLogger("appliance.test")
+    log.info("plain")
+    log.warning("careful")
+    log.error("broken")
+    info, warning, error = tty.getvalue().splitlines()
+    assert "\033[" not in info
+    assert warning.startswith("\033[33m") and warning.endswith("\033[0m") and "careful" in warning
+    assert error.startswith("\033[1;31m") and "broken" in error
+    monkeypatch.setenv("NO_COLOR", "1")
+    quiet = _Tty()
+    configure_logging(json=False, stream=quiet)
+    log.error("broken")
+    assert "\033[" not in quiet.getvalue() and "broken" in quiet.getvalue()
+    assert use_colour(io.StringIO(), {}) is False  # not a terminal
+    assert use_colour(_Tty(), {"NO_COLOR": ""}) is True and use_colour(_Tty(), {"TERM": "dumb"}) is False
