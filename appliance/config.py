@@ -253,6 +253,7 @@ class SupervisorSection:
     max_restarts: int = 3
     backoff_s: float = 0.5
     heartbeat_timeout_s: float = 30.0
+    hang_min_s: float = 5.0
     sysconfig_profile: str = ""
     strict: bool = False
     e2e_latency_p99_ms: float = 0.0
@@ -264,6 +265,8 @@ class SupervisorSection:
             raise _err(f"{key}.backoff_s", self.backoff_s, "0 to 60 seconds")
         if not 1 <= self.heartbeat_timeout_s <= 3600:
             raise _err(f"{key}.heartbeat_timeout_s", self.heartbeat_timeout_s, "1 to 3600 seconds")
+        if not 1 <= self.hang_min_s <= 3600:
+            raise _err(f"{key}.hang_min_s", self.hang_min_s, "1 to 3600 seconds (above heartbeat_timeout_s, the ceiling wins)")
         if not 0 <= self.e2e_latency_p99_ms <= 3_600_000:
             raise _err(f"{key}.e2e_latency_p99_ms", self.e2e_latency_p99_ms, "0 (no budget) to 3600000 ms")
         if self.strict and not self.sysconfig_profile:
@@ -404,11 +407,19 @@ def _from_dict(d: dict) -> RunConfig:
     edges = {name: _build(EdgeSection, edges_raw[name], f"edges.{name}") for name in EDGES}
     if source.kind != "synthetic" and stages["kernel"].algorithm == "chain" and source.kind == "genicam":
         raise _err("stages.kernel.algorithm", "chain", "passthrough with source.kind = genicam until the chain is calibrated for a real camera (dark, flat, PSF)")
+    run = _build(RunSection, d["run"], "run")
+    if stages["kernel"].algorithm == "chain":
+        from kernels.chain import ChainConfig
+
+        need = ChainConfig().template_cycles  # the cluster template is built from the first cycles
+        if run.cycles < need:
+            raise _err("run.cycles", run.cycles, f"at least {need} with stages.kernel.algorithm = \"chain\" (its cluster template "
+                       f"is built from the first {need} cycles; fewer give no clusters), or the passthrough algorithm")
     verify_at = d["integrity"]["verify_at"]
     if not isinstance(verify_at, list) or any(v not in STAGES for v in verify_at):
         raise _err("integrity.verify_at", verify_at, f"a list of stage names from {', '.join(STAGES)}")
     return RunConfig(
-        run=_build(RunSection, d["run"], "run"),
+        run=run,
         source=source,
         stages=stages,
         edges=edges,

@@ -3,10 +3,13 @@
 Records are JSON lines in segment files ``flight-NNNNNNNN.jsonl`` under one directory; a new
 segment starts when the current one passes ``segment_bytes`` and the oldest segments are
 deleted while the store is over ``max_bytes``. A crash loses at most the line being written.
+A full disk never leaves a torn line: records wait in memory (up to one segment) until space
+is freed, and the oldest are dropped (counted in ``lost``) beyond that.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -43,6 +46,10 @@ class FlightRecorder:
         self._fd: int | None = None
         self._size = 0
         self._lock = threading.Lock()  # the supervisor records from its loop and the control thread
+        self._unsent: list[bytes] = []  # lines a full disk kept out, oldest first
+        self._unsent_bytes = 0
+        #: records dropped while the disk was full (beyond one segment's worth kept in memory)
+        self.lost = 0
 
     def _open(self) -> None:
         path = self.folder / f"flight-{self._index:08d}.jsonl"
@@ -61,14 +68,42 @@ class FlightRecorder:
 
     def _append(self, line: bytes) -> None:
         if self._fd is None:
-            self._open()
+            try:
+                self._open()
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self._fd = None
+                self._unsent.append(line)
+                self._unsent_bytes += len(line)
+                return
         if self._size and self._size + len(line) > self.segment_bytes:
             os.close(self._fd)
             self._index += 1
             self._open()
             self._trim()
-        os.write(self._fd, line)
-        self._size += len(line)
+        # Whole lines or nothing: a full disk (ENOSPC, EDQUOT) cuts a short write back and
+        # keeps the line (and later ones, up to one segment) to append once space is freed.
+        self._unsent.append(line)
+        self._unsent_bytes += len(line)
+        while self._unsent_bytes > self.segment_bytes and len(self._unsent) > 1:
+            self._unsent_bytes -= len(self._unsent.pop(0))
+            self.lost += 1
+        while self._unsent:
+            data = self._unsent[0]
+            try:
+                n = os.write(self._fd, data)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                n = -1
+            if n != len(data):
+                if n > 0:
+                    os.ftruncate(self._fd, self._size)
+                return
+            self._unsent.pop(0)
+            self._unsent_bytes -= n
+            self._size += n
 
     def _trim(self) -> None:
         segs = _segments(self.folder)

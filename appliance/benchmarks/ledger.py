@@ -25,11 +25,17 @@ Two side-by-side measurements, in one run:
    (2 single-threaded workers, loopback TCP). Reports ms per job and the ratio. The local
    process-pool executor is timed on the same jobs for comparison.
 
+3. With --backend postgresql --dsn URL (a role that may CREATE DATABASE): our ledger on that
+   PostgreSQL server beside pgqueuer doing the same work (enqueue, dequeue, mark done) for
+   --pg-jobs jobs with 1 and 4 worker processes, each on a fresh database
+   (appliance/benchmarks/ledger_pg.py). Needs `pip install pgqueuer`.
+
 Absolute figures on a shared machine are noisy; the ratios are what to compare.
 
 examples:
   appliance bench ledger                   # or: scripts/bench ledger
   appliance bench ledger --jobs 500 --dask-jobs 50
+  appliance bench ledger --backend postgresql --dsn 'postgresql:///postgres?host=/run/postgresql'
 """
 
 
@@ -156,12 +162,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dask-jobs", type=int, default=200, help="jobs through the executors (default 200)")
     parser.add_argument("--tick-s", type=float, default=0.005, help="orchestrator dispatch period (default 0.005)")
     parser.add_argument("--no-local", action="store_true", help="skip the LocalExecutor row")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="postgresql: also our ledger on --dsn's server beside pgqueuer (default sqlite only)")
+    parser.add_argument("--dsn", help="--backend postgresql: the server (postgresql://USER@HOST/DB or postgresql:///DB?host=SOCKETDIR)")
+    parser.add_argument("--pg-jobs", type=int, default=500, help="--backend postgresql: jobs per run (default 500)")
     parser.add_argument("--json", type=Path, default=Path("out/bench-ledger.json"), help="where to write the JSON (default out/bench-ledger.json)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.jobs < 1 or args.dask_jobs < 1:
         print("error: --jobs and --dask-jobs must be at least 1", file=sys.stderr)
+        return 2
+    if args.backend == "postgresql" and not (args.dsn or "").startswith(("postgresql://", "postgres://")):
+        print("error: --backend postgresql needs --dsn postgresql://... (a role that may CREATE DATABASE)", file=sys.stderr)
         return 2
     from appliance.benchmarks._machine import machine_description
 
@@ -173,8 +186,16 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as tmp:
         result["ledger"] = bench_ledger(args.jobs, Path(tmp))
         result["dispatch"] = bench_dispatch(args.dask_jobs, Path(tmp), args.tick_s, local=not args.no_local)
+    if args.backend == "postgresql":
+        from appliance.benchmarks.ledger_pg import bench_postgres
+
+        result["postgresql"] = bench_postgres(args.dsn, args.pg_jobs)
     result["wall_s"] = time.perf_counter() - t0
     print(format_table(result))
+    if "postgresql" in result:
+        from appliance.benchmarks.ledger_pg import format_pg
+
+        print(format_pg(result["postgresql"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"\nJSON written to {args.json}")

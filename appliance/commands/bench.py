@@ -26,6 +26,7 @@ SUITES: dict[str, str] = {
     "gpu": "gpu",
     "storage": "storage",
     "ledger": "ledger",
+    "transfer": "transfer",
 }
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 HELP = "offload jobs: list, show, submit, retry, requeue, cancel, stats; `work` runs the orchestrator"
 DESCRIPTION = """\
-Work on the offload job ledger (SQLite; safe while the appliance runs) or run the orchestrator.
-The ledger is <output.root>/.offload/ledger.sqlite unless offload.ledger says otherwise; --root
-names the data root, --ledger the file, --config/--set the run config that names either.
+Work on the offload job ledger (safe while the appliance runs) or run the orchestrator.
+The ledger is <output.root>/.offload/ledger.sqlite unless offload.ledger says otherwise: another
+file, or the lab's PostgreSQL database (postgresql://USER@HOST/DB, docs/lab.md); --root names the
+data root, --ledger the file or URL, --config/--set the run config that names either.
 See docs/offload.md.
 
 verbs:
@@ -24,8 +25,13 @@ verbs:
   requeue  held or cancelled -> queued, attempts reset
   cancel   cancel a job that has not succeeded
   stats    queue depth per class, running, held, recent failures, backpressure
+  pools    each compute pool ([offload.pools], docs/offload.md): kind, slots used/free, pending
+           Slurm jobs, the backlog it serves (live figures from the running orchestrator's
+           <root>/.offload/pools.json, at most 30 s old; "-" when none is running)
   work     run the orchestrator in the foreground until SIGINT/SIGTERM (drains: running jobs
            finish, or are released back to the queue after --drain-s)
+  burst    the cloud burst policy: --explain (its decision log), trace (a synthetic day of
+           load), simulate TRACE (the policy vs never / at-once bursting; docs/burst.md)
 
 Exit status: 0 ok, 1 the ledger refused (no such job, wrong state, admission refused),
 2 bad usage or config, 3 the ledger cannot be opened.
@@ -37,18 +43,20 @@ examples:
   appliance jobs submit fastq run=260101_SIM01_0001_FC0001
   appliance jobs submit reprocess run=260101_SIM01_0001_FC0001 --algorithm chain --version 2
   appliance jobs stats --json
+  appliance jobs pools --json
   appliance jobs work --root /data/runs
+  appliance jobs ls --ledger 'postgresql:///lab?host=/run/postgresql'
 """
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_LEDGER = 0, 1, 2, 3
-VERBS = ("ls", "show", "submit", "retry", "requeue", "cancel", "stats", "work")
+VERBS = ("ls", "show", "submit", "retry", "requeue", "cancel", "stats", "work", "burst", "pools")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("verb", choices=VERBS, metavar="VERB", help=" | ".join(VERBS))
     parser.add_argument("args", nargs="*", metavar="ARG", help="job id (show, retry, requeue, cancel); KIND key=value ... (submit)")
     parser.add_argument("--root", type=Path, help="data root (default: output.root of the config)")
-    parser.add_argument("--ledger", type=Path, help="the ledger file (default: offload.ledger or <root>/.offload/ledger.sqlite)")
+    parser.add_argument("--ledger", help="the ledger file or PostgreSQL URL (default: offload.ledger or <root>/.offload/ledger.sqlite)")
     parser.add_argument("--config", type=Path, help="run config (TOML)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -62,6 +70,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", help="submit: the algorithm's version")
     parser.add_argument("--reason", help="cancel: why (recorded in the history)")
     parser.add_argument("--drain-s", type=float, default=30.0, help="work: seconds running jobs get to finish at stop (default 30)")
+    from appliance.commands.jobs_burst import add_arguments as _burst_arguments
+
+    _burst_arguments(parser)
 
 
 def _print(args, result) -> None:
@@ -69,13 +80,13 @@ def _print(args, result) -> None:
         print(json.dumps(result, default=str))
         return
     if args.verb == "ls":
-        print(f"{'ID':>6} {'KIND':<12} {'CLASS':<9} {'STATE':<9} {'TRIES':>5} {'AGE':>8}  RUN / ERROR")
+        print(f"{'ID':>6} {'KIND':<12} {'CLASS':<9} {'STATE':<9} {'TRIES':>5} {'AGE':>8}  {'INSTRUMENT':<10} RUN / ERROR")
         for j in result["jobs"]:
             tail = j["run"] or ""
             if j["error"]:
                 tail = f"{tail} {j['error']}".strip()
             print(f"{j['id']:>6} {j['kind']:<12} {j['class']:<9} {j['state']:<9} {j['attempts']:>2}/{j['max_attempts']:<2} "
-                  f"{j['age_s']:>7.0f}s  {tail[:80]}")
+                  f"{j['age_s']:>7.0f}s  {(j.get('instrument') or '-'):<10} {tail[:80]}")
     elif args.verb == "show":
         for k, v in result["job"].items():
             print(f"{k:<16} {v}")
@@ -84,6 +95,32 @@ def _print(args, result) -> None:
             print(f"  {e['at']:.3f} {e['from_state'] or '-':>9} -> {e['to_state']:<9} {e['owner'] or '':<20} {e['reason']}")
     else:
         print(json.dumps(result, indent=2, default=str))
+
+
+def _pools(args, off, root: Path, ledger) -> int:
+    import time
+
+    from appliance.offload.config import CLASSES
+    from appliance.offload.pools import default_pool, pools_view, read_status, status_path
+
+    pools = off.pools or {"default": default_pool(off.executor, off.workers, off.dask_address)}
+    stats = ledger.stats()
+    backlog = {c: int(stats["classes"][c].get("queued", 0)) + int(stats["classes"][c].get("retrying", 0)) for c in CLASSES}
+    view = pools_view(pools, backlog, read_status(status_path(root)), time.time())
+    if args.json:
+        print(json.dumps(view))
+        return EXIT_OK
+    print(f"{'POOL':<12} {'KIND':<6} {'USED':>4} {'FREE':>4} {'SLOTS':>5} {'MAX':>4} {'PENDING':>7} {'BACKLOG':>7}  CLASSES / READS")
+    dash = lambda v: "-" if v is None else str(v)  # noqa: E731
+    for r in view["pools"]:
+        print(f"{r['pool']:<12} {r['kind']:<6} {dash(r['used']):>4} {dash(r['free']):>4} {dash(r['slots']):>5} {r['max_slots']:>4} "
+              f"{dash(r['pending_jobs']):>7} {r['backlog']:>7}  {','.join(r['classes'])} / {','.join(r['reads'])}"
+              + (f"  STARVED {r['starved_s']:.0f} s" if r.get("starved_s") else ""))
+    if not view["live"]:
+        age = view["status_age_s"]
+        print("(no live figures: no orchestrator has written " + str(status_path(root))
+              + (f" for {age:.0f} s" if age is not None else "") + "; start one with `appliance jobs work`)")
+    return EXIT_OK
 
 
 def _submit_args(items: list[str]) -> tuple[str, dict]:
@@ -102,6 +139,10 @@ def _submit_args(items: list[str]) -> tuple[str, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.verb == "burst":
+        from appliance.commands.jobs_burst import run_burst
+
+        return run_burst(args)
     from appliance.config import ConfigError, load_config
     from appliance.control import CommandError
     from appliance.offload import LedgerError, Orchestrator
@@ -116,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     off = config.offload
     root = args.root or Path(config.output.root)
-    ledger_path = args.ledger or off.ledger_path(root)
+    ledger_path = args.ledger or off.ledger_target(root)
+    is_pg = str(ledger_path).startswith(("postgresql://", "postgres://"))
     try:
         load_plugins(off.plugins)
     except ImportError as exc:
@@ -135,11 +177,11 @@ def run(args: argparse.Namespace) -> int:
         except LedgerError as exc:
             print(f"appliance jobs: {exc}", file=sys.stderr)
             return EXIT_LEDGER
-        print(f"appliance jobs work: {root} ledger {orch.ledger_path} executor {orch.executor.name} "
+        print(f"appliance jobs work: {root} ledger {orch.ledger.path} executor {orch.executor.name} "
               f"({orch.executor.capacity} slots); Ctrl-C drains and stops", file=sys.stderr, flush=True)
         orch.run_until(stop, timeout=args.drain_s)
         return EXIT_OK
-    if args.verb != "stats" and not Path(ledger_path).exists():
+    if args.verb != "stats" and not is_pg and not Path(ledger_path).exists():
         print(f"appliance jobs: no ledger at {ledger_path}: pass --root DATA_ROOT or --ledger FILE "
               "(the orchestrator creates it on first start)", file=sys.stderr)
         return EXIT_LEDGER
@@ -148,6 +190,9 @@ def run(args: argparse.Namespace) -> int:
     except LedgerError as exc:
         print(f"appliance jobs: {exc}", file=sys.stderr)
         return EXIT_LEDGER
+    if args.verb == "pools":
+        with ledger:
+            return _pools(args, off, root, ledger)
     with ledger:
         commands = control_commands(ledger, root)
         try:

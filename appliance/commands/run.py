@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ DESCRIPTION = """\
 Run one instrument run through the real-time pipeline and print its summary.
 
 The embedded defaults (appliance/defaults.toml) describe a synthetic run: 2 tiles x 4
-channels x 26 cycles of 512 x 512 px from the synthetic flow-cell camera at 100 frames/s.
+channels x 26 cycles of 512 x 512 px from the synthetic flow-cell camera at 20 frames/s
+(source.rate_hz), every frame rendered before acquisition starts (source.prerender).
 Stages run as separate processes wired by shared-memory rings: preprocess (checksums, raw
 audit copies), kernel (registration, cluster detection, intensity extraction; CuPy when
 present), basecall (crosstalk and phasing correction, quality scores, pass filter) and the
@@ -28,25 +30,43 @@ cycle-qc job per cycle, fastq and align-qc (minimap2: % aligned, error rate), an
 reprocess + compare when the algorithm registry has a candidate; their figures are printed
 and added to the summary (offload.run_wait_s bounds the wait; --no-offload, a stopped run and
 --headless leave the jobs to appliance serve or appliance jobs work; docs/offload.md).
+On a terminal, a status line at the bottom shows the phase (pre-render, acquiring, draining,
+offload), the cycle, frames, frames/s, drops and the ETA while log lines scroll above it;
+warnings and errors are coloured (not with NO_COLOR set). Without a terminal, or with
+--headless, nothing but the log and the summary is printed.
 Exit status: 0 done, 1 the run could not keep its promise, 2 bad configuration.
+
+Resume: a run whose supervisor died with every stage (power cut, OOM kill of the cgroup,
+systemctl kill) is marked interrupted (INTERRUPTED.json in its state folder) by the next
+appliance run, which names it. `appliance run --resume RUN_DIR` restores every stage to the
+last cycle the writer committed and acquires again from the cycle after it, with the run's
+own config (the --config and --set it was started with): the synthetic camera and replays
+give the same bytes as an undisturbed run. A live camera cannot give its frames again:
+those lost in the crash are counted in the summary, their tile-cycles are written as
+no-calls, and the exit status is 1 (docs/architecture.md, docs/pipeline.md).
 
 examples:
   appliance run
   appliance run --set run.cycles=50 --set source.synthetic.tile_size=256
   appliance run --config myrun.toml --json summary.json
-  appliance run --headless                # under systemd: notify protocol, JSON log lines
+  appliance run --output /data/runs       # same as --set output.root=/data/runs
+  appliance run --headless                # under systemd: notify protocol, STATUS=, journal fields
   appliance run --profile instrument --strict
   appliance run --fault writer-0:slow_ms=200   # drill: a throttled writer raises alerts
   appliance run --no-offload              # only the run; appliance jobs work offloads it later
+  appliance run --resume /data/runs/261202_SIM001_0007_FC0001   # go on with an interrupted run
 """
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="run config (TOML); keys override the embedded defaults")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one key, e.g. run.cycles=50 (repeatable)")
+    add_output_option(parser)
     parser.add_argument("--run-id", help="run folder name (default: YYMMDD_INSTRUMENT_NNNN_FLOWCELL)")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="go on with the interrupted run in RUN_DIR (its folder under output.root), with the config it was started with")
     parser.add_argument("--json", type=Path, help="also write the summary as JSON to this path")
-    parser.add_argument("--headless", action="store_true", help="run under systemd: sd_notify READY/WATCHDOG/STATUS/STOPPING, JSON log lines")
+    parser.add_argument("--headless", action="store_true", help="run under systemd: sd_notify READY/WATCHDOG/STOPPING, STATUS= every 5 s, records to the journal with RUN_ID=/STAGE=/ALERT= (JSON lines where there is no journal); no status line")
     parser.add_argument("--profile", metavar="NAME", help="verify the host against this sysconfig profile first (overrides supervisor.sysconfig_profile)")
     parser.add_argument("--strict", action="store_true", help="refuse to start when the host differs from the profile")
     parser.add_argument("--no-offload", action="store_true", help="do not run the offload jobs (fastq, align-qc, ...) of this run here; appliance serve or appliance jobs work picks them up")
@@ -54,15 +74,44 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--fault", action="append", default=[], metavar="STAGE:KEY=VALUE",
         help="fault drill: writer-0:slow_ms=50 throttles the writer (backpressure, alerts), "
         "kernel-0:kill_after=100 SIGKILLs it after 100 frames (restart from checkpoint), "
-        "preprocess-0:corrupt_frame=50 flips a bit (quarantine). Repeatable; for operator training and tests",
+        "preprocess-0:corrupt_frame=50 flips a bit (quarantine; its tile-cycle becomes no-calls), "
+        "kernel-0:hang_after=30 hangs it (restarted after the hang timeout). Repeatable; for operator training and tests",
     )
+
+
+def add_output_option(parser: argparse.ArgumentParser) -> None:
+    """``--output DIR``: shorthand for ``--set output.root=DIR`` (run and serve)."""
+    parser.add_argument("--output", type=Path, metavar="DIR", help="the data root the run folders go to: shorthand for --set output.root=DIR (after every --set)")
+
+
+def headless_log_file() -> Path | None:
+    """``$LOGS_DIRECTORY/appliance.jsonl`` under a unit with ``LogsDirectory=`` (the
+    supervisor's JSON-lines log for support bundles), else None."""
+    from appliance.systemd import NotifyConfigError, SystemdEnvironment
+
+    try:
+        logs = SystemdEnvironment.from_environ().logs_directory
+    except NotifyConfigError:
+        return None  # the notifier names the bad variable
+    return logs / "appliance.jsonl" if logs is not None and logs.is_dir() else None
+
+
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    """``--set`` items, then ``--output`` as ``output.root`` (quoted: any path is a string)."""
+    items = list(args.overrides)
+    if getattr(args, "output", None) is not None:
+        items.append(f"output.root={json.dumps(str(args.output.absolute()))}")
+    return items
 
 
 def run(args: argparse.Namespace) -> int:
     from appliance.config import ConfigError, load_config
 
+    args.overrides = overrides_of(args)  # --output is one more --set from here on
     try:
         config = load_config(args.config, args.overrides)
+        if getattr(args, "resume", None) is not None:
+            config = _resume_config(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -85,14 +134,39 @@ def run(args: argparse.Namespace) -> int:
     return _run_pipeline(config, args)
 
 
+INVOCATION = "invocation.json"  #: in the run's state folder: the --config and --set a resume uses again
+
+
+def _resume_config(args):
+    """The config of the interrupted run in ``args.resume``: the --config and --set it was
+    started with (recorded in its state folder), under the folder's parent as output.root.
+    --config or --set given with --resume replace the recorded ones."""
+    from appliance.config import ConfigError, load_config
+
+    run_dir = args.resume.resolve()
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {args.resume}: no such run folder")
+    root = [f'output.root="{run_dir.parent}"']
+    config = load_config(args.config, [*args.overrides, *root])
+    state_root = Path(config.output.state_root) if config.output.state_root else run_dir.parent / ".state"
+    record = state_root / run_dir.name / INVOCATION
+    if not (args.config or args.overrides) and record.is_file():
+        doc = json.loads(record.read_text())
+        config = load_config(doc.get("config"), [*doc.get("overrides", []), *root])
+    if args.run_id and args.run_id != run_dir.name:
+        raise ConfigError(f"--resume {run_dir} resumes run {run_dir.name}; leave out --run-id {args.run_id}")
+    args.run_id = run_dir.name
+    return config
+
+
 def parse_faults(items: list[str]) -> dict[str, dict]:
     """``["writer-0:slow_ms=50", ...]`` -> ``{"writer-0": {"slow_ms": 50}}``; ValueError names the bad item."""
     faults: dict[str, dict] = {}
     for item in items:
         stage, sep, kv = item.partition(":")
         key, eq, value = kv.partition("=")
-        if not sep or not eq or key not in ("slow_ms", "kill_after", "corrupt_frame"):
-            raise ValueError(f"--fault {item!r}: write STAGE:KEY=VALUE with KEY one of slow_ms, kill_after, corrupt_frame (e.g. writer-0:slow_ms=50)")
+        if not sep or not eq or key not in ("slow_ms", "kill_after", "corrupt_frame", "hang_after"):
+            raise ValueError(f"--fault {item!r}: write STAGE:KEY=VALUE with KEY one of slow_ms, kill_after, corrupt_frame, hang_after (e.g. writer-0:slow_ms=50)")
         try:
             faults.setdefault(stage, {})[key] = float(value) if key == "slow_ms" else int(value)
         except ValueError:
@@ -116,7 +190,7 @@ def _run_pipeline(config, args) -> int:
         from appliance.logjson import configure_logging
         from appliance.systemd import NotifyConfigError, Notifier
 
-        configure_logging(json=True)
+        configure_logging(json=True, log_file=headless_log_file())
         faulthandler.enable()  # a watchdog SIGABRT leaves every thread's traceback in the journal
         try:
             # unset: the stage processes must not inherit NOTIFY_SOCKET (only we speak to systemd)
@@ -124,7 +198,74 @@ def _run_pipeline(config, args) -> int:
         except NotifyConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    sup = Supervisor(config, run_id=args.run_id, notifier=notifier, log_json=args.headless, faults=faults)
+    resume = getattr(args, "resume", None) is not None
+    sup = Supervisor(config, run_id=args.run_id, notifier=notifier, log_json=args.headless, faults=faults, resume=resume)
+    if not resume and not any((sup.state_dir / m).exists() for m in ("RUNNING.json", "INTERRUPTED.json")):
+        # what a resume needs to run this run's config again
+        sup.state_dir.mkdir(parents=True, exist_ok=True)
+        config_path = str(args.config.resolve()) if args.config else None
+        (sup.state_dir / INVOCATION).write_text(json.dumps({"config": config_path, "overrides": args.overrides}))
+    from appliance.logjson import set_log_fields
+
+    set_log_fields(run_id=sup.run_id)  # RUN_ID= on every record, the stages' too (they inherit it)
+    reporter = _status_reporter(args, config, sup, notifier)
+    try:
+        return _run_and_report(config, args, sup, notifier, reporter)
+    finally:
+        set_log_fields(run_id=None)
+        if reporter is not None:
+            reporter.close()
+
+
+class _Reporter:
+    """The run's status line: STATUS= every 5 s under systemd, or a live line on a terminal
+    (appliance.progress); ``phase`` switches it to the offload."""
+
+    def __init__(self, reporter, live=None) -> None:
+        self.reporter, self.live = reporter, live
+
+    def set_phase(self, phase: str) -> None:
+        self.reporter.phase = phase
+        self.reporter.tick()
+
+    def finish_run(self) -> None:
+        self.reporter.tick()  # the final figures
+        if self.live is None:
+            self.reporter.stop()  # systemd: the run is over; the service's own status follows
+
+    def close(self) -> None:
+        self.reporter.stop()
+        if self.live is not None:
+            from appliance.progress import status_text
+
+            view = self.reporter.view
+            self.live.close(final=status_text(view) if view is not None else None)
+
+
+def _status_reporter(args, config, sup, notifier) -> _Reporter | None:
+    from appliance.progress import LiveLine, StatusReporter
+
+    prerender = bool(config.source.prerender) and config.source.kind != "genicam"
+    if args.headless:
+        if notifier is None or not notifier.enabled:
+            return None
+        return _Reporter(StatusReporter(lambda: sup.latest_stats, notifier.status, period=5.0, prerender=prerender).start())
+    if not os.isatty(2):
+        return None  # no terminal: nothing but the log and the summary
+    import logging
+
+    from appliance.logjson import configure_logging, use_colour
+
+    live = LiveLine(2, colour=use_colour(sys.stderr))
+    for fd in (1, 2):  # prints, this process's log and the stage processes' log pass above the line
+        if os.isatty(fd):
+            live.capture_fd(fd)
+    configure_logging(json=False, level=logging.getLogger().level, colour=False)  # the line colours them
+    return _Reporter(StatusReporter(lambda: sup.latest_stats, live.show, period=0.5, prerender=prerender).start(), live)
+
+
+def _run_and_report(config, args, sup, notifier, reporter) -> int:
+    from appliance.pipeline import SupervisorError, format_summary
 
     def on_signal(signum, frame):  # only sets an event: the supervisor's loop drains
         sup.request_stop()
@@ -140,11 +281,21 @@ def _run_pipeline(config, args) -> int:
             signal.signal(s, h)
         if notifier is not None:
             notifier.stopping()
+    if reporter is not None:
+        reporter.finish_run()
     text = json.dumps(summary, indent=2, default=str)
     (sup.state_dir / "summary.json").write_text(text)
     if args.json:
         args.json.write_text(text)
     print(format_summary(summary))
+    status = 0
+    if summary.get("resume"):
+        r = summary["resume"]
+        print(f"resumed: every stage restored cycle {r['epoch']}; acquisition went on from frame {r['source_index']}")
+        if r["lost_frames"]:
+            print(f"error: {r['lost_frames']} frames acquired before the crash were lost (a live camera cannot give them again); "
+                  "their tile-cycles are no-calls", file=sys.stderr)
+            status = 1
     from appliance.report import ReportError, write_report
 
     try:
@@ -156,13 +307,15 @@ def _run_pipeline(config, args) -> int:
         if args.headless or sup.stop_requested.is_set():
             # asked to stop (or run by systemd): exit now; the ledger picks the run up later
             print("offload: not run here (the run was stopped, or --headless); appliance serve or appliance jobs work runs its jobs")
-            return 0
+            return status
+        if reporter is not None:
+            reporter.set_phase("offload")
         summary["offload"] = _offload(config, sup)
         text = json.dumps(summary, indent=2, default=str)
         (sup.state_dir / "summary.json").write_text(text)
         if args.json:
             args.json.write_text(text)
-    return 0
+    return status
 
 
 def _offload(config, sup) -> dict:

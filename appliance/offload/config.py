@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.offload.pools import load_pools
+
 __all__ = ["CLASSES", "KindOverride", "OffloadConfig", "load_offload"]
 
 #: priority classes, highest first
@@ -49,10 +51,25 @@ class OffloadConfig:
     run_wait_s: float = 600.0
     plugins: tuple[str, ...] = ()
     kinds: dict[str, KindOverride] = field(default_factory=dict)
+    #: ``[offload.pools.NAME]`` compute pools (appliance.offload.pools); empty = one pool from executor/workers
+    pools: dict = field(default_factory=dict)
 
     def ledger_path(self, data_root: str | Path) -> Path:
         """The ledger file: ``offload.ledger`` or ``<data_root>/.offload/ledger.sqlite``."""
         return Path(self.ledger) if self.ledger else Path(data_root) / ".offload" / "ledger.sqlite"
+
+    @property
+    def ledger_is_postgres(self) -> bool:
+        """``offload.ledger`` names a PostgreSQL database (the lab ledger, docs/lab.md)."""
+        return self.ledger.startswith(("postgresql://", "postgres://"))
+
+    def ledger_target(self, data_root: str | Path) -> str | Path:
+        """What :class:`~appliance.offload.Ledger` opens: the PostgreSQL URL, or the file."""
+        return self.ledger if self.ledger_is_postgres else self.ledger_path(data_root)
+
+    def outbox_path(self, data_root: str | Path) -> Path:
+        """The instrument's outbox for a lab ledger it cannot reach: ``<data_root>/.offload/outbox.sqlite``."""
+        return Path(data_root) / ".offload" / "outbox.sqlite"
 
 
 def _err(key: str, value: Any, allowed: str):
@@ -86,6 +103,9 @@ def load_offload(d: dict | None) -> OffloadConfig:
     for k in ("ledger", "dask_address"):
         if not isinstance(full[k], str):
             raise _err(f"offload.{k}", full[k], "a string")
+    if "://" in full["ledger"] and not full["ledger"].startswith(("postgresql://", "postgres://")):
+        raise _err("offload.ledger", full["ledger"], '"" (the data root\'s SQLite file), a file path, or a PostgreSQL URL '
+                   '"postgresql://USER@HOST/DB" / "postgresql:///DB?host=/run/postgresql"')
     if full["executor"] not in EXECUTORS:
         raise _err("offload.executor", full["executor"], " or ".join(EXECUTORS))
     if full["dask_address"] and full["executor"] != "dask":
@@ -148,4 +168,6 @@ def load_offload(d: dict | None) -> OffloadConfig:
         run_wait_s=_num(full, "run_wait_s", 0, 86400),
         plugins=tuple(plugins),
         kinds=kinds,
+        pools=load_pools(full["pools"], classes=CLASSES, executor=full["executor"], workers=workers,
+                         dask_address=full["dask_address"]),
     )

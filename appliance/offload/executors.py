@@ -254,6 +254,9 @@ def _worker_main(conn, index: int, parent_pid: int, config) -> None:
     import rt
     from appliance.offload.ledger import Ledger, RetryPolicy
 
+    from appliance.proctitle import set_title
+
+    set_title(f"offload-worker-{index}")  # ps: "appliance: offload-worker-0"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent drains on Ctrl-C, not the workers
     # the parent-death watcher thread inherits a mask holding SIGTERM, so the signal it (or the
     # kernel) sends is taken by the main thread, which defers it during a commit

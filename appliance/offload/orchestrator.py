@@ -17,6 +17,7 @@ output is not run again, see :func:`~appliance.offload.executors.run_attempt`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -26,12 +27,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from appliance.offload.config import OffloadConfig
+from appliance.offload.config import CLASSES, OffloadConfig
 from appliance.offload.errors import AdmissionRefused, OffloadError
 from appliance.offload.executors import AttemptSpec, DaskExecutor, LocalExecutor
 from appliance.offload.kinds import KindRegistry, default_registry, load_plugins
 from appliance.offload.ledger import Job, Ledger, RetryPolicy, Submitted, run_inputs
-from appliance.offload.scheduler import Candidate, SchedulerPolicy, SchedulerState, plan
+from appliance.offload.pools import POOL_STARVED, PoolConfig, PoolSet, status_path, write_status
+from appliance.offload.scheduler import Candidate, SchedulerPolicy, SchedulerState, place, plan
 
 __all__ = ["ENDED", "Orchestrator", "output_dir_for", "run_jobs_summary"]
 
@@ -39,6 +41,17 @@ __all__ = ["ENDED", "Orchestrator", "output_dir_for", "run_jobs_summary"]
 ENDED = frozenset({"succeeded", "held", "cancelled"})
 
 log = logging.getLogger(__name__)
+
+
+def _pool_executor(pool: PoolConfig, config: OffloadConfig):
+    """The executor behind one compute pool."""
+    if pool.kind == "slurm":
+        from appliance.offload.slurm import SlurmExecutor
+
+        return SlurmExecutor(pool, config=config)
+    if pool.kind == "dask":
+        return DaskExecutor(pool.slots, pool.address, config=config)
+    return LocalExecutor(pool.slots, config=config)
 
 
 def output_dir_for(data_root: str | Path, job: Job) -> Path:
@@ -70,6 +83,7 @@ class Orchestrator:
         scan: bool = True,
         algorithms: Callable[[Path], Any] | None = None,
         runs: "tuple[str, ...] | list[str] | None" = None,
+        instrument_id: str = "",
     ) -> None:
         self.config = config
         self.data_root = Path(data_root)
@@ -80,8 +94,12 @@ class Orchestrator:
         self.runs = None if runs is None else frozenset(runs)
         self._algorithms = algorithms
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
-        self.ledger_path = config.ledger_path(self.data_root)
-        self.ledger = Ledger(self.ledger_path, config=config, policy=self._policy, on_alert=self._alert)
+        #: the SQLite file, or the lab ledger's PostgreSQL URL (then submissions the server cannot
+        #: take now wait in the data root's outbox, docs/lab.md)
+        self.ledger_path = config.ledger_target(self.data_root)
+        outbox = config.outbox_path(self.data_root) if config.ledger_is_postgres else None
+        self.ledger = Ledger(self.ledger_path, config=config, policy=self._policy, on_alert=self._alert,
+                             instrument_id=instrument_id, outbox=outbox)
         self.executor = executor or self._make_executor()
         self.policy = SchedulerPolicy(slots=self.executor.capacity, limits=dict(config.limits),
                                       shares=dict(config.share), reserved_realtime=config.reserved_realtime)
@@ -94,11 +112,16 @@ class Orchestrator:
         self.dispatched: list[tuple[int, str, str]] = []  #: (job id, class, reason) of recent dispatches
         self.errors: list[str] = []
         self.alerts: list[dict] = []
+        self.ready_by_class: dict[str, int] = {}  #: ready jobs per class at the last pool dispatch
+        self.waiting: dict[int, str] = {}  #: job id -> why placement did not start it (pools)
+        self._last_status = 0.0
         self._started = False
 
     # -- setup ------------------------------------------------------------------------------------
 
     def _make_executor(self):
+        if self.config.pools:
+            return PoolSet(self.config.pools, {n: _pool_executor(p, self.config) for n, p in self.config.pools.items()})
         if self.config.executor == "dask":
             return DaskExecutor(self.config.workers, self.config.dask_address, config=self.config)
         return LocalExecutor(self.config.workers, config=self.config)
@@ -154,6 +177,7 @@ class Orchestrator:
             self.ledger.close()
             return
         self._stop.set()
+        self.ledger.wake()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join()
@@ -184,12 +208,15 @@ class Orchestrator:
                 log.exception("offload dispatch failed")
                 self.errors.append(msg)
                 del self.errors[:-20]
-            self._stop.wait(self.config.tick_s)
+            # the tick is the poll; on PostgreSQL a submission or completion anywhere in the lab
+            # (NOTIFY) ends the wait at once
+            self.ledger.wait_for_change(self.config.tick_s, self._stop)
 
     def tick(self) -> list[int]:
         """One dispatch round; returns the ids of the jobs started."""
         with self._lock:
             now = time.monotonic()
+            self.ledger.handover()  # the outbox's submissions, once the lab ledger is reachable
             if self.scan_enabled and now - self._last_scan >= self.config.poll_s:
                 self._last_scan = now
                 self.scan()
@@ -202,7 +229,11 @@ class Orchestrator:
 
     def _collect(self) -> None:
         for o in self.executor.poll():
-            if not o.recorded and not o.lost:
+            if o.lost and o.extra.get("release"):
+                # a worker lost with its HPC allocation (scancel, walltime, preemption): not the
+                # job's fault, so it goes back to the queue without spending an attempt
+                self.ledger.release(o.job_id, self.owner, o.error or "worker lost")
+            elif not o.recorded and not o.lost:
                 if o.ok:
                     self.ledger.complete(o.job_id, self.owner, o.result)
                 else:
@@ -217,22 +248,59 @@ class Orchestrator:
         if now - self._last_beat < self.config.heartbeat_s:
             return
         self._last_beat = now
-        for job_id in list(self.executor.running()):
+        running = self.executor.running_unrecorded() if isinstance(self.executor, PoolSet) else self.executor.running()
+        for job_id in list(running):
             if not self.ledger.heartbeat(job_id, self.owner, self.config.lease_s):
                 log.warning("job %s: lease lost (cancelled?): stopping its attempt", job_id)
                 self.executor.cancel(job_id)
 
     def _dispatch(self) -> list[int]:
+        if isinstance(self.executor, PoolSet):
+            return self._dispatch_pools()
         free = self.executor.free_slots()
         if free <= 0:
             return []
         ready = self.ledger.ready(per_class=max(8, free * 2))
-        by_id = {j.id: j for j in ready}
         decision = plan([Candidate(j.id, j.priority) for j in ready], self.ledger.running_by_class(), free,
                         self.policy, self._sched)
         self._sched = decision.state
+        return self._start_jobs(ready, [(j, None) for j in decision.start], decision.reasons)
+
+    def _dispatch_pools(self) -> list[int]:
+        """Placement across the compute pools (``[offload.pools]``): scale the adaptive pools to
+        the backlog they serve, raise or clear ``pool_starved``, then :func:`place`."""
+        pools: PoolSet = self.executor
+        ready = self.ledger.ready(per_class=max(8, pools.capacity * 2, 16))
+        by_class = {c: 0 for c in CLASSES}
+        for j in ready:
+            by_class[j.priority] = by_class.get(j.priority, 0) + 1
+        self.ready_by_class = by_class
+        pools.scale(by_class)
+        for name, firing, msg in pools.check_starved(by_class):
+            self._alert({"rule": POOL_STARVED, "action": "raised" if firing else "cleared", "severity": "warning",
+                         "subject": f"pool {name}", "pool": name, "message": msg})
+        cands = []
+        for j in ready:
+            try:
+                cands.append(self.registry.get(j.kind, self.config).candidate(j.id, j.priority))
+            except KeyError:
+                cands.append(Candidate(j.id, j.priority))  # leased and failed with the reason below
+        placement = place(cands, self.ledger.running_by_class(), pools.states(), self.policy, self._sched)
+        self._sched = placement.state
+        self.waiting = dict(placement.waiting)
+        now = time.monotonic()
+        if now - self._last_status >= 1.0:
+            self._last_status = now
+            try:
+                write_status(status_path(self.data_root), pools.report(by_class), self.owner)
+            except OSError as exc:
+                log.warning("offload: cannot write the pools' status: %s", exc)
+        return self._start_jobs(ready, list(placement.start), placement.reasons)
+
+    def _start_jobs(self, ready: list[Job], chosen: list, reasons) -> list[int]:
+        by_id = {j.id: j for j in ready}
         started = []
-        for job_id, why in zip(decision.start, decision.reasons):
+        for (job_id, pool), why in zip(chosen, reasons):
             job = by_id[job_id]
             try:
                 kind = self.registry.get(job.kind, self.config)
@@ -254,17 +322,22 @@ class Orchestrator:
                 timeout_s=kind.timeout_s, retry=(kind.max_attempts, kind.backoff_s, kind.backoff_cap_s),
                 algorithm=leased.algorithm, algorithm_version=leased.algorithm_version, priority=leased.priority,
             )
-            if not getattr(self.executor, "records_itself", False):
+            records = self.executor.records_itself_for(pool) if pool else getattr(self.executor, "records_itself", False)
+            if not records:
                 self.ledger.start(job_id, self.owner, self.config.lease_s)
             try:
-                self.executor.submit(spec)
+                if pool:
+                    self.executor.submit_to(pool, spec)
+                else:
+                    self.executor.submit(spec)
             except Exception as exc:
                 self.ledger.fail(job_id, self.owner, f"executor refused the job: {type(exc).__name__}: {exc}", True)
                 continue
             started.append(job_id)
             self.dispatched.append((job_id, leased.priority, why))
             del self.dispatched[:-1000]
-            self._emit({"topic": "event", "event": "job_started", "job": job_id, "kind": leased.kind, "class": leased.priority})
+            self._emit({"topic": "event", "event": "job_started", "job": job_id, "kind": leased.kind, "class": leased.priority,
+                        **({"pool": pool} if pool else {})})
         return started
 
     def run_until(self, stop: threading.Event, timeout: float = 30.0) -> None:
@@ -313,7 +386,7 @@ class Orchestrator:
                 run_id = rf.info.run_id
                 manifest = rf.manifest()
                 complete = (run_dir / "CopyComplete.txt").is_file() and manifest.complete
-                out.extend(self._submit_for_run(run_dir, run_id, manifest, complete))
+                out.extend(self._submit_for_run(run_dir, run_id, manifest, complete, rf.info.instrument))
             except (RunFolderError, OffloadError, OSError, ValueError) as exc:
                 if isinstance(exc, AdmissionRefused):
                     log.warning("offload: %s", exc)
@@ -321,31 +394,33 @@ class Orchestrator:
                     log.warning("offload: skipping %s: %s", run_dir, exc)
         return out
 
-    def _submit_for_run(self, run_dir: Path, run_id: str, manifest, complete: bool) -> list[Submitted]:
+    def _submit_for_run(self, run_dir: Path, run_id: str, manifest, complete: bool,
+                        instrument: str = "") -> list[Submitted]:
         out = []
+        submit = functools.partial(self.submit, instrument_id=instrument or self.ledger.instrument_id)
         for cycle in manifest.complete_cycles:
             if "cycle-qc" in self.registry:
-                out.append(self.submit("cycle-qc", {"run": run_id, "cycle": cycle}, inputs=run_inputs(run_dir, cycle),
+                out.append(submit("cycle-qc", {"run": run_id, "cycle": cycle}, inputs=run_inputs(run_dir, cycle),
                                        reason=f"cycle {cycle} of run {run_id} complete"))
         if not complete:
             return out
         inputs = run_inputs(run_dir)
-        fastq = self.submit("fastq", {"run": run_id}, inputs=inputs, reason=f"run {run_id} complete")
+        fastq = submit("fastq", {"run": run_id}, inputs=inputs, reason=f"run {run_id} complete")
         out.append(fastq)
         fastq_dir = fastq.job.output_dir or str(output_dir_for(self.data_root, fastq.job))
         if fastq.job.output_dir is None:
             self.ledger.set_output_dir(fastq.job.id, fastq_dir)
-        out.append(self.submit("align-qc", {"run": run_id, "fastq": fastq_dir}, inputs=inputs,
+        out.append(submit("align-qc", {"run": run_id, "fastq": fastq_dir}, inputs=inputs,
                                depends_on=fastq.job.id, reason=f"run {run_id} complete (after fastq {fastq.job.id})"))
         cand = self._candidate() if (run_dir / "Raw").is_dir() else None
         if cand is not None:
-            rep = self.submit("reprocess", {"run": run_id}, inputs=inputs, algorithm=cand.name,
+            rep = submit("reprocess", {"run": run_id}, inputs=inputs, algorithm=cand.name,
                               algorithm_version=str(cand.version), reason=f"candidate {cand.name}@{cand.version} in shadow")
             out.append(rep)
             rep_dir = rep.job.output_dir or str(output_dir_for(self.data_root, rep.job))
             if rep.job.output_dir is None:
                 self.ledger.set_output_dir(rep.job.id, rep_dir)
-            out.append(self.submit("compare", {"run": run_id, "candidate": rep_dir, "algorithm": cand.name,
+            out.append(submit("compare", {"run": run_id, "candidate": rep_dir, "algorithm": cand.name,
                                                "version": str(cand.version)}, inputs=inputs, depends_on=rep.job.id,
                                    algorithm=cand.name, algorithm_version=str(cand.version),
                                    reason=f"compare candidate {cand.name}@{cand.version}"))
@@ -372,6 +447,8 @@ class Orchestrator:
         s = self.ledger.stats()
         s["executor"] = {"name": self.executor.name, "slots": self.policy.slots, "free": self.executor.free_slots(),
                          "running_here": sorted(self.executor.running())}
+        if isinstance(self.executor, PoolSet):
+            s["pools"] = self.executor.report(self.ready_by_class)
         s["alerts"] = list(self.alerts[-10:])
         s["errors"] = list(self.errors[-5:])
         return s

@@ -9,6 +9,7 @@ from appliance.pipeline.supervisor import (
     RestartPolicy,
     Supervisor,
     SupervisorError,
+    hang_timeout_s,
     plan_cpus,
     ring_budget,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "RestartPolicy",
     "Supervisor",
     "SupervisorError",
+    "hang_timeout_s",
     "plan_cpus",
     "ring_budget",
 ]

@@ -1,5 +1,8 @@
-"""What each stage does with a frame. Handlers hold all their state in picklable attributes,
-so ``state()``/``restore()`` checkpoint them (see ``appliance/pipeline/_checkpoint.py``).
+"""What each stage does with a frame. Each handler keeps what must survive a crash in one
+small frozen dataclass, returned by ``snapshot()`` and taken back by ``restore()`` (see
+``appliance/pipeline/_checkpoint.py`` and docs/architecture.md); the runtime pickles it into
+the stage's checkpoints. Dedupe is the runtime's (a watermark per stream), latency lives in
+the stage's histograms only.
 
 Frames flow as: IMAGE (source, preprocess) -> POSITIONS + INTENSITIES (kernel) -> the same
 plus CALLS and FILTER (basecall) -> run folder (writer).
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +21,15 @@ import rt
 from rt import FrameFlags, FrameKind
 from appliance.pipeline._spec import StageSpec
 
-__all__ = ["make_handler", "synthetic_params", "frame_order"]
+__all__ = [
+    "make_handler", "synthetic_params", "frame_order", "frames_per_epoch",
+    "SourceState", "PreprocessState", "KernelState", "BasecallState", "WriterState",
+]
 
 log = logging.getLogger("appliance.stage")
 N_CHANNELS = 4
-_STATE_SKIP = ("spec", "stats", "heartbeat")
-DISK_FULL_RETRY_S = 1.0
+NO_CALL = 4  #: the base code of a no-call (appliance.runfolder.NO_CALL)
+_UNSENT_ALERTS: list[bytes] = []  # alert lines a full disk kept out of alerts.jsonl, oldest first
 
 
 def synthetic_params(config):
@@ -46,13 +53,73 @@ def frame_order(config) -> list[tuple[int, int, int]]:
     return [(tile, cycle, ch) for cycle in range(1, config.run.cycles + 1) for tile in config.run.tiles for ch in range(N_CHANNELS)]
 
 
+def frames_per_epoch(config) -> int:
+    """An epoch is one cycle: every channel of every tile (the source's barrier follows it)."""
+    return len(config.run.tiles) * N_CHANNELS
+
+
+# -- what each handler keeps across a crash (checkpointed; nothing else is) -----------------
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """The source's restart position: ``next_index`` in acquisition order as of the last
+    barrier, and the counters of the rings it then wrote (``rings`` names them: after a total
+    loss the rings are new, and the counters no longer apply)."""
+
+    next_index: int = 0
+    epoch: int = 0
+    rings: tuple = ()
+    counts: tuple = ()
+
+
+@dataclass(frozen=True)
+class PreprocessState:
+    saturated: int = 0
+    kept: int = 0
+
+
+@dataclass(frozen=True)
+class KernelState:
+    """Per tile: the image chain (template, registration reference and scratch of one tile:
+    its size is the tile's, not the run's), the partial stack of the cycle being assembled,
+    results not yet emitted (bounded by the chain's lag), the next cycle to emit."""
+
+    chains: dict = field(default_factory=dict)
+    stacks: dict = field(default_factory=dict)
+    positions_sent: frozenset = frozenset()
+    next_cycle: dict = field(default_factory=dict)
+    results: dict = field(default_factory=dict)
+    incomplete: frozenset = frozenset()
+    headers: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BasecallState:
+    """Per tile: the streaming base caller, whether the filter was sent, the last header."""
+
+    callers: dict = field(default_factory=dict)
+    filter_sent: frozenset = frozenset()
+    last_header: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WriterState:
+    """Cycles complete through ``completed_through`` (they complete in order); the tiles
+    written of the cycles after it; the raw files' lengths (passthrough runs)."""
+
+    completed_through: int = 0
+    cycle_tiles: dict = field(default_factory=dict)
+    raw_bytes: int = 0
+    raw_frames: int = 0
+
+
 class Handler:
-    """Base: the dedupe set and generic checkpointing of the instance's attributes."""
+    """Base: alerts, and the snapshot/restore contract (stateless handlers keep nothing)."""
 
     def __init__(self, spec: StageSpec, stats) -> None:
         self.spec = spec
         self.stats = stats
-        self.seen: set = set()
         self.heartbeat = lambda: None  # the runtime sets it: refreshes the stage's ring heartbeats
 
     def alert(self, message: str, **fields) -> None:
@@ -60,22 +127,58 @@ class Handler:
         import json
         import os
 
-        log.error("%s", message)
+        from appliance.pipeline._diskfull import is_full
+
+        (log.warning if fields.get("kind") == "event" else log.error)("%s", message)
         line = json.dumps({"t": time.time(), "kind": "alert", "stage": self.spec.name, "message": message, **fields}) + "\n"
-        fd = os.open(self.spec.state_dir / "alerts.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _UNSENT_ALERTS.append(line.encode())
+        path = self.spec.state_dir / "alerts.jsonl"
         try:
-            os.write(fd, line.encode())  # one small O_APPEND write: lines never interleave
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if is_full(exc):
+                return  # a full disk: sent with the next alert that finds space
+            raise
+        try:
+            while _UNSENT_ALERTS:
+                data = _UNSENT_ALERTS[0]
+                size = os.fstat(fd).st_size
+                try:
+                    n = os.write(fd, data)  # one small O_APPEND write: lines never interleave
+                except OSError as exc:
+                    if is_full(exc):
+                        return
+                    raise
+                if n != len(data):  # a full disk cut the line: undo it, send it later
+                    os.ftruncate(fd, size)
+                    return
+                _UNSENT_ALERTS.pop(0)
         finally:
             os.close(fd)
 
-    def state(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k not in _STATE_SKIP}
+    def on_quarantined(self, key: tuple[int, int, int, int], header, out) -> None:
+        """A frame failed its checksum and was quarantined (``key``: kind, tile, cycle,
+        channel). The default leaves the gap to the next stage that can see it: a lost image
+        channel makes the kernel emit its tile-cycle as incomplete (no-calls)."""
 
-    def restore(self, state: dict) -> None:
-        vars(self).update(state)
+    def until_space(self, what: str, write, *args, cleanup=None):
+        """``write(*args)``, paused and retried while the disk is full (``_diskfull``)."""
+        from appliance.pipeline._diskfull import UntilSpace
+
+        return UntilSpace(self.alert, self.heartbeat, self.stats)(what, write, *args, cleanup=cleanup)
+
+    def snapshot(self):
+        """What must survive a crash, as a small frozen dataclass (None: nothing)."""
+        return None
+
+    def restore(self, state) -> None:
+        """Take back what :meth:`snapshot` returned."""
 
     def on_frame(self, slot: rt.Slot, out) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def on_barrier(self, epoch: int) -> None:
+        """Every frame before the barrier of ``epoch`` was handled: make its effects durable."""
 
     def finish(self, out) -> None:
         pass
@@ -121,6 +224,42 @@ class SourceHandler(Handler):
     def __init__(self, spec: StageSpec, stats) -> None:
         super().__init__(spec, stats)
         self.order = frame_order(spec.config)
+        self.state = SourceState()
+
+    def snapshot(self) -> SourceState:
+        return self.state
+
+    def restore(self, state: SourceState) -> None:
+        self.state = state
+
+    def _start_position(self, out) -> int:
+        """Where to go on: the last barrier's position plus the frames committed or dropped
+        on this instance's rings since. A barrier not sent on a ring when the previous
+        instance died (its count is one short) is sent now."""
+        st = self.state
+        counts = [p.statistics().written + p.statistics().drops for p in out.producers]
+        if st.rings != tuple(self.spec.outputs):
+            return st.next_index + sum(counts)  # fresh rings: first start, or a resume
+        since = 0
+        for i, (now, then) in enumerate(zip(counts, st.counts)):
+            if now == then - 1:
+                out.barrier(st.epoch, only=i)
+                now += 1
+            since += now - then
+        return st.next_index + since
+
+    def _barrier(self, out, epoch: int, next_index: int) -> None:
+        """End of epoch ``epoch``: the durable epoch checkpoint, the live one (counting the
+        barrier as sent), then the barrier on every output ring."""
+        from appliance.pipeline._checkpoint import Checkpoint, RuntimeState, save_checkpoint, save_epoch
+
+        at_epoch = SourceState(next_index=next_index, epoch=epoch)
+        save_epoch(self.spec.state_dir, self.spec.name, epoch, Checkpoint(RuntimeState(), at_epoch, epoch))
+        counts = tuple(p.statistics().written + p.statistics().drops + 1 for p in out.producers)
+        self.state = SourceState(next_index, epoch, tuple(self.spec.outputs), counts)
+        self.stats.checkpoints += 1
+        self.stats.checkpoint_bytes += save_checkpoint(self.spec.checkpoint_path, Checkpoint(RuntimeState(), self.state, epoch))
+        out.barrier(epoch)
 
     def _frames(self, start: int = 0):
         cfg = self.spec.config
@@ -160,11 +299,18 @@ class SourceHandler(Handler):
 
     def run(self, out, stop, pause) -> bool:
         cfg = self.spec.config
-        # Resume after a restart: frames already committed or dropped are not sent again.
-        start = sum(p.statistics().written + p.statistics().drops for p in out.producers)
+        # Resume after a restart (or a resume of the run): frames already committed or
+        # dropped are not sent again.
+        start = self._start_position(out)
+        per_epoch = frames_per_epoch(cfg)
+        if start and start % per_epoch == 0 and start // per_epoch > self.state.epoch:
+            self._barrier(out, start // per_epoch, start)  # died between a cycle's last frame and its barrier
         # The rings' counters outlive a crash: the run's acquired count includes frames sent
         # before it (and their bytes: every frame of a run has the same geometry).
         self.stats.frames_in = start
+        # ... but this instance's acquisition time covers only the frames it sends: the
+        # summary's rate is (frames_in - frames_before_start) / acquisition_s
+        self.stats.extra["frames_before_start"] = start
         frames = self._frames(start)
         if cfg.source.prerender and cfg.source.kind != "genicam":
             t0 = time.monotonic()
@@ -218,6 +364,8 @@ class SourceHandler(Handler):
                 self.stats.bytes_in = self.stats.frames_in * image.nbytes
             self.stats.frames_in += 1
             self.stats.bytes_in += image.nbytes
+            if (index + 1) % frames_per_epoch(cfg) == 0:
+                self._barrier(out, (index + 1) // frames_per_epoch(cfg), index + 1)
             if self.spec.fault.get("kill_after") == self.stats.frames_in:
                 import os
                 import signal
@@ -235,6 +383,12 @@ class PreprocessHandler(Handler):
         self.saturated = 0
         self.kept = 0
 
+    def snapshot(self) -> PreprocessState:
+        return PreprocessState(self.saturated, self.kept)
+
+    def restore(self, state: PreprocessState) -> None:
+        self.saturated, self.kept = state.saturated, state.kept
+
     def on_frame(self, slot, out) -> None:
         h = slot.header
         tile, cycle, ch = int(h["tile"]), int(h["cycle"]), int(h["channel"])
@@ -242,15 +396,24 @@ class PreprocessHandler(Handler):
         self.saturated += int(np.count_nonzero(image == 65535))
         every = self.spec.config.output.keep_raw_every
         if every and self.spec.config.run.tiles.index(tile) % every == 0:
-            raw = self.spec.run_dir / "Raw"
-            raw.mkdir(parents=True, exist_ok=True)
-            path = raw / f"s_{tile}_c{cycle}_ch{ch}.npy"
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, image)
-            tmp.replace(path)
+            path = self.spec.run_dir / "Raw" / f"s_{tile}_c{cycle}_ch{ch}.npy"
+            self.until_space(str(path), _save_npy_durably, path, image)
             self.kept += 1
         out.emit(FrameKind.IMAGE, tile, cycle, ch, image, source_header=h, flags=int(h["flags"]))
         self.stats.extra.update(saturated_pixels=self.saturated, raw_frames_kept=self.kept)
+
+
+def _save_npy_durably(path: Path, image: np.ndarray) -> None:
+    """An audit copy of a raw frame, as ``.npy``: atomic and fsynced, its temp file removed
+    when the disk is full (then retried), so no partial copy is ever left behind."""
+    import io
+
+    from appliance.runfolder import ensure_dir, write_atomic
+
+    buf = io.BytesIO()
+    np.save(buf, image)
+    ensure_dir(path.parent)
+    write_atomic(path, [buf.getbuffer()], buf.getbuffer().nbytes)
 
 
 class KernelHandler(Handler):
@@ -272,6 +435,15 @@ class KernelHandler(Handler):
         self.results: dict[tuple[int, int], np.ndarray] = {}
         self.incomplete: set = set()
         self.headers: dict[int, np.ndarray] = {}
+
+    def snapshot(self) -> KernelState:
+        return KernelState(dict(self.chains), dict(self.stacks), frozenset(self.positions_sent), dict(self.next_cycle),
+                           dict(self.results), frozenset(self.incomplete), dict(self.headers))
+
+    def restore(self, state: KernelState) -> None:
+        self.chains, self.stacks = dict(state.chains), dict(state.stacks)
+        self.positions_sent, self.next_cycle = set(state.positions_sent), dict(state.next_cycle)
+        self.results, self.incomplete, self.headers = dict(state.results), set(state.incomplete), dict(state.headers)
 
     def _chain(self, tile: int):
         if tile not in self.chains:
@@ -310,6 +482,7 @@ class KernelHandler(Handler):
                 # NaN intensities: the base caller makes them no-calls (and chastity failures)
                 lost = np.full((len(chain.positions), N_CHANNELS), np.nan, np.float32)
                 out.emit(FrameKind.INTENSITIES, tile, c, 0, lost, source_header=h, flags=int(FrameFlags.INCOMPLETE))
+                self.incomplete.discard((tile, c))  # emitted: nothing of it is kept
                 self.stats.extra["incomplete_cycles"] = self.stats.extra.get("incomplete_cycles", 0) + 1
             c += 1
         self.next_cycle[tile] = c
@@ -375,11 +548,20 @@ class BasecallHandler(Handler):
         self.filter_sent: set = set()
         self.last_header: dict = {}
 
+    def snapshot(self) -> BasecallState:
+        return BasecallState(dict(self.callers), frozenset(self.filter_sent), dict(self.last_header))
+
+    def restore(self, state: BasecallState) -> None:
+        self.callers, self.filter_sent, self.last_header = dict(state.callers), set(state.filter_sent), dict(state.last_header)
+
     def _emit_calls(self, tile: int, calls, out, h) -> None:
         for c in calls:
-            # Incomplete cycles arrive as NaN intensities, which the caller makes no-calls.
-            bases = np.asarray(c.bases, np.uint8)
+            # Quality 0 is the caller's no-call (no valid intensity: out of view, or an
+            # incomplete cycle's NaN intensities): written as a no-call (BCL byte 0), never as
+            # the argmax base at the lowest quality the format keeps (Q2).
             quals = np.asarray(c.qualities, np.uint8)
+            bases = np.where(quals == 0, NO_CALL, np.asarray(c.bases, np.uint8)).astype(np.uint8)
+            self.stats.extra["no_calls"] = self.stats.extra.get("no_calls", 0) + int(np.count_nonzero(quals == 0))
             out.emit(FrameKind.CALLS, tile, c.cycle, 0, np.stack([bases, quals]), source_header=h)
         caller = self.callers[tile]
         if caller.pass_filter is not None and tile not in self.filter_sent:
@@ -404,6 +586,19 @@ class BasecallHandler(Handler):
         out.emit(FrameKind.INTENSITIES, tile, int(h["cycle"]), 0, intens, source_header=h, flags=int(h["flags"]))
         self.last_header[tile] = h.copy()
         self._emit_calls(tile, self.callers[tile].push(np.array(intens)), out, h)
+
+    def on_quarantined(self, key, header, out) -> None:
+        """Corrupt intensities: the tile-cycle goes on as NaN intensities flagged INCOMPLETE
+        (the caller makes them no-calls), so the run completes with the loss visible."""
+        kind, tile, cycle, _ch = key
+        if kind != FrameKind.INTENSITIES or tile not in self.callers:
+            log.error("quarantined frame kind=%d tile=%d cycle=%d: nothing stands in for it here", kind, tile, cycle)
+            return
+        lost = np.full((self.callers[tile].n_clusters, N_CHANNELS), np.nan, np.float32)
+        out.emit(FrameKind.INTENSITIES, tile, cycle, 0, lost, source_header=header, flags=int(FrameFlags.INCOMPLETE))
+        self.last_header[tile] = header
+        self.stats.extra["incomplete_cycles"] = self.stats.extra.get("incomplete_cycles", 0) + 1
+        self._emit_calls(tile, self.callers[tile].push(lost), out, header)
 
     def finish(self, out) -> None:
         for tile, caller in self.callers.items():
@@ -430,25 +625,35 @@ class WriterHandler(Handler):
 
     def __init__(self, spec: StageSpec, stats) -> None:
         super().__init__(spec, stats)
-        self.latency_ns: list[int] = []
-        self.cycle_tiles: dict[int, set] = {}
-        self.completed: set = set()
+        self.completed_through = 0  # cycles complete in order: every tile's calls arrive in cycle order
+        self.cycle_tiles: dict[int, set] = {}  # only the cycles after completed_through
         self.null = spec.config.stages["writer"].mode == "null"
         self._writer = None
         self._raw_fd = self._hdr_fd = None
         self.raw_bytes = 0
         self.raw_frames = 0
 
-    def state(self) -> dict:
-        d = super().state()
-        for k in ("_writer", "_raw_fd", "_hdr_fd"):
-            d.pop(k, None)
-        return d
+    def snapshot(self) -> WriterState:
+        return WriterState(self.completed_through, {c: frozenset(t) for c, t in self.cycle_tiles.items()}, self.raw_bytes, self.raw_frames)
 
-    def restore(self, state: dict) -> None:
-        super().restore(state)
-        self._writer = None
+    def restore(self, state: WriterState) -> None:
+        self.completed_through = state.completed_through
+        self.cycle_tiles = {c: set(t) for c, t in state.cycle_tiles.items()}
+        self.raw_bytes, self.raw_frames = state.raw_bytes, state.raw_frames
+        if self._raw_fd is not None:  # reopened (and cut back to raw_bytes) on the next frame
+            import os
+
+            os.close(self._raw_fd)
+            os.close(self._hdr_fd)
         self._raw_fd = self._hdr_fd = None
+
+    def on_barrier(self, epoch: int) -> None:
+        # The run folder's files are fsynced as they are written; the raw files here.
+        if self._raw_fd is not None:
+            import os
+
+            os.fsync(self._raw_fd)
+            os.fsync(self._hdr_fd)
 
     @property
     def writer(self):
@@ -461,7 +666,6 @@ class WriterHandler(Handler):
     def on_frame(self, slot, out) -> None:
         h = slot.header
         kind, tile, cycle = int(h["kind"]), int(h["tile"]), int(h["cycle"])
-        self.latency_ns.append(time.monotonic_ns() - int(h["t_mono_ns"]))
         self.stats.extra["t_last_frame"] = time.monotonic()
         if self.null:
             return
@@ -478,11 +682,33 @@ class WriterHandler(Handler):
             self._retry(w.write_filter, tile, data.astype(bool))
         elif kind == FrameKind.CALLS:
             self._retry(w.write_bcl, tile, cycle, data[0], data[1])
-            done = self.cycle_tiles.setdefault(cycle, set())
-            done.add(tile)
-            if len(done) == len(self.spec.config.run.tiles) and cycle not in self.completed:
-                self._retry(w.complete_cycle, cycle)
-                self.completed.add(cycle)
+            self._cycle_done(tile, cycle)
+
+    def on_quarantined(self, key, header, out) -> None:
+        """A corrupt frame at the run folder: its tile-cycle is written as no-calls (calls) or
+        NaN intensities, the reason in the cycle's manifest, and the cycle completes as usual."""
+        if self.null:
+            return
+        kind, tile, cycle, ch = key
+        w = self.writer
+        reason = f"frame kind={kind} tile={tile} cycle={cycle} channel={ch} failed its checksum at {self.spec.name}; quarantined"
+        if kind == FrameKind.CALLS:
+            self._retry(w.write_no_calls, tile, cycle, reason)
+            self.stats.extra["incomplete_cycles"] = self.stats.extra.get("incomplete_cycles", 0) + 1
+            self._cycle_done(tile, cycle)
+        elif kind == FrameKind.INTENSITIES and w.clusters(tile) is not None:
+            self._retry(w.write_intensities, tile, cycle, np.full((w.clusters(tile), N_CHANNELS), np.nan, np.float32))
+        else:
+            log.error("quarantined %s: the run folder cannot stand in for it", reason)
+
+    def _cycle_done(self, tile: int, cycle: int) -> None:
+        if cycle <= self.completed_through:
+            return
+        self.cycle_tiles.setdefault(cycle, set()).add(tile)
+        while len(self.cycle_tiles.get(self.completed_through + 1, ())) == len(self.spec.config.run.tiles):
+            self._retry(self.writer.complete_cycle, self.completed_through + 1)
+            del self.cycle_tiles[self.completed_through + 1]
+            self.completed_through += 1
 
     def _append_raw(self, slot) -> None:
         """Passthrough runs: append the frame to Raw/frames.bin (sequential, fsynced every
@@ -520,34 +746,19 @@ class WriterHandler(Handler):
             os.fsync(self._hdr_fd)
 
     def _retry(self, write, *args) -> None:
-        """Write; on a full disk raise an alert and pause (retrying) until space is freed.
+        """Write; on a full disk raise the ``disk_full`` alert and pause (retrying) until space
+        is freed (``until_space``).
 
-        While the writer waits, the rings fill and upstream stages wait in turn: a full disk
-        becomes backpressure, then counted drops at the camera, never a partial file.
+        While the writer waits, the rings fill and upstream stages wait in turn, and the
+        supervisor pauses acquisition: a full disk is a pause, never a partial file.
         """
-        from appliance.runfolder import RunFolderFull
-
-        paused = None
-        while True:
-            try:
-                write(*args)
-            except RunFolderFull as exc:
-                if paused is None:
-                    paused = time.monotonic()
-                    self.alert(f"run folder full, the run is paused until space is freed: {exc}", path=str(exc.path))
-                self.heartbeat()  # paused on purpose, not hung
-                time.sleep(DISK_FULL_RETRY_S)
-                continue
-            if paused is not None:
-                log.warning("space freed: the run resumes after a %.0f s pause", time.monotonic() - paused)
-                self.stats.extra["disk_full_pause_s"] = self.stats.extra.get("disk_full_pause_s", 0.0) + time.monotonic() - paused
-            return
+        self.until_space(f"the run folder ({getattr(write, '__name__', 'write')})", write, *args)
 
     def finish(self, out) -> None:
-        lat = np.asarray(self.latency_ns, np.float64) / 1e6
-        if lat.size:
-            p50, p99, p999 = np.percentile(lat, [50, 99, 99.9])
-            self.stats.extra.update(latency_ms_p50=float(p50), latency_ms_p99=float(p99), latency_ms_p999=float(p999))
+        # End to end (acquisition to here) from the stage's histogram, the one latency record.
+        if self.stats.e2e.total:
+            e2e = self.stats.e2e
+            self.stats.extra.update(latency_ms_p50=e2e.percentile(50), latency_ms_p99=e2e.percentile(99), latency_ms_p999=e2e.percentile(99.9))
         if self.null:
             return
         cfg = self.spec.config
@@ -563,9 +774,9 @@ class WriterHandler(Handler):
 
             inst = SyntheticInstrument(synthetic_params(cfg), seed=cfg.run.seed)
             fasta = self.spec.state_dir / "reference.fa"
-            inst.write_reference_fasta(fasta)
+            self.until_space(str(fasta), inst.write_reference_fasta, fasta, cleanup=lambda: fasta.unlink(missing_ok=True))
             self._retry(self.writer.write_reference, fasta)
-        missing = [c for c in range(1, cfg.run.cycles + 1) if c not in self.completed]
+        missing = list(range(self.completed_through + 1, cfg.run.cycles + 1))
         if missing:
             # Stopped before every tile had clusters (too few cycles for a template): the
             # folder stays without completion markers, so offload and tiering leave it alone.

@@ -1,11 +1,15 @@
 """The stage process: attach to rings, run a handler over frames, checkpoint, release, emit.
 
 ``stage_main(spec)`` is the ``spawn`` target for every stage. The loop acquires frames from
-the stage's input rings, verifies checksums where configured (a mismatch is counted, logged
-with the frame's identity and quarantined), hands each frame to the stage's handler, and
-releases input frames only after a checkpoint that covers them (see ``_checkpoint``). When
-every input has reached end of stream it calls ``handler.finish`` and closes its outputs,
-which propagates end of stream downstream: that is how a stop drains.
+the stage's input rings, drops duplicates by a watermark per stream (kind, tile), verifies
+checksums where configured (a mismatch is counted, logged with the frame's identity and
+quarantined), hands each frame to the stage's handler, and releases input frames only after
+a checkpoint that covers them (see ``_checkpoint``). Barrier frames (the end of an epoch,
+one cycle) are aligned across the inputs: once the barrier of epoch k has arrived on every
+input the stage writes its durable epoch-k checkpoint, forwards the barrier to every output,
+and the last stage commits k as the global restore point (docs/architecture.md). When every
+input has reached end of stream it calls ``handler.finish`` and closes its outputs, which
+propagates end of stream downstream: that is how a stop drains.
 
 SIGTERM only sets an event. When the supervisor has died (the kernel sends SIGTERM then),
 the loop checkpoints, detaches without end of stream and exits. While the supervisor lives,
@@ -26,7 +30,16 @@ from pathlib import Path
 import numpy as np
 
 import rt
-from appliance.pipeline._checkpoint import load_checkpoint, save_checkpoint
+from appliance.pipeline._checkpoint import (
+    BARRIER_KIND,
+    Checkpoint,
+    RuntimeState,
+    link_live,
+    load_checkpoint,
+    save_checkpoint,
+    save_epoch,
+    write_commit,
+)
 from appliance.pipeline._flags import AnyFlag, SharedFlag
 from appliance.pipeline._histogram import LatencyHistogram
 from appliance.pipeline._spec import StageSpec, frame_key
@@ -145,6 +158,41 @@ class Emitter:
         self.stats.frames_out += 1
         self.stats.bytes_out += int(h["payload_bytes"])
 
+    def barrier(self, epoch: int, only: int | None = None) -> None:
+        """The barrier of ``epoch`` on every output ring (or on output ``only``). Lossless
+        also on a ``drop_newest`` ring: it waits for a free slot instead of being dropped."""
+        for i, p in enumerate(self.producers):
+            if only is not None and i != only:
+                continue
+            while True:
+                st = p.statistics()
+                if st.occupancy < st.n_slots:
+                    break
+                if self.on_wait is not None:
+                    self.on_wait()
+                if self.stopping():
+                    raise Stopping
+                time.sleep(0.001)
+            while True:
+                try:
+                    slot = p.reserve(timeout=0.25)
+                    break
+                except (rt.RingTimeout, rt.ConsumerGone):
+                    if self.on_wait is not None:
+                        self.on_wait()
+                    if self.stopping():
+                        raise Stopping from None
+            h = slot.header
+            h["kind"] = BARRIER_KIND
+            h["tile"] = h["channel"] = 0
+            h["cycle"] = epoch
+            h["flags"] = 0
+            h["payload_bytes"] = 0
+            h["ndim"] = 0
+            h["t_mono_ns"] = 0
+            h["n_trace"] = 0
+            p.commit()
+
 
 def _install_signals(stop: threading.Event) -> None:
     def on_term(signum, frame):  # handlers only set events (see the module docstring)
@@ -163,6 +211,9 @@ def _prepare_process(spec: StageSpec, stop: threading.Event) -> rt.ParentWatch:
         configure_logging(json=True, level=logging.INFO)
     else:
         logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {spec.name}: %(message)s")
+    from appliance.proctitle import set_title
+
+    set_title(spec.name, spec.run_id)  # ps: "appliance: kernel-0 RUN_ID"
     _install_signals(stop)
     watch = rt.exit_when_parent_dies(spec.parent_pid or None)
     # Unplanned (cpu.pin = false, or too few CPUs): every CPU the cgroup allows, not the
@@ -188,12 +239,33 @@ def _prepare_process(spec: StageSpec, stop: threading.Event) -> rt.ParentWatch:
     return watch
 
 
-def _write_summary(spec: StageSpec, stats: StageStats, status: str) -> None:
+def _write_summary(spec: StageSpec, stats: StageStats, status: str, handler=None) -> None:
+    """The stage's summary file (atomic). A full disk removes the temp file; the live report
+    (``running``) is then skipped, the final one waits for space (``handler.until_space``)."""
+    from appliance.pipeline._diskfull import is_full
+
     d = stats.as_dict()
     d["status"] = status
+    data = json.dumps(d).encode()
     tmp = spec.summary_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(d))
-    os.replace(tmp, spec.summary_path)
+
+    def write() -> None:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, spec.summary_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    if handler is not None and status != "running":
+        handler.until_space(str(spec.summary_path), write)
+        return
+    try:
+        write()
+    except OSError as exc:
+        if not is_full(exc):
+            raise
 
 
 def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFlag | None = None) -> None:
@@ -213,10 +285,15 @@ def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFl
     pause = pause if pause is not None else threading.Event()
     stats = StageStats()
     handler = handlers.make_handler(spec, stats)
-    state = load_checkpoint(spec.checkpoint_path)
-    if state is not None:
-        handler.restore(state)
-        log.info("resumed from checkpoint")
+    ckpt = load_checkpoint(spec.checkpoint_path)
+    if not isinstance(ckpt, Checkpoint):
+        if ckpt is not None:
+            log.warning("%s is not a checkpoint of this version: starting empty", spec.checkpoint_path)
+        ckpt = None
+    elif ckpt.handler is not None:
+        handler.restore(ckpt.handler)
+    if ckpt is not None:
+        log.info("resumed from checkpoint (epoch %d)", ckpt.epoch)
     producers = [rt.Producer(name) for name in spec.outputs]
     if spec.stage == "source":  # the source's stop is a drain: it ends the stream
         emitter = Emitter(spec, producers, source_stop, stats)
@@ -233,18 +310,18 @@ def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFl
                 pass
             finished = True
         else:
-            finished = _consume(spec, handler, emitter, stats)
+            finished = _consume(spec, handler, emitter, stats, ckpt.runtime if ckpt is not None else RuntimeState())
         status = "finished" if finished else "stopped"
     except Stopping:
         status = "stopped"
     finally:
         for p in producers:
             p.close(end_of_stream=status == "finished")
-        _write_summary(spec, stats, status)
+        _write_summary(spec, stats, status, handler)
     log.info("%s: %d frames in, %d out", status, stats.frames_in, stats.frames_out)
 
 
-def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats) -> bool:
+def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, restored: RuntimeState) -> bool:
     consumers = [rt.Consumer(name) for name in spec.inputs]
     handler.heartbeat = lambda: [c.heartbeat() for c in consumers]
     emitter.on_wait = handler.heartbeat
@@ -252,19 +329,51 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats) -> b
     release_every = max(1, min(c.geometry.n_slots for c in consumers) // 2)
     pending = [0] * len(consumers)
     active = list(range(len(consumers)))
-    seen: set = handler.seen
+    # Dedupe: per stream (kind, tile) the highest (cycle, channel) seen; streams are ordered.
+    watermarks: dict = dict(restored.watermarks)
+    epoch_done = restored.barrier
+    aligned: dict[int, int] = {}  # input -> epoch of the barrier it delivered (not polled until all have)
     fault = spec.fault
-    quarantine_dir = spec.run_dir / "Quarantine"
+    quarantine_dir = quarantine_dir_of(spec.run_dir)
+    from appliance.pipeline.handlers import frames_per_epoch
 
-    def checkpoint() -> None:
-        if not any(pending):
-            return
-        stats.checkpoints += 1
-        stats.checkpoint_bytes += save_checkpoint(spec.checkpoint_path, handler.state())
+    def state() -> Checkpoint:
+        return Checkpoint(RuntimeState(dict(watermarks), epoch_done), handler.snapshot(), epoch_done)
+
+    def release() -> None:
         for i, n in enumerate(pending):
-            if n:
+            # A barrier waiting for alignment is released only with its epoch's checkpoint:
+            # after a crash it must be delivered again, or the alignment would wait forever.
+            if n and i not in aligned:
                 consumers[i].release(n)
                 pending[i] = 0
+
+    def checkpoint() -> None:
+        if not any(n for i, n in enumerate(pending) if i not in aligned):
+            return
+        stats.checkpoints += 1
+        stats.checkpoint_bytes += handler.until_space(str(spec.checkpoint_path), save_checkpoint, spec.checkpoint_path, state())
+        release()
+
+    def align() -> None:
+        """Every active input delivered the barrier: the epoch's durable checkpoint, the
+        barrier downstream (or, at the last stage, the commit), then release."""
+        nonlocal epoch_done
+        if not aligned or any(i not in aligned for i in active):
+            return
+        epoch = max(aligned.values())
+        handler.on_barrier(epoch)
+        epoch_done = epoch
+        stats.checkpoints += 1
+        stats.checkpoint_bytes += handler.until_space(f"{spec.name} epoch {epoch} checkpoint", save_epoch, spec.state_dir, spec.name, epoch, state())
+        if spec.outputs:
+            emitter.barrier(epoch)
+        else:
+            handler.until_space("committed.json", write_commit, spec.state_dir, epoch, epoch * frames_per_epoch(spec.config))
+        aligned.clear()
+        # the epoch's state is also the live one (a hard link, written once): it covers the release
+        handler.until_space(str(spec.checkpoint_path), link_live, spec.state_dir, spec.name, epoch, spec.checkpoint_path)
+        release()
 
     idle = 0.0
     next_report = 0.0
@@ -275,34 +384,47 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats) -> b
                 checkpoint()
                 return False
             got = False
-            for i in list(active):
+            polled = [i for i in active if i not in aligned]
+            for i in polled:
                 try:
-                    slot = consumers[i].acquire(timeout=0.05) if len(active) == 1 else consumers[i].acquire_nowait()
+                    slot = consumers[i].acquire(timeout=0.05) if len(polled) == 1 else consumers[i].acquire_nowait()
                 except rt.WouldBlock:
                     continue
                 except rt.EndOfStream:
                     active.remove(i)
+                    align()  # the inputs still running may all have delivered the barrier
                     continue
                 except rt.ProducerGone:
                     time.sleep(0.05)  # the supervisor restarts it; it resumes at the write counter
                     continue
                 got = True
-                t0 = time.perf_counter()
                 h = slot.header
-                key = frame_key(h)
+                if int(h["kind"]) == BARRIER_KIND:
+                    pending[i] += 1
+                    epoch = int(h["cycle"])
+                    if epoch > epoch_done:  # else delivered again after a restart: a duplicate
+                        aligned[i] = epoch
+                        align()
+                    continue
+                t0 = time.perf_counter()
+                kind, tile, cycle, channel = key = frame_key(h)
                 stats.frames_in += 1
                 stats.bytes_in += int(h["payload_bytes"])
                 if fault.get("corrupt_frame") == stats.frames_in:
                     slot.data[0] ^= 0xFF  # test hook: a bit flip in shared memory
-                if key in seen:
+                if (cycle, channel) <= watermarks.get((kind, tile), (-1, -1)):
                     stats.duplicates += 1
                 elif verify and not slot.verify():
                     stats.checksum_failures += 1
-                    _quarantine(quarantine_dir, spec, slot, key)
-                    seen.add(key)
+                    handler.until_space(f"the quarantine of {spec.name}", _quarantine, quarantine_dir, spec, slot, key)
+                    stats.extra["quarantined"] = stats.extra.get("quarantined", 0) + 1
+                    # The frame's place downstream: a no-call tile-cycle (or an incomplete one),
+                    # never a hole that stops the run (the handler decides how; see on_quarantined).
+                    handler.on_quarantined(key, slot.header.copy(), emitter)
+                    watermarks[(kind, tile)] = (cycle, channel)
                 else:
                     handler.on_frame(slot, emitter)
-                    seen.add(key)
+                    watermarks[(kind, tile)] = (cycle, channel)
                 pending[i] += 1
                 if fault.get("slow_ms"):
                     time.sleep(fault["slow_ms"] / 1e3)
@@ -319,15 +441,23 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats) -> b
                 if time.monotonic() >= next_report:
                     next_report = time.monotonic() + LIVE_REPORT_S
                     _write_summary(spec, stats, "running")
+                if fault.get("hang_after") == stats.frames_in:
+                    while True:  # test hook: hung (no heartbeat); the supervisor kills and restarts it
+                        time.sleep(1)
                 if fault.get("kill_after") == stats.frames_in:
                     os.kill(os.getpid(), signal.SIGKILL)  # test hook: crash mid-run
+                # Frames are released at each epoch's checkpoint; an epoch longer than half a
+                # ring (or a burst, as when the cluster template is built) is covered here.
                 if sum(pending) >= release_every:
                     checkpoint()
-            if not got and len(active) > 1:
+            if not got and len(polled) > 1:
                 # polled with acquire_nowait, which does not refresh the heartbeats: idle, not hung
                 handler.heartbeat()
                 idle = min(max(idle * 2, 50e-6), 2e-3)
                 time.sleep(idle)
+            elif not got and not polled:
+                handler.heartbeat()
+                time.sleep(0.001)
             elif got:
                 idle = 0.0
         handler.finish(emitter)
@@ -338,12 +468,25 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats) -> b
             c.close()
 
 
+def quarantine_dir_of(run_dir: Path) -> Path:
+    """Where a run's quarantined frames go: beside its run folder, ``<root>/.quarantine/<run id>/``,
+    so the run folder holds only what its manifest lists (``RunFolder.verify()`` passes)."""
+    return run_dir.parent / ".quarantine" / run_dir.name
+
+
 def _quarantine(folder: Path, spec: StageSpec, slot: rt.Slot, key) -> None:
+    """The frame's payload (``.npy``) and header, each atomic and fsynced (retried on a full disk)."""
+    import io
+
+    from appliance.runfolder import ensure_dir, write_atomic
+
     kind, tile, cycle, channel = key
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_dir(folder)
     name = f"{spec.name}_kind{kind}_tile{tile}_cycle{cycle}_ch{channel}_seq{int(slot.header['seq'])}"
-    np.save(folder / f"{name}.npy", slot.payload.copy())
-    (folder / f"{name}.header.bin").write_bytes(slot.header.tobytes())
+    buf = io.BytesIO()
+    np.save(buf, slot.payload.copy())
+    write_atomic(folder / f"{name}.npy", [buf.getbuffer()])
+    write_atomic(folder / f"{name}.header.bin", [slot.header.tobytes()])
     log.error(
         "checksum mismatch: frame kind=%d tile=%d cycle=%d channel=%d seq=%d quarantined to %s",
         kind, tile, cycle, channel, int(slot.header["seq"]), folder / name,

@@ -98,6 +98,7 @@ def summarize(config: RunConfig, run_id: str, run_dir: Path, stages: dict, wall_
     writer = stages.get("writer-0", {})
     frames = int(source.get("frames_in", 0))
     acq = float(source.get("acquisition_s") or wall_s)
+    before = int(source.get("frames_before_start", 0))
     t0, t1 = source.get("t_first_frame"), writer.get("t_last_frame")
     pipeline_s = t1 - t0 if t0 is not None and t1 is not None and t1 > t0 else None
     raw_bytes = int(source.get("bytes_in", 0))
@@ -112,13 +113,18 @@ def summarize(config: RunConfig, run_id: str, run_dir: Path, stages: dict, wall_
         # first frame acquired -> last frame at the writer: the rate the whole pipeline sustained
         "pipeline_s": pipeline_s,
         "pipeline_frames_per_s": frames / pipeline_s if pipeline_s else None,
-        "frames_per_s": frames / acq if acq else 0.0,
-        "gb_per_s": raw_bytes / acq / 1e9 if acq else 0.0,
+        # the last source instance's own frames over its own acquisition time: after a source
+        # restart, frames acquired before it are not divided by the restarted source's time
+        "frames_per_s": (frames - before) / acq if acq else 0.0,
+        "gb_per_s": raw_bytes * (frames - before) / max(frames, 1) / acq / 1e9 if acq else 0.0,
         "incomplete_cycles": sum(int(s.get("incomplete_cycles", 0)) for s in stages.values()),
         "latency_ms_p50": writer.get("latency_ms_p50"),
         "latency_ms_p99": writer.get("latency_ms_p99"),
         "latency_ms_p999": writer.get("latency_ms_p999"),
         "checksum_failures": sum(int(s.get("checksum_failures", 0)) for s in stages.values()),
+        "quarantined_frames": sum(int(s.get("quarantined", 0)) for s in stages.values()),
+        # clusters without a valid intensity (out of view, lost frames): written as no-calls
+        "no_calls": sum(int(s.get("no_calls", 0)) for s in stages.values()),
         "duplicates_dropped": sum(int(s.get("duplicates", 0)) for s in stages.values()),
         "restarts": restarts,
         "raw_bytes": raw_bytes,
@@ -150,12 +156,17 @@ def format_summary(s: dict) -> str:
     ]
     if s.get("data_reduction"):
         lines.append(f"data reduction: {s['raw_bytes'] / 1e6:.1f} MB of raw frames -> {s['output_bytes'] / 1e6:.1f} MB written ({s['data_reduction']:.1f}x)")
+    if s.get("no_calls"):
+        lines.append(f"no-calls: {s['no_calls']} cluster-cycles without a valid intensity (out of view or lost frames), written as N")
     acc = s.get("accuracy")
     if acc:
+        scored = acc["bases_called"] > 0 and acc["clusters_detected"] > 0
+        error = f"error {acc['error_rate'] * 100:.2f}% over {acc['bases_called']} bases" if scored else "error n/a (no scored bases)"
+        pf = f"{acc['pass_filter_fraction'] * 100:.1f}%" if acc["clusters_detected"] else "n/a"
         lines.append(
-            f"base calls vs ground truth: error {acc['error_rate'] * 100:.2f}% over {acc['bases_called']} bases; "
+            f"base calls vs ground truth: {error}; "
             f"clusters detected {acc['clusters_detected']} of {acc['clusters_truth']} (recall {acc['recall'] * 100:.1f}%), "
-            f"pass filter {acc['pass_filter_fraction'] * 100:.1f}%"
+            f"pass filter {pf}"
         )
     lines.append(f"output: {s['output']}" + ("" if s.get("run_complete") is not False else " (incomplete: stopped before every cycle was written)"))
     return "\n".join(lines)

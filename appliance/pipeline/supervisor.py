@@ -23,10 +23,12 @@ from appliance.config import EDGES, STAGES, RunConfig
 from appliance.pipeline._flags import SharedFlag
 from appliance.pipeline._spec import StageSpec
 
-__all__ = ["Supervisor", "RestartPolicy", "Restart", "GiveUp", "Done", "SupervisorError", "plan_cpus", "ring_budget", "CpuPlan"]
+__all__ = ["Supervisor", "hang_timeout_s", "RestartPolicy", "Restart", "GiveUp", "Done", "SupervisorError", "plan_cpus", "ring_budget", "CpuPlan"]
 
 log = logging.getLogger("appliance.supervisor")
 _ORDER = ("source", *STAGES)
+RUNNING_MARKER = "RUNNING.json"  #: in a run's state folder while its supervisor lives
+INTERRUPTED_MARKER = "INTERRUPTED.json"  #: what RUNNING.json becomes once that supervisor is found dead
 #: parameters that may change during a run (``appliance ctl set KEY VALUE``), with their ranges
 LIVE_KEYS = {
     "source.rate_hz": (0.0, 100_000.0),
@@ -99,6 +101,31 @@ class RestartPolicy:
             return GiveUp(name, f"stage {name} crashed {n} times (last: {how}); max_restarts = {self.max_restarts}")
         self.restarts[name] = n
         return Restart(name, self.backoff_s * 2 ** (n - 1), n)
+
+
+def hang_timeout_s(config: RunConfig, stage: str) -> float:
+    """How stale a stage's heartbeat may get before it is taken for hung and restarted.
+
+    Sized so that a hung stage is restarted before the rings ahead of it fill: those rings
+    hold ``sum(n_slots)`` frames, which a camera at ``source.rate_hz`` fills in
+    ``sum(n_slots) / rate_hz`` seconds; the timeout is half of that (the other half is the
+    restart), at least ``supervisor.hang_min_s`` (a frame may legitimately take seconds, as
+    when the kernel builds a tile's cluster template on a loaded host), at most
+    ``supervisor.heartbeat_timeout_s``. An unpaced source (``rate_hz = 0``) waits for a full
+    ring, so the ceiling applies. (Defaults: 64 + 64 slots ahead of the kernel at 20 frames/s
+    fill in 6.4 s: 5 s, the floor; preprocess: 5 s, its 64 slots fill in 3.2 s, so a camera at
+    the default rate drops frames when preprocess hangs: give the first ring more slots.)
+    """
+    ceiling = config.supervisor.heartbeat_timeout_s
+    rate = config.source.rate_hz
+    if rate <= 0 or stage == "source":
+        return ceiling
+    ahead, at = 0, "source"
+    for edge, (src, dst) in EDGES.items():  # edges in pipeline order
+        if src == at and at != stage:
+            ahead += config.edges[edge].n_slots
+            at = dst
+    return min(ceiling, max(config.supervisor.hang_min_s, ahead / rate / 2))  # the ceiling wins
 
 
 # -- CPU plan and memory budget ------------------------------------------------------------
@@ -250,8 +277,13 @@ def new_run_id(config: RunConfig, root: Path) -> str:
 class Supervisor:
     """Runs one instrument run: ``run()`` returns the summary dict or raises SupervisorError."""
 
-    def __init__(self, config: RunConfig, *, run_id: str | None = None, faults: dict[str, dict] | None = None, notifier=None, log_json: bool = False) -> None:
+    def __init__(self, config: RunConfig, *, run_id: str | None = None, faults: dict[str, dict] | None = None, notifier=None, log_json: bool = False,
+                 resume: bool = False) -> None:
         self.config = config
+        #: resume an interrupted run (``run_id`` names it): every stage restores the last
+        #: committed epoch and the source re-emits after it (docs/architecture.md)
+        self.resuming = resume
+        self.resume_plan = None
         self.log_json = log_json
         self.root = Path(config.output.root).resolve()
         self.run_id = run_id or new_run_id(config, self.root)
@@ -274,6 +306,10 @@ class Supervisor:
         self._pause = SharedFlag(self._ctx)
         self._done = False
         self._live: dict = {}
+        #: who met a full disk (a stage name, or "supervisor") -> the path it could not write;
+        #: while any, acquisition is paused (``_disk_full_changed``)
+        self._disk_full: dict[str, str] = {}
+        self._paused_for_disk = False
         from appliance.alerts import AlertManager
 
         self.alerts = AlertManager(config.alerts)
@@ -357,12 +393,15 @@ class Supervisor:
         """Record an event or alert: the run's events, the flight recorder, the control
         plane's PUB, systemd STATUS, and the log (unless a stage ``logged`` it already)."""
         if not logged and kind in ("alert", "error", "warning"):
-            log.log(logging.ERROR if kind == "error" else logging.WARNING, "%s", message)
+            # alert/stage as fields: the journal's ALERT=/STAGE= (appliance.logjson)
+            tags = {"alert": fields.get("rule") or kind, **({"stage": fields["stage"]} if "stage" in fields else {})}
+            log.log(logging.ERROR if kind == "error" else logging.WARNING, "%s", message, extra=tags)
         ev = {"t": time.time(), "kind": kind, "message": message, **fields}
         self.events.append(ev)
-        if self.notifier is not None:
-            self.notifier.status(message[:200])
-        topic = "alert" if kind in ("alert", "error") else "event"
+        # not STATUS=: that line says the run's state (appliance.progress, every 5 s); the
+        # alert reaches the journal with ALERT= (the log call above)
+        # a cleared alert goes out on `alert` too (docs/control-protocol.md), as kind "event"
+        topic = "alert" if kind in ("alert", "error") or "cleared" in fields else "event"
         if self.recorder is not None:
             self.recorder.record(topic, ev)
         if self.publish is not None:
@@ -400,8 +439,13 @@ class Supervisor:
         from appliance.pipeline.handlers import LIVE_PARAMS
 
         self._live[key] = float(value)
+        section, field = key.split(".", 1)
         if key.startswith("alerts."):
-            self.alerts.rules = dataclasses.replace(self.alerts.rules, **{key.split(".", 1)[1]: float(value)})
+            self.alerts.rules = dataclasses.replace(self.alerts.rules, **{field: float(value)})
+        # status.config shows the value now in force
+        sect = getattr(self.config, section, None)
+        if sect is not None and dataclasses.is_dataclass(sect) and hasattr(sect, field):
+            self.config = dataclasses.replace(self.config, **{section: dataclasses.replace(sect, **{field: float(value)})})
         path = self.state_dir / LIVE_PARAMS
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._live))
@@ -432,11 +476,15 @@ class Supervisor:
                 raise SupervisorError(str(exc)) from exc
         # Ring slots are sized from the frame geometry: a camera left at its own size (0) is asked.
         self.config = cfg = with_camera_geometry(cfg)
+        # A live camera's position when the run died is on the dead supervisor's raw rings:
+        # read before they are cleaned up.
+        self._acquired = self._acquired_before_crash() if self.resuming and cfg.source.kind == "genicam" else 0
         for name in rt.clean_dead_rings():
             log.warning("removed stale ring %s of a dead previous instance", name)
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+        if not self.resuming:  # a resume checks it is the same (see _check_same_config)
+            (self.state_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
         from appliance.recorder import FlightRecorder
 
         self.recorder = FlightRecorder(self._recorder_dir, max_bytes=cfg.recorder.max_mb << 20, segment_bytes=min(8 << 20, cfg.recorder.max_mb << 18))
@@ -446,6 +494,12 @@ class Supervisor:
             self.recorder.close()
             raise
         self._specs = {s.name: s for s in specs}
+        try:
+            self._mark_interrupted_runs()
+            self._prepare_state()
+        except BaseException:
+            self.recorder.close()
+            raise
         t0 = time.monotonic()
         server = exporter = None
         try:  # from here on, whatever fails is undone in the finally (recorder, sockets, rings)
@@ -476,10 +530,140 @@ class Supervisor:
             self._rings = []
         wall = time.monotonic() - t0
         # Checkpoints exist to survive a crash mid-run; a finished run no longer needs them.
+        from appliance.pipeline._checkpoint import COMMIT_FILE
+
         for ckpt in self.state_dir.glob("*.ckpt"):
             ckpt.unlink()
+        (self.state_dir / COMMIT_FILE).unlink(missing_ok=True)
+        (self.state_dir / RUNNING_MARKER).unlink(missing_ok=True)
+        (self.state_dir / INTERRUPTED_MARKER).unlink(missing_ok=True)
         summaries = {name: self._summary_of(name) for name in self._specs}
-        return summarize(cfg, self.run_id, self.run_dir, summaries, wall, self.events, dict(self.policy.restarts))
+        summary = summarize(cfg, self.run_id, self.run_dir, summaries, wall, self.events, dict(self.policy.restarts))
+        if self.resume_plan is not None:
+            plan = self.resume_plan
+            summary["resume"] = {"epoch": plan.epoch, "source_index": plan.source_index, "lost_frames": plan.lost_frames, "reason": plan.reason}
+        return summary
+
+    # -- crash consistency: marking and resuming interrupted runs ----------------------------
+    def _mark_interrupted_runs(self) -> None:
+        """A run whose supervisor died (power cut, OOM kill) is never left unmarked: its
+        RUNNING.json (pid, start time) becomes INTERRUPTED.json, with a warning naming the
+        resume command. Then this run's own RUNNING.json is written."""
+        import psutil
+
+        for marker in self.state_dir.parent.glob(f"*/{RUNNING_MARKER}"):
+            try:
+                doc = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                doc = {}
+            pid, started = doc.get("pid", 0), doc.get("create_time")
+            try:
+                alive = psutil.Process(pid).create_time() == started
+            except (psutil.Error, ValueError):
+                alive = False
+            if alive:
+                continue
+            run_id = marker.parent.name
+            os.replace(marker, marker.with_name(INTERRUPTED_MARKER))
+            if run_id != self.run_id:
+                self._event("warning", f"run {run_id} was interrupted (its supervisor, pid {pid}, died): resume it with "
+                                       f"`appliance run --resume {self.root / run_id}`", run=run_id)
+        if self.resuming:
+            if not (self.state_dir / INTERRUPTED_MARKER).exists():
+                raise SupervisorError(f"{self.run_dir} is not an interrupted run (no {INTERRUPTED_MARKER} in {self.state_dir}): nothing to resume")
+            self._check_same_config()
+        elif (self.state_dir / INTERRUPTED_MARKER).exists():
+            raise SupervisorError(f"run {self.run_id} was interrupted and is not finished: resume it with "
+                                  f"`appliance run --resume {self.run_dir}`, or choose a new --run-id")
+        me = psutil.Process()
+        marker = self.state_dir / RUNNING_MARKER
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": me.pid, "create_time": me.create_time(), "run_id": self.run_id}))
+        os.replace(tmp, marker)
+
+    def _check_same_config(self) -> None:
+        """A resume runs the interrupted run's config (config.json in its state folder)."""
+        path = self.state_dir / "config.json"
+        try:
+            then = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise SupervisorError(f"cannot resume {self.run_id}: its config {path} is missing or unreadable") from None
+        now = json.loads(json.dumps(self.config.to_dict(), default=str))
+
+        def flat(d, pre=""):
+            for k, v in d.items():
+                if isinstance(v, dict) and v:
+                    yield from flat(v, f"{pre}{k}.")
+                else:
+                    yield f"{pre}{k}", v
+
+        a, b = dict(flat(then)), dict(flat(now))
+        diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k != "output.root")
+        if diff:
+            raise SupervisorError(f"cannot resume {self.run_id} with another config (differs: {', '.join(diff[:8])}): "
+                                  f"pass the same --config and --set as the interrupted run (see {path})")
+
+    def _prepare_state(self) -> None:
+        """A new run starts with no checkpoint; a resume restores the last committed epoch:
+        each stage's epoch checkpoint becomes its live one, later ones are removed, and the
+        source goes on after the epoch (or, for a camera, after what it acquired: lost)."""
+        from appliance.pipeline._checkpoint import (
+            Checkpoint, RuntimeState, epoch_path, epochs_on_disk, plan_resume, prune_epochs, read_commit, save_checkpoint,
+        )
+        from appliance.pipeline.handlers import SourceState, frames_per_epoch
+
+        sd = self.state_dir
+        if not self.resuming:
+            for ckpt in sd.glob("*.ckpt"):
+                ckpt.unlink()
+            return
+        reacquirable = self.config.source.kind != "genicam"
+        acquired = 0 if reacquirable else self._acquired
+        names = list(self._specs)
+        plan = plan_resume(read_commit(sd), epochs_on_disk(sd), names, frames_per_epoch(self.config),
+                           reacquirable=reacquirable, acquired_before=acquired)
+        self.resume_plan = plan
+        for name, spec in self._specs.items():
+            live = spec.checkpoint_path
+            if name in plan.restore:
+                src = epoch_path(sd, name, plan.restore[name])
+                tmp = live.with_name(live.name + ".tmp")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, live)
+            else:
+                live.unlink(missing_ok=True)
+            for e in epochs_on_disk(sd).get(name, []):
+                if e > plan.epoch:
+                    epoch_path(sd, name, e).unlink()
+            prune_epochs(sd, name)
+        source = self._specs["source-0"]
+        if plan.source_index != plan.epoch * frames_per_epoch(self.config) or "source-0" not in plan.restore:
+            state = SourceState(next_index=plan.source_index, epoch=plan.epoch)
+            save_checkpoint(source.checkpoint_path, Checkpoint(RuntimeState(), state, plan.epoch))
+        msg = f"resuming run {self.run_id} at epoch {plan.epoch}: the source goes on from frame {plan.source_index} ({plan.reason})"
+        self._event("event", msg)
+        if plan.lost_frames:
+            self._event("alert", f"{plan.lost_frames} frames acquired before the crash cannot be had again (a live camera): "
+                                 f"their tile-cycles are written as incomplete (no-calls)", lost_frames=plan.lost_frames)
+
+    def _acquired_before_crash(self) -> int:
+        """How far a live camera had got when the run died: the source's last barrier plus
+        the frames on the dead supervisor's raw rings since (they outlive a process crash;
+        after a reboot they are gone and the count falls back to the last barrier)."""
+        from appliance.pipeline._checkpoint import Checkpoint, load_checkpoint
+
+        ckpt = load_checkpoint(self.state_dir / "source-0.ckpt")
+        st = ckpt.handler if isinstance(ckpt, Checkpoint) else None
+        if st is None:
+            return 0
+        total = st.next_index
+        for ring_name, then in zip(st.rings, st.counts):
+            try:
+                info = rt.inspect(ring_name)
+            except (rt.RingError, OSError):
+                continue
+            total += max(0, info.written + info.drops - then)
+        return total
 
     def _watch(self) -> None:
         pending_restarts: dict[str, float] = {}
@@ -487,7 +671,8 @@ class Supervisor:
         next_alert_read = 0.0
         alerts_offset = 0
         next_sample = 0.0
-        hb_timeout = self.config.supervisor.heartbeat_timeout_s
+        hb_timeouts = {name: hang_timeout_s(self.config, spec.stage) for name, spec in self._specs.items()}
+        hang_killed: set[int] = set()
         while True:
             if self.stop_requested.is_set() and not drain_sent:
                 drain_sent = True
@@ -508,8 +693,10 @@ class Supervisor:
                     continue
                 if proc.is_alive():
                     age = self._heartbeat_age(name)
-                    if age is not None and age > hb_timeout:
-                        self._event("alert", f"stage {name} heartbeat stale ({age:.0f} s): restarting", stage=name)
+                    if age is not None and age > hb_timeouts[name] and proc.pid not in hang_killed:
+                        hang_killed.add(proc.pid)  # one kill per hung process: it may live on a moment
+                        self._event("alert", f"stage {name} heartbeat stale ({age:.1f} s, hang timeout {hb_timeouts[name]:.1f} s "
+                                    "from the rings ahead of it and the frame rate): restarting", stage=name, rule="hang")
                         proc.kill()
                     continue
                 proc.join()
@@ -547,8 +734,28 @@ class Supervisor:
                 ev = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            rule, state, who = ev.get("rule"), ev.get("state"), ev.get("stage", "?")
             self._event(ev.pop("kind", "alert"), ev.pop("message", ""), logged=True, **ev)
+            if rule == "disk_full":
+                self._disk_full_changed(who, state != "cleared", ev.get("path", ""))
         return offset + end
+
+    def _disk_full_changed(self, who: str, full: bool, path: str = "") -> None:
+        """A stage (or the supervisor) met a full disk, or wrote again after one. While any
+        is waiting for space, acquisition is paused (the camera stops, as an operator's pause
+        would), so a full disk costs time, not frames; it resumes when every writer is through."""
+        if full:
+            self._disk_full[who] = path
+        else:
+            self._disk_full.pop(who, None)
+        if self._disk_full and not self._pause.is_set() and not self.stop_requested.is_set() and not self._done:
+            self._pause.set()
+            self._paused_for_disk = True
+            self._event("event", f"acquisition paused: disk full ({', '.join(sorted(self._disk_full))} waiting for space)", rule="disk_full")
+        elif not self._disk_full and self._paused_for_disk:
+            self._paused_for_disk = False
+            self._pause.clear()
+            self._event("event", "acquisition resumed: space freed", rule="disk_full")
 
     def _sample_stats(self) -> None:
         """Append one sample of ring and stage state to stats.jsonl (the run's time series)."""
@@ -570,6 +777,8 @@ class Supervisor:
             live = self._summary_of(name)
             stages[name] = {
                 "alive": name in self._procs and self._procs[name].is_alive(),
+                # None while it runs; 0 when it finished normally (appliance_stage_state)
+                "exitcode": self._procs[name].exitcode if name in self._procs else None,
                 "restarts": self.policy.restarts.get(name, 0),
                 **{k: live.get(k) for k in _LIVE_KEYS},
             }
@@ -591,11 +800,47 @@ class Supervisor:
                 self._event("event", f"cleared: {a.message}", rule=a.rule, subject=a.subject, cleared=a.cleared)
         sample["alerts"] = [{"rule": a.rule, "subject": a.subject, "severity": a.severity, "message": a.message, "first_seen": a.first_seen} for a in self.alerts.active.values()]
         self.latest_stats = sample
-        with open(self.state_dir / "stats.jsonl", "a") as f:
-            f.write(json.dumps(sample) + "\n")
+        self._append_stats(json.dumps(sample) + "\n")
         self.recorder.record("stats", sample)
         if self.publish is not None:
             self.publish("stats", sample)
+
+    def _append_stats(self, line: str) -> None:
+        """One line onto stats.jsonl, whole or not at all: a full disk cuts the file back to
+        its last whole line, raises ``disk_full`` (acquisition pauses) and skips the sample;
+        the next sample that fits clears it."""
+        from appliance.pipeline._diskfull import is_full
+
+        path = self.state_dir / "stats.jsonl"
+        data = line.encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if not is_full(exc):
+                raise
+            return self._stats_full(path, exc)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                n = os.write(fd, data)
+            except OSError as exc:
+                if not is_full(exc):
+                    raise
+                n = -1
+                err = exc
+            if n != len(data):
+                os.ftruncate(fd, size)
+                return self._stats_full(path, err if n < 0 else OSError(28, "short write"))
+        finally:
+            os.close(fd)
+        if "supervisor" in self._disk_full:
+            self._event("event", f"space freed: {path} written again; samples taken while the disk was full are not in it", rule="disk_full")
+            self._disk_full_changed("supervisor", False)
+
+    def _stats_full(self, path: Path, exc: OSError) -> None:
+        if "supervisor" not in self._disk_full:
+            self._event("alert", f"disk full writing {path}: the run is paused until space is freed ({exc})", rule="disk_full", path=str(path))
+            self._disk_full_changed("supervisor", True, str(path))
 
     # -- the control plane ------------------------------------------------------------------
     def control_commands(self) -> dict:
@@ -626,11 +871,14 @@ class Supervisor:
         return {
             "status": Command(status, "the latest stats sample, the run's state and its config"),
             "stop": Command(stop, "drain: stop acquisition; every frame that entered is written"),
-            "pause": Command(pause, "pause acquisition (frames in the pipeline are still processed)"),
-            "resume": Command(resume, "resume a paused acquisition"),
+            "pause": Command(pause, "pause acquisition (frames in the pipeline are still processed)", (),
+                             {"not_running": "the run is not acquiring (paused, draining or done)"}),
+            "resume": Command(resume, "resume a paused acquisition", (), {"not_running": "the run is not paused (draining or done)"}),
             "events": Command(events, "the most recent events and alerts", (Arg("last", "int", help="how many (default 50; 0: none)", min=0),)),
             "set": Command(lambda a: self.set_live(a["key"], a["value"]), f"change a live parameter ({', '.join(LIVE_KEYS)})",
-                           (Arg("key", "str", True, "the live parameter"), Arg("value", "any", True, "its new value (a number)"))),
+                           (Arg("key", "str", True, "the live parameter: " + ", ".join(LIVE_KEYS)),
+                            Arg("value", "float", True, "its new value, a number: " + "; ".join(f"{k} {lo:g} to {hi:g}" for k, (lo, hi) in LIVE_KEYS.items()))),
+                           {"not_live": "the key cannot change during a run", "bad_value": "the value is outside the key's range"}),
         }
 
     def _start_control(self):
@@ -686,6 +934,9 @@ def start_control_server(c, handlers: dict):
     from appliance.control import ControlServer, ControlServerError
     from appliance.control.paths import default_socket_dir
 
+    if not c.enabled:
+        raise SupervisorError("control plane: control.enabled = false, so no control sockets are served; "
+                              "appliance serve is driven only through them: set control.enabled = true, or use appliance run")
     try:
         server = ControlServer(
             handlers=handlers,

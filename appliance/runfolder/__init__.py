@@ -7,6 +7,7 @@ per file, and completion markers; every file atomically (temp name, fsync, renam
 See docs/run-folder.md.
 """
 
+from appliance.runfolder._atomic import Written, ensure_dir, is_temp_name, write_atomic
 from appliance.runfolder.errors import RunFolderError, RunFolderFull
 from appliance.runfolder.folder import RunFolder
 from appliance.runfolder.formats import (
@@ -46,4 +47,8 @@ __all__ = [
     "encode_intensities",
     "encode_locs",
     "encode_runinfo",
+    "Written",
+    "ensure_dir",
+    "is_temp_name",
+    "write_atomic",
 ]

@@ -74,8 +74,12 @@ def _encode(run_id: str, kind: str, files: list[FileEntry], **extra) -> bytes:
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
-def encode_cycle(run_id: str, cycle: int, files: list[FileEntry]) -> bytes:
-    """A cycle manifest's bytes (entries sorted by path; no timestamps)."""
+def encode_cycle(run_id: str, cycle: int, files: list[FileEntry], no_calls: dict[int, str] | None = None) -> bytes:
+    """A cycle manifest's bytes (entries sorted by path; no timestamps). ``no_calls``: the
+    tiles written as all no-calls in this cycle, with the reason (a quarantined frame)."""
+    if no_calls:
+        extra = {"no_calls": [{"tile": int(t), "reason": r} for t, r in sorted(no_calls.items())]}
+        return _encode(run_id, "cycle", files, cycle=cycle, **extra)
     return _encode(run_id, "cycle", files, cycle=cycle)
 
 

@@ -71,6 +71,7 @@ class RunFolderWriter:
         self.intensities = intensities
         self._written: dict[str, Written] = {}
         self._clusters: dict[int, int] = {}
+        self._no_calls: dict[int, dict[int, str]] = {}  # cycle -> tile -> reason
 
         ensure_dir(self.path)
         runinfo = self.path / RUNINFO
@@ -121,6 +122,22 @@ class RunFolderWriter:
         data = formats.encode_bcl(bases, quals)
         self._count(tile, len(data) - 4, f"bcl of cycle {cycle}")
         self._put(self.layout.bcl(tile, cycle), lambda: [data])
+
+    def clusters(self, tile: int) -> int | None:
+        """The cluster count of ``tile`` (from what was written, or from disk); None before any file."""
+        self._tile(tile)
+        n = self._clusters.get(tile)
+        return n if n is not None else self._count_on_disk(tile)
+
+    def write_no_calls(self, tile: int, cycle: int, reason: str) -> None:
+        """``tile`` at ``cycle`` as all no-calls (a frame that could not be used, e.g. one
+        quarantined for a checksum mismatch); ``reason`` goes into the cycle's manifest
+        (``no_calls``). Needs the tile's cluster count (its locs written first)."""
+        n = self.clusters(tile)
+        if n is None:
+            raise RunFolderError(f"tile {tile}: no-calls for cycle {cycle} need the tile's clusters; write its locs first")
+        self._no_calls.setdefault(cycle, {})[tile] = reason
+        self.write_bcl(tile, cycle, np.full(n, formats.NO_CALL, np.uint8), np.zeros(n, np.uint8))
 
     def write_intensities(self, tile: int, cycle: int, intensities) -> None:
         """Cluster intensities of ``tile`` at ``cycle``: float32 (N, channels)."""
@@ -191,7 +208,7 @@ class RunFolderWriter:
                     f"{self.path}: the run is complete; nothing is written after complete()"
                 )
             entries = [self._entry(p) for p in self.cycle_files(cycle)]
-            data = _manifest.encode_cycle(self.info.run_id, cycle, entries)
+            data = _manifest.encode_cycle(self.info.run_id, cycle, entries, self._no_calls.get(cycle))
             self._put(Layout.cycle_manifest(cycle), lambda: [data])
             self._complete_cycles[cycle] = {e.path: e for e in entries}
         # (also on a repeat: a crash may have come between the manifest and the marker)

@@ -30,6 +30,7 @@ def test_file_then_overrides(tmp_path):
     "override, message",
     [
         ("run.cycles=0", "run.cycles = 0 is invalid: allowed an integer 1..1000"),
+        ("run.cycles=3", "run.cycles = 3 is invalid: allowed at least 4 with stages.kernel.algorithm"),
         ("run.tiles=[1101, 1101]", "run.tiles"),
         ("run.colour=1", "unknown config key run.colour"),
         ("edges.raw.n_slots=48", "edges.raw.n_slots = 48 is invalid: allowed a power of two"),

@@ -102,7 +102,7 @@ def test_corrupt_frame_is_quarantined_counted_and_the_run_completes(tmp_path):
     summary = Supervisor(cfg, run_id=RUN_ID, faults={"preprocess-0": {"corrupt_frame": 50}}).run()
     assert summary["checksum_failures"] == 1
     assert any(e.get("rule") == "checksum_failures" and e["kind"] == "alert" for e in summary["events"])
-    quarantined = list((tmp_path / RUN_ID / "Quarantine").glob("*.npy"))
+    quarantined = list((tmp_path / ".quarantine" / RUN_ID).glob("*.npy"))
     assert len(quarantined) == 1 and "preprocess-0_kind0" in quarantined[0].name
     # The lost frame makes its tile-cycle incomplete (no-calls), accounted, never silent.
     assert summary["incomplete_cycles"] == 1
@@ -126,7 +126,7 @@ def test_full_disk_pauses_the_run_alerts_and_resumes(tmp_path):
         sup = Supervisor(cfg, run_id=RUN_ID)
         thread, result = start_in_thread(sup)
         deadline = time.monotonic() + 120
-        while not any("run folder full" in e["message"] for e in sup.events):
+        while not any(e.get("rule") == "disk_full" and e["kind"] == "alert" for e in sup.events):
             assert thread.is_alive() and time.monotonic() < deadline, "no disk-full alert"
             time.sleep(0.2)
         assert not list(disk.rglob("*.tmp*")), "a partial file was left behind"
@@ -156,7 +156,7 @@ def test_full_disk_in_passthrough_pauses_longer_than_the_heartbeat_timeout_witho
         sup = Supervisor(config(disk, *extra, f'output.state_root="{tmp_path / "state"}"'), run_id=RUN_ID)
         thread, result = start_in_thread(sup)
         deadline = time.monotonic() + 120
-        while not any("run folder full" in e["message"] for e in sup.events):
+        while not any(e.get("rule") == "disk_full" and e["kind"] == "alert" for e in sup.events):
             assert thread.is_alive() and time.monotonic() < deadline, "no disk-full alert"
             time.sleep(0.2)
         time.sleep(6)  # three heartbeat timeouts with every stage held up by backpressure

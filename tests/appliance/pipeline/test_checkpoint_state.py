@@ -1,0 +1,191 @@
+"""Each stage's checkpoint state without stage processes: frames go through real rings in
+this process, straight into the handler; the state is the handler's frozen dataclass. Its
+size must not grow with the run's length. And the pure parts of the resume protocol."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from dataclasses import FrozenInstanceError
+
+import numpy as np
+import pytest
+
+import rt
+from appliance.pipeline import handlers
+from appliance.pipeline._checkpoint import (
+    Checkpoint, RuntimeState, epoch_path, epochs_on_disk, load_checkpoint, plan_resume, prune_epochs, save_checkpoint,
+    save_epoch, write_commit,
+)
+from appliance.pipeline._spec import StageSpec, frame_key
+from appliance.pipeline.runtime import Emitter, StageStats
+from tests.runs import small_run_config
+
+
+class Harness:
+    """One handler fed through a real ring; what it emits is read back from a real ring."""
+
+    def __init__(self, tmp_path, stage: str, *extra: str) -> None:
+        self.config = small_run_config(tmp_path, 'run.tiles=[1101]', *extra)
+        tag = uuid.uuid4().hex[:8]
+        self.names = (f"test.ckpt.{tag}.in", f"test.ckpt.{tag}.out")
+        side = self.config.source.synthetic.tile_size
+        self.rings = [rt.Ring.create(n, payload_bytes=side * side * 2, n_slots=8) for n in self.names]
+        self.producer, self.consumer = rt.Producer(self.names[0]), rt.Consumer(self.names[0])
+        out_producer, self.out = rt.Producer(self.names[1]), rt.Consumer(self.names[1])
+        self.spec = StageSpec(stage=stage, replica=0, inputs=(self.names[0],), outputs=(self.names[1],), config=self.config,
+                              run_id="CKPT", run_dir=tmp_path / "CKPT", state_dir=tmp_path / ".state" / "CKPT",
+                              parent_pid=os.getpid(), stage_index=2)
+        self.spec.state_dir.mkdir(parents=True)
+        self.stats = StageStats()
+        self.handler = handlers.make_handler(self.spec, self.stats)
+        self.emitter = Emitter(self.spec, [out_producer], threading.Event(), self.stats)
+        self.watermarks: dict = {}
+        self.emitted: list[tuple] = []
+        self._extra = [out_producer]
+
+    def feed(self, kind: int, tile: int, cycle: int, channel: int, array: np.ndarray) -> None:
+        slot = self.producer.reserve(timeout=5)
+        h = slot.header
+        h["kind"], h["tile"], h["cycle"], h["channel"], h["flags"] = kind, tile, cycle, channel, 0
+        h["t_mono_ns"] = 1
+        slot.write(np.ascontiguousarray(array), with_checksum=True)
+        self.producer.commit()
+        got = self.consumer.acquire(timeout=5)
+        k, t, c, ch = frame_key(got.header)
+        self.handler.on_frame(got, self.emitter)
+        self.watermarks[(k, t)] = (c, ch)
+        self.consumer.release(1)
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                s = self.out.acquire_nowait()
+            except rt.WouldBlock:
+                return
+            self.emitted.append(frame_key(s.header))
+            self.out.release(1)
+
+    def checkpoint_bytes(self) -> int:
+        path = self.spec.state_dir / "probe.ckpt"
+        return save_checkpoint(path, Checkpoint(RuntimeState(dict(self.watermarks), 0), self.handler.snapshot()))
+
+    def close(self) -> None:
+        for c in (self.consumer, self.out):
+            c.close()
+        for p in (self.producer, *self._extra):
+            p.close()
+        for r in self.rings:
+            r.close()
+            r.unlink()
+
+
+@pytest.fixture
+def harness(tmp_path):
+    made = []
+
+    def make(stage, *extra):
+        h = Harness(tmp_path / f"h{len(made)}", stage, *extra)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def _images(config, cycles: int):
+    from kernels.synthetic import SyntheticInstrument
+
+    inst = SyntheticInstrument(handlers.synthetic_params(config), seed=config.run.seed)
+    for cycle in range(1, cycles + 1):
+        for ch in range(4):
+            yield cycle, ch, inst.render(tile=1101, cycle=cycle, channel=ch)
+
+
+def _kernel_over(harness, cycles: int, run_cycles: int):
+    h = harness("kernel", f"run.cycles={run_cycles}")
+    for cycle, ch, image in _images(h.config, cycles):
+        h.feed(rt.FrameKind.IMAGE, 1101, cycle, ch, image)
+    return h
+
+
+def test_the_kernel_checkpoint_does_not_grow_with_the_run(harness):
+    n = 6
+    short, long = _kernel_over(harness, n, 10 * n), _kernel_over(harness, 10 * n, 10 * n)
+    assert len([k for k in long.emitted if k[0] == rt.FrameKind.INTENSITIES]) == 10 * n  # it did the work
+    a, b = short.checkpoint_bytes(), long.checkpoint_bytes()
+    assert abs(a - b) / a < 0.03, (a, b)
+    state = long.handler.snapshot()
+    assert isinstance(state, handlers.KernelState) and not state.results and not state.incomplete and not state.stacks
+    with pytest.raises(FrozenInstanceError):
+        state.results = {}
+
+
+def test_the_kernel_restored_from_its_state_goes_on_as_if_never_stopped(harness):
+    whole = _kernel_over(harness, 8, 8)
+    first = _kernel_over(harness, 5, 8)
+    path = first.spec.state_dir / "kernel.ckpt"
+    save_checkpoint(path, first.handler.snapshot())  # through the file, as a restarted stage reads it
+    state = load_checkpoint(path)
+    again = harness("kernel", "run.cycles=8")
+    again.handler.restore(state)
+    for cycle, ch, image in _images(again.config, 8):
+        if cycle > 5:
+            again.feed(rt.FrameKind.IMAGE, 1101, cycle, ch, image)
+    assert first.emitted + again.emitted == whole.emitted
+
+
+def test_preprocess_and_writer_state_is_counters_not_history(harness):
+    pre_short, pre_long = harness("preprocess"), harness("preprocess")
+    image = np.full((256, 256), 65535, np.uint16)
+    for h, n in ((pre_short, 8), (pre_long, 80)):
+        for i in range(n):
+            h.feed(rt.FrameKind.IMAGE, 1101, 1 + i // 4, i % 4, image)
+    assert pre_long.handler.snapshot() == handlers.PreprocessState(saturated=80 * image.size, kept=0)
+    assert abs(pre_short.checkpoint_bytes() - pre_long.checkpoint_bytes()) <= 8
+
+    sizes = []
+    for cycles in (4, 40):
+        w = harness("writer", f"run.cycles={cycles}")
+        n = 50
+        w.feed(rt.FrameKind.POSITIONS, 1101, 0, 0, np.random.default_rng(0).random((n, 2), np.float32) * 256)
+        for c in range(1, cycles + 1):
+            w.feed(rt.FrameKind.INTENSITIES, 1101, c, 0, np.ones((n, 4), np.float32))
+            w.feed(rt.FrameKind.CALLS, 1101, c, 0, np.stack([np.zeros(n, np.uint8), np.full(n, 30, np.uint8)]))
+        state = w.handler.snapshot()
+        assert state == handlers.WriterState(completed_through=cycles, cycle_tiles={}, raw_bytes=0, raw_frames=0)
+        sizes.append(w.checkpoint_bytes())
+    assert abs(sizes[0] - sizes[1]) <= 8, sizes
+
+
+def test_plan_resume_restores_the_committed_epoch_that_every_stage_has():
+    names = ["source-0", "kernel-0", "writer-0"]
+    epochs = {"source-0": [7, 8, 9], "kernel-0": [7, 8], "writer-0": [6, 7]}
+    plan = plan_resume(7, epochs, names, 8, reacquirable=True)
+    assert (plan.epoch, plan.source_index, plan.lost_frames) == (7, 56, 0)
+    assert plan.restore == {n: 7 for n in names}
+    # a stage without the committed epoch: the newest one every stage has
+    plan = plan_resume(8, epochs, names, 8, reacquirable=True)
+    assert plan.epoch == 7 and "lacks" in plan.reason
+    # nothing committed: from the start, nothing restored
+    assert plan_resume(0, epochs, names, 8, reacquirable=True).restore == {}
+
+
+def test_plan_resume_with_a_live_camera_counts_the_frames_lost():
+    epochs = {"source-0": [3], "writer-0": [3]}
+    plan = plan_resume(3, epochs, ["source-0", "writer-0"], 8, reacquirable=False, acquired_before=37)
+    assert (plan.epoch, plan.source_index, plan.lost_frames) == (3, 37, 13)
+
+
+def test_epoch_checkpoints_are_kept_from_the_committed_epoch_on(tmp_path):
+    for e in range(1, 6):
+        save_epoch(tmp_path, "kernel-0", e, Checkpoint(RuntimeState(), handlers.PreprocessState(e, 0), e))
+    assert epochs_on_disk(tmp_path) == {"kernel-0": [1, 2, 3, 4, 5]}  # nothing committed yet
+    write_commit(tmp_path, 4, 32)
+    prune_epochs(tmp_path, "kernel-0")
+    assert epochs_on_disk(tmp_path) == {"kernel-0": [4, 5]}
+    assert load_checkpoint(epoch_path(tmp_path, "kernel-0", 4)).handler == handlers.PreprocessState(4, 0)
+    assert not list(tmp_path.glob("*.tmp"))
