@@ -82,37 +82,7 @@ class LatencyRow:
 
 def _pair(ctx, consumer, cargs, producer, pargs, timeout: float):
     """Run one producer/consumer pair; returns (results by kind)."""
-    results = ctx.Queue()
-    ready_c, ready_p, go = ctx.Event(), ctx.Event(), ctx.Event()
-    cons = ctx.Process(target=consumer, args=(*cargs, ready_c, results), daemon=True)
-    prod = ctx.Process(target=producer, args=(*pargs, ready_p, go, results), daemon=True)
-    procs = [cons, prod]
-    try:
-        cons.start()
-        if not ready_c.wait(timeout):
-            raise RuntimeError(f"benchmark consumer {consumer.__name__} did not start")
-        prod.start()
-        if not ready_p.wait(timeout):
-            raise RuntimeError(f"benchmark producer {producer.__name__} did not start")
-        go.set()
-        out = {}
-        for _ in range(2):
-            kind, value = results.get(timeout=timeout)
-            out[kind] = value
-        for p in procs:
-            p.join(timeout)
-            if p.exitcode != 0:
-                raise RuntimeError(f"benchmark process {p.name} exited with {p.exitcode}")
-        return out
-    finally:
-        for p in procs:
-            if p.pid is None:  # never started (the other one failed first)
-                continue
-            if p.is_alive():
-                p.kill()
-            p.join(5)
-        results.close()
-        results.join_thread()
+    return _run_all(ctx, [(consumer, cargs)], producer, pargs, timeout)
 
 
 class TransportLost(RuntimeError):
