@@ -79,6 +79,7 @@ class SyntheticSection:
     psf_sigma: float = 1.2
     phasing: float = 0.002
     prephasing: float = 0.001
+    brightness: float = 2000.0
     unique_frames: int = 0
 
     def validate(self, key: str) -> None:
@@ -92,6 +93,8 @@ class SyntheticSection:
             raise _err(f"{key}.density", self.density, "0.0005 to 0.05 clusters/px^2")
         if not 0.5 <= self.psf_sigma <= 3.0:
             raise _err(f"{key}.psf_sigma", self.psf_sigma, "0.5 to 3.0 px")
+        if not isinstance(self.brightness, (int, float)) or not 50.0 <= self.brightness <= 100000.0:
+            raise _err(f"{key}.brightness", self.brightness, "50 to 100000 e- (a cluster's median flux per cycle and channel)")
         for k in ("phasing", "prephasing"):
             if not 0 <= getattr(self, k) <= 0.05:
                 raise _err(f"{key}.{k}", getattr(self, k), "0 to 0.05 per cycle")

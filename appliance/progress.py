@@ -132,39 +132,54 @@ class StatusReporter:
     """Every ``period`` seconds: ``sink(status_text(describe(get_sample(), ...)))``.
 
     ``get_sample`` returns the latest stats sample (``Supervisor.latest_stats``); ``sink``
-    takes the line (``Notifier.status``, ``LiveLine.show``). ``phase`` may be set from outside
-    (``"offload"``) to override the sample's. An exception from either callable is ignored
-    for that tick: a status line must never stop a run."""
+    takes the line (``Notifier.status``, ``LiveLine.show``). The view is refreshed every
+    ``sample_period`` (at most 1 s) whatever ``period`` is, so frames/s is known one second
+    into acquisition and a change of phase is sent at once, not up to ``period`` later.
+    ``phase`` may be set from outside (``"offload"``) to override the sample's. An exception
+    from either callable is ignored for that tick: a status line must never stop a run."""
 
-    def __init__(self, get_sample: Callable[[], dict | None], sink: Callable[[str], Any], *, period: float = 5.0, prerender: bool = True) -> None:
+    def __init__(self, get_sample: Callable[[], dict | None], sink: Callable[[str], Any], *, period: float = 5.0,
+                 prerender: bool = True, sample_period: float | None = None) -> None:
         if period <= 0:
             raise ValueError(f"period must be > 0 seconds, got {period!r}")
         self.get_sample = get_sample
         self.sink = sink
         self.period = period
+        self.sample_period = min(period, 1.0) if sample_period is None else sample_period
+        if self.sample_period <= 0:
+            raise ValueError(f"sample_period must be > 0 seconds, got {sample_period!r}")
         self.prerender = prerender
         self.phase: str | None = None
         self.view: View | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def tick(self) -> str:
-        """Sample once and send the line; returns it."""
+    def observe(self) -> View:
+        """Sample once and update the view, sending nothing."""
         view = describe(self.get_sample(), self.view, phase=self.phase, prerender=self.prerender)
         if self.phase is not None and self.view is not None:
             view = replace(view, run_id=view.run_id or self.view.run_id)
         self.view = view
-        text = status_text(view)
+        return view
+
+    def tick(self) -> str:
+        """Sample once and send the line; returns it."""
+        text = status_text(self.observe())
         self.sink(text)
         return text
 
     def _loop(self) -> None:
+        next_send, sent_phase = 0.0, None
         while not self._stop.is_set():
             try:
-                self.tick()
+                view = self.observe()
+                now = time.monotonic()
+                if now >= next_send or view.phase != sent_phase:
+                    self.sink(status_text(view))
+                    next_send, sent_phase = now + self.period, view.phase
             except Exception:  # noqa: BLE001 - see the class docstring
                 pass
-            self._stop.wait(self.period)
+            self._stop.wait(self.sample_period)
 
     def start(self) -> StatusReporter:
         self._thread = threading.Thread(target=self._loop, name="status-reporter", daemon=True)

@@ -176,6 +176,13 @@ class CycleCalls:
     predictor: object  # (N,) float32 SNR margin the quality was looked up with
     signal: object  # (N, 4) float32 corrected signal (1 = a cluster's in-phase brightness)
 
+    def called_bases(self, no_call: int = 4):
+        """``bases`` with every no-call (quality 0) as ``no_call`` (4: N in a run folder, BCL
+        byte 0), never as the argmax base at the lowest quality a format keeps. One rule for
+        the live basecall stage and a reprocess, so both write the same BCLs."""
+        xp = get_array_module(self.bases)
+        return xp.where(xp.asarray(self.qualities) == 0, xp.uint8(no_call), xp.asarray(self.bases, dtype=xp.uint8)).astype(xp.uint8)
+
 
 @dataclass(frozen=True)
 class BasecallResult:

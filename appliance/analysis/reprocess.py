@@ -23,6 +23,7 @@ import numpy as np
 
 from appliance.analysis._common import check_params, dump_json, fsync_tree, open_complete_run
 from appliance.offload.errors import PermanentJobError
+from appliance.runfolder import NO_CALL
 
 __all__ = ["run_job", "reprocess_run", "kept_tiles", "RESULT_FILE"]
 
@@ -108,11 +109,11 @@ def reprocess_run(folder, algorithm, out_root: Path, data_root: Path, tiles=None
                     caller = StreamingBasecaller(len(chain.positions), expected_cycles=info.n_cycles, **algorithm.basecall_kwargs())
                 writer.write_intensities(tile, r.cycle, intens)
                 for c in caller.push(np.array(intens)):
-                    calls[c.cycle] = (np.asarray(c.bases, np.uint8), np.asarray(c.qualities, np.uint8))
+                    calls[c.cycle] = (np.asarray(c.called_bases(NO_CALL), np.uint8), np.asarray(c.qualities, np.uint8))
         if caller is None:
             raise PermanentJobError(f"tile {tile}: too few cycles ({info.n_cycles}) to build the cluster template with {algorithm.key}")
         for c in caller.finish():
-            calls[c.cycle] = (np.asarray(c.bases, np.uint8), np.asarray(c.qualities, np.uint8))
+            calls[c.cycle] = (np.asarray(c.called_bases(NO_CALL), np.uint8), np.asarray(c.qualities, np.uint8))
         for cycle, (bases, quals) in sorted(calls.items()):
             writer.write_bcl(tile, cycle, bases, quals)
         writer.write_filter(tile, np.asarray(caller.pass_filter, bool))

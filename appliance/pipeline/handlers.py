@@ -45,6 +45,7 @@ def synthetic_params(config):
         n_cycles=config.run.cycles,
         phasing=s.phasing,
         prephasing=s.prephasing,
+        brightness_median=float(s.brightness),
     )
 
 
@@ -557,10 +558,9 @@ class BasecallHandler(Handler):
     def _emit_calls(self, tile: int, calls, out, h) -> None:
         for c in calls:
             # Quality 0 is the caller's no-call (no valid intensity: out of view, or an
-            # incomplete cycle's NaN intensities): written as a no-call (BCL byte 0), never as
-            # the argmax base at the lowest quality the format keeps (Q2).
+            # incomplete cycle's NaN intensities): written as a no-call (BCL byte 0).
             quals = np.asarray(c.qualities, np.uint8)
-            bases = np.where(quals == 0, NO_CALL, np.asarray(c.bases, np.uint8)).astype(np.uint8)
+            bases = np.asarray(c.called_bases(NO_CALL), np.uint8)
             self.stats.extra["no_calls"] = self.stats.extra.get("no_calls", 0) + int(np.count_nonzero(quals == 0))
             out.emit(FrameKind.CALLS, tile, c.cycle, 0, np.stack([bases, quals]), source_header=h)
         caller = self.callers[tile]

@@ -109,6 +109,9 @@ class Emitter:
         self.stats = stats
         self.watch = watch
         self.on_wait = None
+        # The source has no consume loop: it writes its live summary (frames acquired so
+        # far, which the supervisor's samples report) from here.
+        self._next_report = 0.0 if spec.stage == "source" else None
 
     def stopping(self) -> bool:
         """True when this stage must stop now. A stop while the supervisor lives (with a
@@ -157,6 +160,9 @@ class Emitter:
         p.commit()
         self.stats.frames_out += 1
         self.stats.bytes_out += int(h["payload_bytes"])
+        if self._next_report is not None and time.monotonic() >= self._next_report:
+            self._next_report = time.monotonic() + LIVE_REPORT_S
+            _write_summary(self.spec, self.stats, "running")
 
     def barrier(self, epoch: int, only: int | None = None) -> None:
         """The barrier of ``epoch`` on every output ring (or on output ``only``). Lossless

@@ -782,6 +782,10 @@ class Supervisor:
                 "restarts": self.policy.restarts.get(name, 0),
                 **{k: live.get(k) for k in _LIVE_KEYS},
             }
+        # Acquired frames: the source's own count (the run summary's), not the raw rings'
+        # entries, which also hold the epoch barriers; the rings only until it first reports.
+        if stages.get("source-0", {}).get("frames_in") is not None:
+            frames = int(stages["source-0"]["frames_in"])
         cfg = self.config
         host = _host_stats(self.root)
         writer = stages.get("writer-0", {})

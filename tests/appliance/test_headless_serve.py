@@ -41,7 +41,7 @@ def test_serve_headless_reports_state_in_status_and_logs_run_id(tmp_path):
         # the reporter's own STATUS after READY's: the idle state, every 5 s
         notify.wait_for(lambda ms: _statuses(ms).count("idle: waiting for `ctl start`") >= 2, timeout=60)
         with ControlClient(sock, timeout_s=10) as client:
-            assert client.request("start", run_id="H1", set=["run.cycles=8"])["run_id"] == "H1"
+            assert client.request("start", run_id="H1", set=["run.cycles=16"])["run_id"] == "H1"
             got = notify.wait_for(lambda ms: any(s.startswith("acquiring: run H1, cycle") and "frames/s" in s for s in _statuses(ms)), timeout=300)
             deadline = time.monotonic() + 300
             while client.request("status")["state"] != "idle":
@@ -55,7 +55,7 @@ def test_serve_headless_reports_state_in_status_and_logs_run_id(tmp_path):
     statuses = _statuses(messages)
     assert any(s.startswith("pre-render: run H1") for s in statuses), statuses
     acquiring = [s for s in _statuses(got) if s.startswith("acquiring: run H1")]
-    assert all("drop" in s and "/8, " in s for s in acquiring), acquiring
+    assert all("drop" in s and "/16, " in s for s in acquiring), acquiring
     # the supervisor's JSON-lines copy in LogsDirectory carries the run id of the run's records
     records = [json.loads(line) for line in (logs / "appliance.jsonl").read_text().splitlines()]
     assert records and any(r.get("run_id") == "H1" for r in records)

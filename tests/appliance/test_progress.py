@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 
@@ -73,6 +74,30 @@ def test_reporter_sends_a_line_per_tick_and_survives_a_failing_source():
     assert len(lines) == 2
     with pytest.raises(ValueError, match="period must be > 0"):
         StatusReporter(dict, print, period=0)
+
+
+def test_reporter_samples_faster_than_it_sends_and_sends_a_new_phase_at_once():
+    """A 60 s period: the first line, then the next only when the phase changes (the view is
+    refreshed on every sample between them, sent or not)."""
+    samples = [_sample(0.0, 0), _sample(1.0, 8), _sample(2.0, 16), _sample(3.0, 24), _sample(4.0, 208, state="done")]
+    feed = iter(samples)
+    last = samples[-1]
+    lines = []
+    sent = threading.Event()
+
+    def sink(line):
+        lines.append(line)
+        if line.startswith("done"):
+            sent.set()
+
+    with StatusReporter(lambda: next(feed, last), sink, period=60.0, sample_period=0.02):
+        assert sent.wait(10), lines
+    assert lines[0].startswith("pre-render: run R1")
+    assert lines[1].startswith("acquiring: run R1, cycle 2/26, 8/208 frames") and "frames/s" not in lines[1]
+    assert lines[2].startswith("done: run R1") and len(lines) == 3, lines
+    assert lines[2].startswith("done: run R1, cycle 26/26, 208/208 frames")
+    with pytest.raises(ValueError, match="sample_period must be > 0"):
+        StatusReporter(dict, print, period=1, sample_period=0)
 
 
 def _read_pty(fd: int, proc: subprocess.Popen, timeout: float) -> bytes:

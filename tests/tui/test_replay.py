@@ -35,7 +35,7 @@ def test_replay_of_a_real_run_shows_stages_rings_and_progress(real_run):
         for stage in STAGES:  # the run is over: every stage finished, none crashed
             assert app.model.stages[stage].finished, stage
         assert "run TUIRUN" in text and "DONE" in text
-        assert f"sample {len(source.samples)}/{len(source.samples)} (finished)" in text
+        assert f"sample {len(source.samples)}/{len(source.samples)} at " in text and "(finished)" in text
         # the restart, and its alert from the flight recorder
         assert any(line.lstrip("│").startswith("preprocess") and "restarts 1" in line for line in screen_lines(app))
         assert summary["restarts"] == {"preprocess-0": 1}

@@ -1,4 +1,4 @@
-"""One real small pipeline run (2 tiles of 256 px, 20 cycles, raw frames kept) shared by the
+"""One real small pipeline run (2 tiles of 256 px, 20 cycles, a dim flow cell, raw frames kept) shared by the
 analysis tests, and helpers to call a job function the way the executor does."""
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ class Run:
 def make_run(root: Path, run_id: str = RUN_ID, *extra: str) -> Run:
     from appliance.pipeline import Supervisor
 
-    cfg = small_run_config(root, "output.keep_raw_every=1", f"run.cycles={CYCLES}", "control.enabled=false", *extra)
+    # A dim flow cell (300 e- clusters): a run with base-call errors to find (~0.2%; at the
+    # default 2000 e- the 20 cycles are called without error).
+    cfg = small_run_config(root, "output.keep_raw_every=1", f"run.cycles={CYCLES}", "control.enabled=false",
+                           "source.synthetic.brightness=300", *extra)
     summary = Supervisor(cfg, run_id=run_id).run()
     assert summary["run_complete"], summary
     return Run(cfg, root, run_id, summary)

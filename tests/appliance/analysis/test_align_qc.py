@@ -36,10 +36,12 @@ def test_error_rate_and_aligned_fraction_match_ground_truth(analysis_run, fastq_
     truth = score_against_truth(analysis_run.config, analysis_run.path)
     doc = json.loads((ctx.staging_dir / align_qc.RESULT_FILE).read_text())
     pf_reads = result["pf_reads"]
-    truth_pf_matched = truth["bases_called"] // 20  # PF clusters matched to the truth (no no-calls here)
+    truth_pf_matched = (truth["bases_called"] + truth["no_calls"]) // 20  # PF clusters matched to the truth
     unmatched = pf_reads - truth_pf_matched
     unaligned = pf_reads - result["aligned"]
-    assert truth["no_calls"] == 0 and result["no_calls"] == 0
+    # no-calls (cluster-cycles out of view) are N in the FASTQ: the same count, but for
+    # those in reads the truth could not match or minimap2 could not align
+    assert abs(result["no_calls"] - truth["no_calls"]) <= (unaligned + unmatched) * 20
     assert abs(result["pct_aligned"] - 100.0 * truth_pf_matched / pf_reads) <= 1.0
     slack = unaligned + unmatched
     for ours, theirs in zip(doc["per_cycle"], truth["per_cycle"]):

@@ -48,6 +48,7 @@ def test_file_then_overrides(tmp_path):
         ('cpu.housekeeping="zero"', "cpu.housekeeping"),
         ('integrity.verify_at=["camera"]', "integrity.verify_at"),
         ("source.synthetic.tile_size=300", "source.synthetic.tile_size"),
+        ("source.synthetic.brightness=10", "source.synthetic.brightness = 10.0 is invalid: allowed 50 to 100000 e-"),
         ("run.cycles=lots", "run.cycles = 'lots' is invalid: allowed an integer"),
         ("supervisor.strict=true", "supervisor.strict"),
         ("nonsense", "write section.key=value"),
