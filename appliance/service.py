@@ -14,7 +14,12 @@ import threading
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from appliance.config import ConfigError, RunConfig, load_config
+
+if TYPE_CHECKING:
+    from appliance.pipeline import Invocation
 
 __all__ = ["Service"]
 
@@ -24,9 +29,12 @@ log = logging.getLogger("appliance.service")
 class Service:
     """Holds the control server; ``start_run`` / ``wait`` / ``shutdown``. A context manager."""
 
-    def __init__(self, config_path: Path | None = None, overrides: tuple[str, ...] = ()) -> None:
+    def __init__(self, config_path: Path | None = None, overrides: tuple[str, ...] = (), *, auto_resume: bool = True) -> None:
         self.config_path = config_path
         self.overrides = tuple(overrides)
+        #: on start, resume the run that a total loss (power cut, OOM kill) interrupted
+        self.auto_resume = auto_resume
+        self.resumed: str | None = None  #: the run id resumed on start, if any
         self.base: RunConfig = load_config(config_path, overrides)
         self.supervisor = None
         self.thread: threading.Thread | None = None
@@ -88,15 +96,18 @@ class Service:
 
         return handler
 
-    def start_run(self, overrides: list[str], run_id: str | None = None) -> dict:
+    def start_run(self, overrides: list[str], run_id: str | None = None, *, resume: Invocation | None = None) -> dict:
+        """Start a run with the service's config plus ``overrides``; with ``resume`` (the
+        interrupted run ``run_id``'s recorded invocation), go on with that run instead."""
         from appliance.control import CommandError
-        from appliance.pipeline import Supervisor
+        from appliance.pipeline import Supervisor, record_invocation
 
         with self._lock:
             if self.thread is not None and self.thread.is_alive():
                 raise CommandError("busy", f"run {self.supervisor.run_id} is going: stop it first (one camera, one run)")
+            config_path, every = (resume.config, list(resume.overrides)) if resume else (self.config_path, [*self.overrides, *overrides])
             try:
-                cfg = load_config(self.config_path, [*self.overrides, *overrides])
+                cfg = load_config(config_path, every)
             except ConfigError as exc:
                 raise CommandError("bad_config", str(exc)) from None
             warnings = self._check_tuning(cfg)
@@ -104,7 +115,9 @@ class Service:
             # (and its metrics exporter, when one is configured)
             cfg = dataclasses.replace(cfg, control=dataclasses.replace(cfg.control, enabled=False),
                                       metrics=dataclasses.replace(cfg.metrics, port=0))
-            sup = Supervisor(cfg, run_id=run_id)
+            sup = Supervisor(cfg, run_id=run_id, resume=resume is not None)
+            if resume is None:
+                record_invocation(sup.state_dir, config_path, every)  # what a resume after a crash runs again
             sup.publish = self._server.publish if self._server is not None else None
             self.supervisor = sup
             self.last_error = None
@@ -191,7 +204,41 @@ class Service:
         except BaseException:
             self._close_parts()
             raise
+        if self.auto_resume:
+            self._resume_interrupted()
         return self
+
+    def _resume_interrupted(self) -> None:
+        """A run interrupted by a total loss (its supervisor died with it) goes on as soon as
+        the service is back, with its own recorded config: the most recent one (one camera);
+        any others are named with the command that resumes them. A resume that cannot start
+        (no record, another config) is logged and leaves the service idle, never down."""
+        from appliance.control import CommandError
+        from appliance.pipeline import mark_interrupted_runs, read_invocation
+
+        cfg = self.base
+        root = Path(cfg.output.root).resolve()
+        state_root = Path(cfg.output.state_root).resolve() if cfg.output.state_root else root / ".state"
+        runs = mark_interrupted_runs(state_root)
+        if not runs:
+            return
+        run_id, others = runs[0], runs[1:]
+        for other in others:
+            log.warning("run %s was interrupted too: resume it with `appliance run --resume %s` once this one is done", other, root / other)
+        record = read_invocation(state_root / run_id)
+        if record is None:
+            self.last_error = (f"run {run_id} was interrupted but has no {state_root / run_id / 'invocation.json'}: "
+                               f"resume it with `appliance run --resume {root / run_id} --config ... --set ...` as it was started")
+            log.error("%s", self.last_error)
+            return
+        log.warning("run %s was interrupted (its supervisor died with it): resuming it", run_id)
+        try:
+            self.start_run([], run_id, resume=record)
+        except CommandError as exc:
+            self.last_error = f"run {run_id} was interrupted and cannot be resumed here: {exc}"
+            log.error("%s", self.last_error)
+            return
+        self.resumed = run_id
 
     def _start_metrics(self) -> None:
         """One Prometheus exporter for the service's life: the current run's stats (none while

@@ -134,9 +134,6 @@ def run(args: argparse.Namespace) -> int:
     return _run_pipeline(config, args)
 
 
-INVOCATION = "invocation.json"  #: in the run's state folder: the --config and --set a resume uses again
-
-
 def _resume_config(args):
     """The config of the interrupted run in ``args.resume``: the --config and --set it was
     started with (recorded in its state folder), under the folder's parent as output.root.
@@ -148,11 +145,12 @@ def _resume_config(args):
         raise ConfigError(f"--resume {args.resume}: no such run folder")
     root = [f'output.root="{run_dir.parent}"']
     config = load_config(args.config, [*args.overrides, *root])
+    from appliance.pipeline import read_invocation
+
     state_root = Path(config.output.state_root) if config.output.state_root else run_dir.parent / ".state"
-    record = state_root / run_dir.name / INVOCATION
-    if not (args.config or args.overrides) and record.is_file():
-        doc = json.loads(record.read_text())
-        config = load_config(doc.get("config"), [*doc.get("overrides", []), *root])
+    record = read_invocation(state_root / run_dir.name)
+    if not (args.config or args.overrides) and record is not None:
+        config = load_config(record.config, [*record.overrides, *root])
     if args.run_id and args.run_id != run_dir.name:
         raise ConfigError(f"--resume {run_dir} resumes run {run_dir.name}; leave out --run-id {args.run_id}")
     args.run_id = run_dir.name
@@ -201,10 +199,9 @@ def _run_pipeline(config, args) -> int:
     resume = getattr(args, "resume", None) is not None
     sup = Supervisor(config, run_id=args.run_id, notifier=notifier, log_json=args.headless, faults=faults, resume=resume)
     if not resume and not any((sup.state_dir / m).exists() for m in ("RUNNING.json", "INTERRUPTED.json")):
-        # what a resume needs to run this run's config again
-        sup.state_dir.mkdir(parents=True, exist_ok=True)
-        config_path = str(args.config.resolve()) if args.config else None
-        (sup.state_dir / INVOCATION).write_text(json.dumps({"config": config_path, "overrides": args.overrides}))
+        from appliance.pipeline import record_invocation
+
+        record_invocation(sup.state_dir, args.config, args.overrides)  # what a resume needs to run this config again
     from appliance.logjson import set_log_fields
 
     set_log_fields(run_id=sup.run_id)  # RUN_ID= on every record, the stages' too (they inherit it)

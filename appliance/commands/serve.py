@@ -33,6 +33,11 @@ examples:
   appliance serve --config site.toml --headless               # under systemd
   appliance serve --output /data/runs                         # same as --set output.root=/data/runs
 
+After a total loss (a power cut, an OOM kill of the service with its stages) the service
+resumes the interrupted run when it starts again, with that run's own config: every stage
+restores the last cycle the writer committed and acquisition goes on after it, as
+`appliance run --resume` does (docs/architecture.md). --no-resume leaves it for an operator.
+
 With --headless under systemd, STATUS= says what the service does every 5 s (idle, or the
 run's phase, run id, cycle, frames/s, drops and ETA) and log records reach the journal with
 their fields (journalctl RUN_ID=...); docs/headless.md.
@@ -45,6 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from appliance.commands.run import add_output_option
 
     add_output_option(parser)
+    parser.add_argument("--no-resume", dest="auto_resume", action="store_false",
+                        help="do not resume a run interrupted by a total loss when the service starts (resume it with appliance run --resume)")
     parser.add_argument("--headless", action="store_true", help="under systemd: READY/WATCHDOG/STOPPING, STATUS= every 5 s, records to the journal with RUN_ID=/STAGE=/ALERT= (JSON lines where there is no journal)")
 
 
@@ -73,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     old = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
-            service = Service(args.config, args.overrides).start()
+            service = Service(args.config, args.overrides, auto_resume=args.auto_resume).start()
         except (ConfigError, SupervisorError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2 if isinstance(exc, ConfigError) else 1

@@ -169,4 +169,7 @@ def format_summary(s: dict) -> str:
             f"pass filter {pf}"
         )
     lines.append(f"output: {s['output']}" + ("" if s.get("run_complete") is not False else " (incomplete: stopped before every cycle was written)"))
+    if s.get("completion") and s["completion"]["status"] != "CompletedAsPlanned":
+        c = s["completion"]
+        lines.append(f"RunCompletionStatus.xml: {c['status']}, {c['cycles_completed']} of {c['cycles_planned']} cycles complete")
     return "\n".join(lines)

@@ -274,6 +274,63 @@ def new_run_id(config: RunConfig, root: Path) -> str:
     return f"{day}_{inst}_{max(numbers, default=0) + 1:04d}_{config.run.flowcell}"
 
 
+INVOCATION = "invocation.json"  #: in a run's state folder: the config file and overrides a resume uses again
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """How a run was started: its config file (None: the embedded defaults) and every
+    ``section.key=value`` override, in order. A resume loads the same config from them."""
+
+    config: str | None
+    overrides: tuple[str, ...]
+
+
+def record_invocation(state_dir: Path, config: Path | str | None, overrides) -> None:
+    """Write ``invocation.json`` for a new run (a resume keeps the first run's)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"config": str(Path(config).resolve()) if config else None, "overrides": list(overrides)}
+    tmp = state_dir / (INVOCATION + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, state_dir / INVOCATION)
+
+
+def read_invocation(state_dir: Path) -> Invocation | None:
+    """The run's recorded invocation, or None (none recorded, or unreadable)."""
+    try:
+        doc = json.loads((state_dir / INVOCATION).read_text())
+        return Invocation(doc.get("config"), tuple(str(o) for o in doc.get("overrides", [])))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def mark_interrupted_runs(state_root: Path) -> list[str]:
+    """Runs under ``state_root`` whose supervisor died (power cut, OOM kill): each RUNNING.json
+    whose process is gone becomes INTERRUPTED.json. Returns every interrupted run's id (those
+    marked before too), the most recently started first."""
+    import psutil
+
+    for marker in Path(state_root).glob(f"*/{RUNNING_MARKER}"):
+        try:
+            doc = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            doc = {}
+        pid, started = doc.get("pid", 0), doc.get("create_time")
+        try:
+            alive = psutil.Process(pid).create_time() == started
+        except (psutil.Error, ValueError, TypeError):
+            alive = False
+        if not alive:
+            os.replace(marker, marker.with_name(INTERRUPTED_MARKER))
+    found = []
+    for marker in Path(state_root).glob(f"*/{INTERRUPTED_MARKER}"):
+        try:
+            found.append((marker.stat().st_mtime, marker.parent.name))
+        except FileNotFoundError:
+            continue
+    return [run_id for _, run_id in sorted(found, reverse=True)]
+
+
 class Supervisor:
     """Runs one instrument run: ``run()`` returns the summary dict or raises SupervisorError."""
 
@@ -515,8 +572,9 @@ class Supervisor:
             if self.notifier is not None:
                 self.notifier.ready(status=f"run {self.run_id}: acquiring")
             self._watch()
-        except BaseException:
+        except BaseException as exc:
             self._terminate_all()
+            self._write_completion(error=str(exc) or type(exc).__name__)
             raise
         finally:
             if exporter is not None:
@@ -542,7 +600,31 @@ class Supervisor:
         if self.resume_plan is not None:
             plan = self.resume_plan
             summary["resume"] = {"epoch": plan.epoch, "source_index": plan.source_index, "lost_frames": plan.lost_frames, "reason": plan.reason}
+        completion = self._write_completion(run_complete=bool(summary["run_complete"]))
+        if completion is not None:
+            summary["completion"] = {"status": completion.status, "cycles_completed": completion.cycles_completed,
+                                     "cycles_planned": completion.cycles_planned}
         return summary
+
+    def _write_completion(self, *, run_complete: bool = False, error: str | None = None):
+        """RunCompletionStatus.xml in the run folder (when there is one: a passthrough run or
+        a run that failed before its writer started has none): how the run ended."""
+        from appliance.runfolder import RunCompletion, completion_status, cycles_completed, write_completion
+        from appliance.runfolder.layout import RUNINFO
+
+        if not (self.run_dir / RUNINFO).is_file():
+            return None
+        planned = self.config.run.cycles
+        status = completion_status(run_complete=run_complete, stop_requested=self.stop_requested.is_set(), error=error)
+        if status == "ExceptionEndedEarly" and not error:
+            error = "the source ended before the last cycle (a replay or camera stream shorter than run.cycles)"
+        completion = RunCompletion(self.run_id, status, planned if run_complete else cycles_completed(self.run_dir, planned), planned, error or "")
+        try:
+            write_completion(self.run_dir, completion)
+        except OSError as exc:  # a full disk: the run's outcome is still in its summary and log
+            log.warning("%s not written: %s", self.run_dir / "RunCompletionStatus.xml", exc)
+            return None
+        return completion
 
     # -- crash consistency: marking and resuming interrupted runs ----------------------------
     def _mark_interrupted_runs(self) -> None:
@@ -551,22 +633,9 @@ class Supervisor:
         resume command. Then this run's own RUNNING.json is written."""
         import psutil
 
-        for marker in self.state_dir.parent.glob(f"*/{RUNNING_MARKER}"):
-            try:
-                doc = json.loads(marker.read_text())
-            except (OSError, ValueError):
-                doc = {}
-            pid, started = doc.get("pid", 0), doc.get("create_time")
-            try:
-                alive = psutil.Process(pid).create_time() == started
-            except (psutil.Error, ValueError):
-                alive = False
-            if alive:
-                continue
-            run_id = marker.parent.name
-            os.replace(marker, marker.with_name(INTERRUPTED_MARKER))
+        for run_id in mark_interrupted_runs(self.state_dir.parent):
             if run_id != self.run_id:
-                self._event("warning", f"run {run_id} was interrupted (its supervisor, pid {pid}, died): resume it with "
+                self._event("warning", f"run {run_id} was interrupted (its supervisor died): resume it with "
                                        f"`appliance run --resume {self.root / run_id}`", run=run_id)
         if self.resuming:
             if not (self.state_dir / INTERRUPTED_MARKER).exists():

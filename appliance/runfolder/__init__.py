@@ -8,6 +8,14 @@ See docs/run-folder.md.
 """
 
 from appliance.runfolder._atomic import Written, ensure_dir, is_temp_name, write_atomic
+from appliance.runfolder.completion import (
+    COMPLETION_STATUS,
+    RunCompletion,
+    completion_status,
+    cycles_completed,
+    read_completion,
+    write_completion,
+)
 from appliance.runfolder.errors import RunFolderError, RunFolderFull
 from appliance.runfolder.folder import RunFolder
 from appliance.runfolder.formats import (
@@ -28,7 +36,13 @@ from appliance.runfolder.runinfo import RunInfo
 from appliance.runfolder.writer import RunFolderWriter
 
 __all__ = [
+    "COMPLETION_STATUS",
     "NO_CALL",
+    "RunCompletion",
+    "completion_status",
+    "cycles_completed",
+    "read_completion",
+    "write_completion",
     "FileEntry",
     "Layout",
     "Manifest",

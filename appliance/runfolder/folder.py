@@ -26,7 +26,7 @@ from appliance.runfolder.layout import (
 )
 from appliance.runfolder.runinfo import RunInfo
 
-_MARKER_RE = re.compile(r"^(RTAComplete|CopyComplete|RTARead\d+Complete)\.txt$")
+_MARKER_RE = re.compile(r"^((RTAComplete|CopyComplete|RTARead\d+Complete)\.txt|RunCompletionStatus\.xml)$")
 
 
 class RunFolder:

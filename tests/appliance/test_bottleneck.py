@@ -89,8 +89,8 @@ def test_a_throttled_writer_is_named_as_the_bottleneck_of_a_real_run(tmp_path):
     from appliance.report import load_stats
     from tests.runs import small_run_config
 
-    cfg = small_run_config(tmp_path, "edges.calls.n_slots=4", "edges.intensities.n_slots=4")
-    sup = Supervisor(cfg, run_id="BN", faults={"writer-0": {"slow_ms": 300}})
+    cfg = small_run_config(tmp_path, "run.cycles=10", "edges.calls.n_slots=4", "edges.intensities.n_slots=4")
+    sup = Supervisor(cfg, run_id="BN", faults={"writer-0": {"slow_ms": 200}})
     summary = sup.run()
     assert summary["frames_dropped"] == 0
     samples = load_stats(sup.state_dir / "stats.jsonl")

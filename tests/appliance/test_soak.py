@@ -44,7 +44,7 @@ def test_verdict_names_every_reason():
 
 def test_a_short_real_soak_samples_every_process_and_writes_its_report(tmp_path):
     result = run_soak(
-        0.004, tmp_path / "soak", profile="gen1", interval_s=1.0,
+        0.0025, tmp_path / "soak", profile="gen1", interval_s=1.0,
         overrides=["source.synthetic.tile_size=256", "source.rate_hz=40"],
         thresholds=SoakThresholds(rss_mb_per_h=1e9, fds_per_h=1e9, threads_per_h=1e9, shm_mb_per_h=1e9, checkpoint_mb_per_h=1e9),
     )

@@ -66,10 +66,11 @@ def test_ring_batch_roundtrip_64b(benchmark, ring64):
 
 def test_bench_ring_harness_smoke(tmp_path, capsys):
     out = tmp_path / "ring.json"
-    assert main(["bench", "ring", "--quick", "--sizes", "64,64K", "--latency-messages", "200", "--json", str(out)]) == 0
+    # one size: each transport is a pair of spawned processes, and the sizes share every code path
+    assert main(["bench", "ring", "--quick", "--sizes", "64", "--latency-messages", "200", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     transports = {(r["size"], r["transport"]) for r in result["throughput"]}
-    for size in (64, 65536):
+    for size in (64,):
         for t in ("ring", "ring chain 2", "2 rings + copy", "mp.Queue", "memcpy", "memcpy hot"):
             assert (size, t) in transports
         # zmq is a reference: a rare lost message is reported as a failure, not a hang

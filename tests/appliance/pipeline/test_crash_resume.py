@@ -19,6 +19,7 @@ from appliance.pipeline import Supervisor, SupervisorError
 from appliance.pipeline._checkpoint import COMMIT_FILE, epochs_on_disk, read_commit
 from appliance.runfolder import RunFolder
 from tests.appliance.pipeline.test_pipeline_e2e import RUN_ID, config, digest
+from tests.runs import small_run_overrides
 
 REPO = Path(__file__).resolve().parents[3]
 #: runs the pipeline in its own session (process group), like `appliance run` under systemd
@@ -44,10 +45,22 @@ def _state(root: Path) -> Path:
     return root / ".state" / RUN_ID
 
 
-def _kill_group_when(root: Path, condition, slow_ms: float = 0.0, timeout: float = 300.0) -> None:
-    """Start a run in its own process group, SIGKILL the whole group once ``condition()``
-    holds, and wait until every process of the group is gone."""
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(root), str(slow_ms), RUN_ID], cwd=REPO,
+#: `appliance serve` (the service in its own process group) with a run started on it
+_SERVE_CHILD = """
+import json, sys, time
+from appliance.service import Service
+svc = Service(None, json.loads(sys.argv[1])).start()
+svc.start_run([], sys.argv[2])
+time.sleep(600)
+"""
+
+
+def _kill_group_when(root: Path, condition, slow_ms: float = 0.0, timeout: float = 300.0, argv: list[str] | None = None) -> None:
+    """Start a run in its own process group (``argv``: another child program and its
+    arguments), SIGKILL the whole group once ``condition()`` holds, and wait until every
+    process of the group is gone."""
+    argv = argv or [_CHILD, str(root), str(slow_ms), RUN_ID]
+    proc = subprocess.Popen([sys.executable, "-c", *argv], cwd=REPO,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout
@@ -108,6 +121,47 @@ def test_sigkill_of_the_whole_process_group_then_resume_is_byte_identical(tmp_pa
     # a finished run keeps no checkpoint, commit or marker
     left = sorted(p.name for p in _state(root).iterdir() if p.suffix == ".ckpt" or p.name in (COMMIT_FILE, "RUNNING.json", "INTERRUPTED.json"))
     assert left == []
+
+
+def test_serve_resumes_a_run_interrupted_by_a_total_loss_when_it_starts_again(tmp_path, baseline):
+    """The service and its run die together mid-acquisition; the next service start goes on
+    with that run (its recorded config) and the folder is the undisturbed run's, byte for byte."""
+    from appliance.service import Service
+
+    root = tmp_path / "data"
+    overrides = small_run_overrides(root, f'control.socket_dir="{tmp_path / "sock"}"', "offload.enabled=false")
+    _kill_group_when(root, _committed_at_least(root, 12), argv=[_SERVE_CHILD, json.dumps(overrides), RUN_ID])
+    committed = read_commit(_state(root))
+    svc = Service(None, overrides).start()
+    try:
+        assert svc.resumed == RUN_ID
+        svc.thread.join(300)
+        assert not svc.thread.is_alive() and svc.last_error is None
+    finally:
+        svc.shutdown()
+    summary = svc.last_summary
+    assert summary["resume"]["epoch"] == committed and summary["resume"]["lost_frames"] == 0
+    assert digest(root / RUN_ID) == baseline[1]
+    again = Service(None, overrides, auto_resume=True).start()  # nothing is left to resume
+    try:
+        assert again.resumed is None and again.supervisor is None
+    finally:
+        again.shutdown()
+
+
+def test_serve_without_a_record_of_the_interrupted_run_stays_idle_and_says_how_to_resume(tmp_path):
+    from appliance.service import Service
+
+    root = tmp_path / "data"
+    _kill_group_when(root, _committed_at_least(root, 1))  # `appliance run`-like child: no serve record
+    (_state(root) / "invocation.json").unlink(missing_ok=True)
+    svc = Service(None, small_run_overrides(root, f'control.socket_dir="{tmp_path / "sock"}"', "offload.enabled=false")).start()
+    try:
+        assert svc.resumed is None and svc.supervisor is None
+        assert "has no" in svc.last_error and f"appliance run --resume {root.resolve() / RUN_ID}" in svc.last_error
+    finally:
+        svc.shutdown()
+    assert (_state(root) / "INTERRUPTED.json").exists()
 
 
 def test_a_plain_run_marks_an_interrupted_run_of_another_id_and_names_the_resume(tmp_path):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.runs import small_run_config
-from appliance.pipeline import Supervisor
-from appliance.runfolder import RunFolder
+from appliance.pipeline import Supervisor, format_summary
+from appliance.runfolder import RunCompletion, RunFolder, read_completion
 
 RUN_ID = "E2E"
 
@@ -82,6 +82,8 @@ def test_undisturbed_run_matches_ground_truth(baseline):
     folder = RunFolder(Path(summary["output"]))
     assert folder.is_complete and folder.verify() == []
     assert any(name.endswith(".bcl") for name in files)
+    assert read_completion(folder.path) == RunCompletion(RUN_ID, "CompletedAsPlanned", 26, 26)
+    assert summary["completion"] == {"status": "CompletedAsPlanned", "cycles_completed": 26, "cycles_planned": 26}
 
 
 @pytest.mark.parametrize(
@@ -302,6 +304,11 @@ def test_a_stop_reaches_a_source_restarted_after_it(tmp_path):
     assert not thread.is_alive(), "the stop was lost: the run went on"
     assert result["restarts"] == {"source-0": 1}
     assert 20 <= result["frames_acquired"] < 208 and result["frames_dropped"] == 0
+    # the folder says how the run ended and how far it got, for tools that watch run folders
+    done = read_completion(tmp_path / RUN_ID)
+    assert done.status == "StoppedByUser" and done.cycles_planned == 26 and done.error == ""
+    assert done.cycles_completed == len(RunFolder(tmp_path / RUN_ID).manifest().complete_cycles) < 26
+    assert "RunCompletionStatus.xml: StoppedByUser" in format_summary(result)
 
 
 def test_live_rate_change_and_refused_keys(tmp_path, baseline):

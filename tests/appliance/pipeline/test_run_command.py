@@ -158,7 +158,7 @@ def test_serve_starts_runs_on_command_and_drains_on_sigterm(tmp_path):
                 raise AssertionError("pause without a run must fail")
             except ControlError as exc:
                 assert exc.code == "not_running"
-            started = client.request("start", run_id="S1", set=["run.cycles=26"])
+            started = client.request("start", run_id="S1", set=["run.cycles=12"])
             assert started["run_id"] == "S1"
             try:
                 client.request("start", run_id="S2")
@@ -179,7 +179,7 @@ def test_serve_starts_runs_on_command_and_drains_on_sigterm(tmp_path):
                 assert not any(j["state"] == "held" for j in mine), mine
                 assert time.monotonic() < deadline + 240, mine
                 time.sleep(0.5)
-            assert sum(j["kind"] == "cycle-qc" for j in mine) == 26
+            assert sum(j["kind"] == "cycle-qc" for j in mine) == 12
             align = next(j for j in mine if j["kind"] == "align-qc")
             shown = client.request("jobs.show", id=align["id"])["job"]
             assert shown["result"]["pct_aligned"] > 90 and shown["result"]["error_rate"] < 0.01
@@ -189,14 +189,14 @@ def test_serve_starts_runs_on_command_and_drains_on_sigterm(tmp_path):
                 topic, msg = sub.recv(5.0)
                 topics.add(topic)
                 if topic == "jobs":
-                    assert msg["data"]["classes"]["realtime"]["succeeded"] >= 27
+                    assert msg["data"]["classes"]["realtime"]["succeeded"] >= 13  # 12 cycle-qc + fastq
             sub.close()
             assert client.request("storage.status")["tiers"]["warm"]["url"].endswith("warm")
             assert client.request("algo.ls")["production"]
             # one exporter for the service's life: the offload and storage gauges are there
             port = int(args[-1].split("=")[1])
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-            assert 'appliance_jobs{class="realtime",state="succeeded"} 27.0' in metrics
+            assert 'appliance_jobs{class="realtime",state="succeeded"} 13.0' in metrics
             assert 'appliance_storage_files{tier="warm"}' in metrics
             client.request("start", run_id="S2", set=['source.rate_hz=10'])
             time.sleep(2)
