@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import start_http_server
 
 from appliance.config import EDGES
-from appliance.pipeline._histogram import LatencyHistogram
+from appliance.pipeline.histogram import LatencyHistogram
 
 __all__ = [
     "BuildInfoCollector",

@@ -19,7 +19,7 @@ from kernels.crosstalk import correct_crosstalk, estimate_crosstalk
 from kernels.phasing import correct_phasing, estimate_phasing, phasing_matrix
 from kernels.quality import QualityTable, default_quality_table, train_quality_table
 
-from kernels._backend import (
+from kernels.backend import (
     Backend,
     BackendUnavailableError,
     get_array_module,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernels._backend import get_array_module, get_ndimage
+from kernels.backend import get_array_module, get_ndimage
 
 __all__ = [
     "background_grid",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from kernels._backend import get_array_module, get_fft, get_ndimage
+from kernels.backend import get_array_module, get_fft, get_ndimage
 
 __all__ = ["BandPass", "difference_of_gaussians", "gaussian_laplace"]
 

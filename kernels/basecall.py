@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels._backend import get_array_module
+from kernels.backend import get_array_module
 from kernels.crosstalk import correct_crosstalk, estimate_crosstalk
 from kernels.phasing import correct_phasing, estimate_phasing, phasing_inverse_row, phasing_matrix
 from kernels.quality import QualityTable, default_quality_table

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kernels._backend import get_array_module
+from kernels.backend import get_array_module
 from kernels.background import background_grid
 from kernels.correct import FlatFieldCorrector
 from kernels.detect import ClusterDetector, TemplateBuilder

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernels._backend import get_array_module
+from kernels.backend import get_array_module
 
 __all__ = ["FlatFieldCorrector", "correct_frame"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels._backend import get_array_module
+from kernels.backend import get_array_module
 
 __all__ = ["correct_crosstalk", "estimate_crosstalk"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernels._backend import get_array_module, get_fft
+from kernels.backend import get_array_module, get_fft
 
 __all__ = ["RichardsonLucy", "WienerFilter", "richardson_lucy", "wiener"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from kernels._backend import get_array_module, get_ndimage
+from kernels.backend import get_array_module, get_ndimage
 from kernels.bandpass import BandPass
 from kernels.registration import PhaseCorrelator, phase_ramp
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from kernels._backend import get_array_module
+from kernels.backend import get_array_module
 from kernels.background import sample_background
 
 __all__ = ["extract_channels", "extract_intensities"]

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from kernels._backend import get_array_module
+from kernels.backend import get_array_module
 
 __all__ = [
     "correct_phasing",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels._backend import get_array_module
+from kernels.backend import get_array_module
 
 __all__ = [
     "QualityTable",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from kernels._backend import get_array_module, get_fft
+from kernels.backend import get_array_module, get_fft
 
 __all__ = [
     "PhaseCorrelator",

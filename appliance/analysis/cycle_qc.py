@@ -53,7 +53,7 @@ def cycle_figures(folder, cycle: int) -> dict:
     """Figures of ``cycle`` for every tile of ``folder`` and in all; PermanentJobError when
     the cycle is not complete or a listed file does not match the manifest."""
     from appliance.runfolder import RunFolderError
-    from appliance.runfolder._atomic import checksum_file
+    from appliance.runfolder import checksum_file
 
     try:
         manifest = folder.manifest()

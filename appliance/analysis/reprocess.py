@@ -83,7 +83,7 @@ def reprocess_run(folder, algorithm, out_root: Path, data_root: Path, tiles=None
     from appliance.analysis.algorithms import build_chain
     from appliance.runfolder import RunFolderWriter
     from appliance.runfolder.layout import REFERENCE
-    from kernels._backend import get_backend, to_host
+    from kernels.backend import get_backend, to_host
     from kernels.basecall import StreamingBasecaller
 
     info = folder.info

@@ -231,7 +231,7 @@ def measure(backend: str, sizes: list[int], repeat: int, cycles: int, seed: int 
             host_frames: dict[int, list[np.ndarray]] | None = None,
             cpu_outs: dict[int, list[np.ndarray]] | None = None) -> dict:
     """Every kernel and the chain on ``backend`` ("numpy" or "cupy") at each size."""
-    from kernels._backend import get_backend
+    from kernels.backend import get_backend
 
     be = get_backend(backend)
     xp = be.xp
@@ -240,7 +240,7 @@ def measure(backend: str, sizes: list[int], repeat: int, cycles: int, seed: int 
         props = xp.cuda.runtime.getDeviceProperties(0)
         res["device"] = props["name"].decode(errors="replace")
     else:
-        from kernels._backend import fft_workers
+        from kernels.backend import fft_workers
 
         res["fft_workers"] = fft_workers()
     res["copy_ceiling_gb_per_s"] = _copy_ceiling(xp, be.synchronize, repeat) / 1e9
@@ -279,7 +279,7 @@ def measure(backend: str, sizes: list[int], repeat: int, cycles: int, seed: int 
 
 def run_all(sizes: list[int], repeat: int, cycles: int, gpu: bool = True, cpu: bool = True) -> dict:
     from appliance.benchmarks._machine import machine_description
-    from kernels._backend import cupy_available
+    from kernels.backend import cupy_available
 
     doc: dict[str, Any] = {"machine": machine_description(), "sizes": sizes, "repeat": repeat,
                            "cycles": cycles, "date": time.strftime("%Y-%m-%d")}

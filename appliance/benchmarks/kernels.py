@@ -46,7 +46,7 @@ def _machine() -> dict[str, Any]:
     import scipy
 
     from appliance.benchmarks._machine import machine_description
-    from kernels._backend import fft_workers
+    from kernels.backend import fft_workers
 
     desc = machine_description()
     desc.update({"fft_workers": fft_workers(), "numpy": np.__version__, "scipy": scipy.__version__})
@@ -483,7 +483,7 @@ class _ReferenceChain:
 
 
 def run_gpu(size: int, gpu_size: int, repeat: int, seed: int = 1) -> dict[str, Any]:
-    from kernels._backend import cupy_available, get_backend
+    from kernels.backend import cupy_available, get_backend
 
     ok, why = cupy_available()
     if not ok:

@@ -76,8 +76,8 @@ def _best(fn, repeat: int, before=None) -> float:
 
 def run_benchmark(work: Path, total_mb: int, n_files: int, repeat: int, streams: int = 4, progress=lambda m: None) -> dict[str, Any]:
     from appliance.benchmarks._machine import machine_description
-    from appliance.runfolder._atomic import checksum_file
-    from appliance.storage._fs import Store
+    from appliance.runfolder import checksum_file
+    from appliance.storage import Store
     from appliance.storage.catalog import Catalog
     from appliance.storage.mover import Mover
 

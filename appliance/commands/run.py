@@ -173,7 +173,7 @@ def parse_faults(items: list[str]) -> dict[str, dict]:
 
 
 def _run_pipeline(config, args) -> int:
-    from appliance.pipeline import Supervisor, SupervisorError, format_summary
+    from appliance.pipeline import Supervisor
 
     try:
         faults = parse_faults(args.fault)

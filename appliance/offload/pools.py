@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = ["KINDS", "LOCATIONS", "POOL_STARVED", "PoolConfig", "PoolSet", "backlog_for", "default_pool", "load_pools",
@@ -380,9 +381,7 @@ class PoolSet:
 STATUS_FILE = "pools.json"
 
 
-def status_path(data_root) -> "Path":
-    from pathlib import Path
-
+def status_path(data_root) -> Path:
     return Path(data_root) / ".offload" / STATUS_FILE
 
 

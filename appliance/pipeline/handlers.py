@@ -449,7 +449,7 @@ class KernelHandler(Handler):
     def _chain(self, tile: int):
         if tile not in self.chains:
             from appliance.analysis.algorithms import build_chain, run_algorithm
-            from kernels._backend import get_backend
+            from kernels.backend import get_backend
 
             backend = get_backend(self.spec.config.stages["kernel"].backend)
             # The registry's production algorithm, pinned for the run (its parameters over the
@@ -469,7 +469,7 @@ class KernelHandler(Handler):
         chain = self.chains.get(tile)
         if chain is None or not chain.ready:
             return
-        from kernels._backend import to_host
+        from kernels.backend import to_host
 
         h = self.headers[tile]
         if tile not in self.positions_sent:
@@ -503,7 +503,7 @@ class KernelHandler(Handler):
             self.stacks[(tile, cycle)] = (stack, have)
             return
         self.stacks.pop((tile, cycle), None)
-        from kernels._backend import to_host
+        from kernels.backend import to_host
 
         chain = self._chain(tile)
         # The one host-to-device copy per cycle (a no-op on the NumPy backend), and back.
@@ -734,7 +734,7 @@ class WriterHandler(Handler):
             import errno
 
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                from appliance.runfolder._atomic import full_error
+                from appliance.runfolder import full_error
 
                 # nothing is counted: the retry rewrites this frame at the same offsets
                 raise full_error(path, payload.nbytes, exc) from exc

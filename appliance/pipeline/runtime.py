@@ -41,7 +41,7 @@ from appliance.pipeline._checkpoint import (
     write_commit,
 )
 from appliance.pipeline._flags import AnyFlag, SharedFlag
-from appliance.pipeline._histogram import LatencyHistogram
+from appliance.pipeline.histogram import LatencyHistogram
 from appliance.pipeline._spec import StageSpec, frame_key
 
 __all__ = ["stage_main", "Emitter", "StageStats"]

@@ -7,7 +7,7 @@ per file, and completion markers; every file atomically (temp name, fsync, renam
 See docs/run-folder.md.
 """
 
-from appliance.runfolder._atomic import Written, ensure_dir, is_temp_name, write_atomic
+from appliance.runfolder._atomic import Written, checksum_file, ensure_dir, fsync_dir, full_error, is_temp_name, write_atomic
 from appliance.runfolder.completion import (
     COMPLETION_STATUS,
     RunCompletion,
@@ -62,7 +62,10 @@ __all__ = [
     "encode_locs",
     "encode_runinfo",
     "Written",
+    "checksum_file",
     "ensure_dir",
+    "fsync_dir",
+    "full_error",
     "is_temp_name",
     "write_atomic",
 ]

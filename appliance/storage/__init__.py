@@ -6,6 +6,7 @@ verifies, archives (BagIt) and deletes without ever losing data; :class:`Storage
 it all (``gc``, ``scrub``, ``verify``, ``restore``, the tierer thread). See docs/storage.md.
 """
 
+from appliance.storage._fs import Store
 from appliance.storage.admission import StorageThrottled, admission_check
 from appliance.storage.catalog import Catalog, CatalogError
 from appliance.storage.control import control_commands
@@ -30,6 +31,7 @@ __all__ = [
     "StorageManager",
     "StorageSection",
     "StorageThrottled",
+    "Store",
     "TokenBucket",
     "VerifyFailed",
     "admission_check",

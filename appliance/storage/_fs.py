@@ -13,7 +13,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from appliance.runfolder._atomic import ensure_dir, fsync_dir
+from appliance.runfolder import ensure_dir, fsync_dir
 
 CHUNK = 8 << 20
 

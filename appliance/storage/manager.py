@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.runfolder._atomic import checksum_file, is_temp_name
+from appliance.runfolder import COMPLETION_STATUS, checksum_file, is_temp_name
 from appliance.runfolder.errors import RunFolderError
 from appliance.runfolder.layout import COPY_COMPLETE, RUN_MANIFEST, RUNINFO
 from appliance.storage._fs import Store
@@ -156,7 +156,7 @@ class StorageManager:
     # -- cataloguing ------------------------------------------------------------------------
     def scan(self) -> dict[str, int]:
         """Catalogue every run folder under the data root: files its manifests list as complete
-        and, once the run is complete, Raw/, markers, run.json, .state/<run>/ and committed
+        and, once the run is complete, Raw/, markers (RunCompletionStatus.xml too), run.json, .state/<run>/ and committed
         Analysis/<run>/<kind>/ outputs (checksummed here). Returns counts."""
         added = runs = 0
         if not self.root.is_dir():
@@ -196,7 +196,7 @@ class StorageManager:
         if not complete:
             return added
         extra: list[Path] = [path / RUN_MANIFEST]
-        extra += [p for p in path.iterdir() if p.is_file() and p.name.endswith("Complete.txt")]
+        extra += [p for p in path.iterdir() if p.is_file() and (p.name.endswith("Complete.txt") or p.name == COMPLETION_STATUS)]
         for sub in (path / "Raw", self.root / ".state" / run):
             if sub.is_dir():
                 extra += [p for p in sorted(sub.rglob("*")) if p.is_file() and not is_temp_name(p.name)]

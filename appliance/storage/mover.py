@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from appliance.runfolder._atomic import checksum_file
+from appliance.runfolder import checksum_file
 from appliance.storage._fs import CHUNK, Store
 from appliance.storage.catalog import Catalog, CopyRow, FileRow
 

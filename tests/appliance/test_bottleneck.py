@@ -3,7 +3,6 @@ and a real run with a throttled writer named as its bottleneck."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 

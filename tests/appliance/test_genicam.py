@@ -249,7 +249,7 @@ def _run_python(code: str) -> subprocess.CompletedProcess:
 
 def test_missing_packages_name_the_extra():
     # A fresh interpreter where harvesters cannot be imported (None in sys.modules blocks it).
-    proc = _run_python(f"""
+    proc = _run_python("""
         import sys
         sys.modules["harvesters"] = sys.modules["harvesters.core"] = None
         from appliance.genicam import GenICamCamera, GenICamError

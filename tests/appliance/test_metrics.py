@@ -25,7 +25,7 @@ def _scrape(port: int) -> dict:
 
 
 def _hist(seconds):
-    from appliance.pipeline._histogram import LatencyHistogram
+    from appliance.pipeline.histogram import LatencyHistogram
 
     h = LatencyHistogram()
     for x in seconds:

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from appliance.cli import main
-from appliance.config import load_config
 from appliance.pipeline import Supervisor
 from appliance.report import ReportError, load_stats, write_report
 from appliance.runfolder import RunFolder
@@ -205,7 +204,7 @@ def test_a_run_without_stats_still_gets_a_report(run, tmp_path):
 def test_a_run_that_drops_frames_shows_the_drops_and_alerts(tmp_path):
     # A lossy 8-slot camera ring in front of a slowed preprocess stage: the camera overruns it,
     # the run loses most frames and cannot complete. The report must still tell the story.
-    cfg = config(tmp_path, 'edges.raw.policy="drop_newest"', "edges.raw.n_slots=8")
+    cfg = config(tmp_path, 'edges.raw.policy="drop_newest"', "edges.raw.n_slots=8", "source.prerender=true")  # a camera faster than the stage
     sup = Supervisor(cfg, run_id=RUN_ID, faults={"preprocess-0": {"slow_ms": 20}})
     summary = sup.run()
     assert summary["frames_dropped"] > 0 and summary["run_complete"] is False

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from appliance.benchmarks.gpu import format_table, run_all
-from kernels._backend import cupy_available
+from kernels.backend import cupy_available
 
 REPO = Path(__file__).resolve().parents[2]
 KERNELS = {"correct", "background", "registration", "bandpass", "detect", "extract", "wiener"}

@@ -12,8 +12,8 @@ import os
 
 import pytest
 
-from appliance.runfolder._atomic import checksum_file
-from appliance.storage._fs import Store
+from appliance.runfolder import checksum_file
+from appliance.storage import Store
 from appliance.storage.catalog import Catalog
 from appliance.storage.mover import Mover
 

@@ -10,7 +10,7 @@ import pytest
 import scipy.fft
 import scipy.ndimage
 
-from kernels._backend import (
+from kernels.backend import (
     BACKEND_ENV,
     BackendUnavailableError,
     available_backends,
@@ -106,6 +106,6 @@ def test_cupy_backend_on_a_device(monkeypatch):
 
 def test_importing_kernels_has_no_device_side_effects():
     # importing the package must not import CuPy (that would initialise CUDA state)
-    code = "import sys, kernels, kernels.chain, kernels._backend; print('cupy' in sys.modules)"
+    code = "import sys, kernels, kernels.chain, kernels.backend; print('cupy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels._backend import cupy_available, to_host
+from kernels.backend import cupy_available, to_host
 from kernels.basecall import (
     BasecallModel,
     call_argmax,

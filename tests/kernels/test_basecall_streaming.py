@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels._backend import to_host
+from kernels.backend import to_host
 from kernels.basecall import StreamingBasecaller, call_bases, estimate_model
 from kernels.phasing import correct_phasing, estimate_phasing, phasing_matrix
 from kernels.synthetic import InstrumentParams, SyntheticInstrument

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from kernel_helpers import host, match_points
 
-from kernels._backend import cupy_available
+from kernels.backend import cupy_available
 from kernels.chain import ChainConfig, TileChain
 from kernels.synthetic import InstrumentParams, SyntheticInstrument
 

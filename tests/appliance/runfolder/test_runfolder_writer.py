@@ -15,7 +15,7 @@ from appliance.runfolder import (
     RunFolderWriter,
     RunInfo,
 )
-from appliance.runfolder._atomic import checksum_file
+from appliance.runfolder import checksum_file
 
 
 @pytest.fixture(scope="module")
