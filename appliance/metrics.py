@@ -143,18 +143,19 @@ class StatsCollector:
         e2e = HistogramMetricFamily("appliance_e2e_latency_seconds", "Per frame: acquisition to done at the writer")
         for stage, st in sorted(sample.get("stages", {}).items()):
             if st.get("stage_latency_hist"):
-                stage_lat.add_metric([stage], *self._buckets(st["stage_latency_hist"]))
+                stage_lat.add_metric([stage], *self._buckets(st["stage_latency_hist"], st.get("stage_latency_sum_s")))
             if stage.startswith("writer") and st.get("e2e_latency_hist"):
-                e2e.add_metric([], *self._buckets(st["e2e_latency_hist"]))
+                e2e.add_metric([], *self._buckets(st["e2e_latency_hist"], st.get("e2e_latency_sum_s")))
         yield from (occ, cap, drops, written, items, up, stage_state, restarts, frames, planned, alerts, active, state, stage_lat, e2e)
 
     @staticmethod
-    def _buckets(sparse: dict) -> tuple[list[tuple[str, int]], float]:
+    def _buckets(sparse: dict, sum_s: float | None = None) -> tuple[list[tuple[str, int]], float]:
         counts, total = LatencyHistogram.cumulative(sparse, LATENCY_BUCKETS_S)
         buckets = [(repr(b), c) for b, c in zip(LATENCY_BUCKETS_S, counts)] + [("+Inf", total)]
-        # the sum is estimated from bucket upper edges (the histogram keeps no exact sum)
-        approx_sum = sum(LatencyHistogram.upper_edge_s(int(i)) * n for i, n in sparse.items())
-        return buckets, approx_sum
+        if sum_s is not None:
+            return buckets, float(sum_s)  # the stage's exact sum
+        # a stats sample of an older release has no sum: estimated from the bucket upper edges
+        return buckets, sum(LatencyHistogram.upper_edge_s(int(i)) * n for i, n in sparse.items())
 
 
 class StorageCollector:

@@ -11,10 +11,12 @@ _N = 64 * _SUB
 
 
 class LatencyHistogram:
-    """Counts of nanosecond latencies in buckets ``2^k * (1 + j/8)``; percentiles in ms."""
+    """Counts of nanosecond latencies in buckets ``2^k * (1 + j/8)``; percentiles in ms.
+    ``sum_ns`` is the exact sum of every latency added (a Prometheus histogram's ``_sum``)."""
 
     def __init__(self) -> None:
         self.counts = np.zeros(_N, np.int64)
+        self.sum_ns = 0
 
     @staticmethod
     def _bucket(ns: int) -> int:
@@ -25,6 +27,11 @@ class LatencyHistogram:
 
     def add(self, ns: int) -> None:
         self.counts[self._bucket(ns)] += 1
+        self.sum_ns += max(int(ns), 0)
+
+    @property
+    def sum_s(self) -> float:
+        return self.sum_ns / 1e9
 
     @property
     def total(self) -> int:

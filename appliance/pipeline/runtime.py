@@ -87,6 +87,8 @@ class StageStats:
         d["e2e_latency_ms_p99"] = self.e2e.percentile(99)
         d["stage_latency_hist"] = self.latency.sparse()
         d["e2e_latency_hist"] = self.e2e.sparse()
+        d["stage_latency_sum_s"] = self.latency.sum_s
+        d["e2e_latency_sum_s"] = self.e2e.sum_s
         d.update(self.extra)
         return d
 

@@ -7,6 +7,7 @@ import threading
 import time
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance._version import __version__
@@ -40,7 +41,8 @@ def test_exporter_serves_a_sample_with_conventional_names():
                   "corrected.0.0": {"occupancy": 1, "n_slots": 64, "written": 9, "read": 8, "drops": 0}},
         "stages": {"source-0": {"alive": True, "restarts": 0}, "kernel-0": {"alive": False, "exitcode": -9, "restarts": 2},
                    "basecall-0": {"alive": False, "exitcode": 0, "restarts": 0},
-                   "writer-0": {"alive": True, "restarts": 0, "stage_latency_hist": _hist([2e-3, 2e-3, 0.2]), "e2e_latency_hist": _hist([0.3, 3.0])}},
+                   "writer-0": {"alive": True, "restarts": 0, "stage_latency_hist": _hist([2e-3, 2e-3, 0.2]), "e2e_latency_hist": _hist([0.3, 3.0]),
+                                "stage_latency_sum_s": 0.204, "e2e_latency_sum_s": 3.3}},
         "alerts": [{"rule": "stage_over_budget", "subject": "kernel-0", "severity": "warning", "message": "m", "first_seen": 1.0}],
     }
     events = [{"kind": "alert", "rule": "stage_over_budget"}, {"kind": "alert", "rule": "frames_dropped"}, {"kind": "alert", "rule": "frames_dropped"},
@@ -71,6 +73,22 @@ def test_exporter_serves_a_sample_with_conventional_names():
     assert m[("appliance_stage_latency_seconds_count", (("stage", "writer-0"),))] == 3
     assert m[("appliance_e2e_latency_seconds_bucket", (("le", "0.5"),))] == 1
     assert m[("appliance_e2e_latency_seconds_bucket", (("le", "5.0"),))] == 2
+    assert m[("appliance_stage_latency_seconds_sum", (("stage", "writer-0"),))] == pytest.approx(0.204)  # exact, not from edges
+    assert m[("appliance_e2e_latency_seconds_sum", ())] == pytest.approx(3.3)
+
+
+def test_the_histogram_keeps_the_exact_sum_and_a_sample_without_one_is_estimated():
+    from appliance.metrics import StatsCollector
+    from appliance.pipeline.histogram import LatencyHistogram
+
+    h = LatencyHistogram()
+    for ns in (1_500_000, 2_000_000, 250_000_000):
+        h.add(ns)
+    assert h.sum_ns == 253_500_000 and h.sum_s == pytest.approx(0.2535) and h.total == 3
+    buckets, exact = StatsCollector._buckets(h.sparse(), h.sum_s)
+    assert exact == pytest.approx(0.2535) and buckets[-1] == ("+Inf", 3)
+    _, estimated = StatsCollector._buckets(h.sparse())  # edges: within a bucket's width (~12%) above
+    assert 0.2535 <= estimated <= 0.2535 * 1.13
 
 
 def test_run_state_says_draining_once_the_source_finished():
