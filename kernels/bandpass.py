@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from kernels._scratch import Scratch
 from kernels.backend import get_array_module, get_fft, get_ndimage
 
 __all__ = ["BandPass", "difference_of_gaussians", "gaussian_laplace"]
@@ -56,12 +57,14 @@ def _kernel_dft(sigma: float, order: int, n: int, truncate: float, half: bool = 
     return spec.real
 
 
-class BandPass:
+class BandPass(Scratch):
     """A DoG (``kind="dog"``) or LoG (``kind="log"``) filter planned for one image shape.
 
     For the FFT path the transfer function and the padded work buffer are built once, so a
     call costs one forward and one inverse real FFT plus one product.
     """
+
+    _SCRATCH = ("_pad",)  # preallocated work buffers: not pickled (kernels._scratch)
 
     def __init__(self, shape: tuple[int, int], *, kind: str = "dog", low_sigma: float = 1.0,
                  high_sigma: float | None = None, method: str = "auto",

@@ -247,8 +247,12 @@ class StreamingBasecaller:
         self.max_lag = self.lag + self.window + _AHEAD
         self._xp = None
         self._cap = 0
-        # Buffers hold every cycle of the run (5 x cycles x clusters x 4 float32); knowing the
-        # run length up front allocates them once at the right size.
+        # The buffers (5 x rows x clusters x 4 float32) hold a window of cycles, not the run:
+        # row r is cycle _base + r, and the cycles no later step reads any more are dropped
+        # (the rows shifted down) when the window is full. So memory, and a checkpoint of the
+        # caller, are bounded by the phasing history and the lags, whatever the run's length.
+        self._base = 0
+        self._window_rows = max(self.estimation_cycles + self.lag, _HISTORY + self.lag + 2 * self.window + 2 * _AHEAD + 1) + 8
         self._expected = int(expected_cycles) if expected_cycles else 0
         self._n_in = 0  # cycles received
         self._n1 = 0  # cycles through pass 1
@@ -295,8 +299,9 @@ class StreamingBasecaller:
         self._grow(self._n_in + k)
         block = xp.moveaxis(intensities, 1, 0)
         invalid = ~xp.all(xp.isfinite(block), axis=2)  # (k, N)
-        self._invalid[self._n_in : self._n_in + k] = invalid
-        self._raw[self._n_in : self._n_in + k] = xp.where(invalid[:, :, None], 0, block)
+        r = self._n_in - self._base
+        self._invalid[r : r + k] = invalid
+        self._raw[r : r + k] = xp.where(invalid[:, :, None], 0, block)
         self._n_in += k
         return self._advance(final=False)
 
@@ -310,13 +315,47 @@ class StreamingBasecaller:
         return self._advance(final=True)
 
     # -- engine ------------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        # The phasing matrix grows with the cycles (rows x rows) and is rebuilt on demand.
+        state = dict(self.__dict__)
+        state["_pmat"] = np.zeros((0, 0))
+        return state
+
+    @property
+    def buffer_cycles(self) -> int:
+        """Cycles of buffer allocated (bounded: the window of cycles still needed)."""
+        return self._cap
+
+    def _oldest_needed(self) -> int:
+        """The oldest cycle any later step reads: everything from 0 until the model and the
+        per-cluster statistics exist; then the phasing history behind pass 1 and the predicted
+        signal, and the pass-2 window behind the next final position."""
+        if self.model is None or not self._stats:
+            return 0
+        return max(0, min(self._n1 - _HISTORY, self._n_pred - _HISTORY, self._n2 - self.window, self._n_decay, self._n_y))
+
     def _grow(self, need: int) -> None:
-        if need <= self._cap:
+        """Room for cycles up to ``need`` (exclusive): drop the cycles no longer needed, and
+        allocate more rows only when the window itself is larger than the buffers."""
+        if need - self._base <= self._cap:
             return
         xp = self._xp
-        cap = max(need, self._expected) if self._expected >= need else max(need, self._cap * 3 // 2, 32)
-        n = self.n_clusters
         names = ("_raw", "_y", "_x1", "_oh", "_pred")
+        old = self._oldest_needed()
+        if old > self._base and self._cap:
+            shift, used = old - self._base, self._n_in - self._base
+            for name in (*names, "_invalid", "_decay"):
+                buf = getattr(self, name)
+                buf[: used - shift] = buf[shift:used].copy()
+            self._base = old
+            if need - self._base <= self._cap:
+                return
+        rows = need - self._base
+        bound = self._window_rows
+        if self._expected:
+            bound = min(bound, self._expected)
+        cap = max(rows, bound) if not self._cap else max(rows, self._cap * 3 // 2)
+        n = self.n_clusters
         for name in names:
             new = xp.zeros((cap, n, 4), dtype=xp.float32)
             if self._cap:
@@ -346,10 +385,11 @@ class StreamingBasecaller:
             if n_in < est and not final:
                 return []
             t = min(n_in, est)
-            self.model = estimate_model(xp.moveaxis(self._raw[:t], 0, 1))
+            self.model = estimate_model(xp.moveaxis(self._raw[:t], 0, 1))  # _base is 0 until a model exists
+        b = self._base  # cycle c is row c - b of every buffer
         # Crosstalk correction of every cycle received.
         if self._n_y < n_in:
-            self._y[self._n_y : n_in] = correct_crosstalk(self._raw[self._n_y : n_in], self.model.matrix)
+            self._y[self._n_y - b : n_in - b] = correct_crosstalk(self._raw[self._n_y - b : n_in - b], self.model.matrix)
             self._n_y = n_in
         # Pass 1: phasing-corrected signal with the truncated inverse, provisional calls.
         n1 = n_in if final else max(0, n_in - self.lag)
@@ -359,11 +399,11 @@ class StreamingBasecaller:
             m = min(n_in, c + self.lag + 1)
             lo = max(0, c - _HISTORY)
             w = xp.asarray(phasing_inverse_row(c, m, p, q)[lo:], dtype=xp.float32)
-            x = _weighted_sum(xp, w, self._y[lo:m])
-            self._x1[c] = x
+            x = _weighted_sum(xp, w, self._y[lo - b : m - b])
+            self._x1[c - b] = x
             calls = xp.argmax(x, axis=1)
-            self._oh[c] = 0
-            self._oh[c, xp.arange(n), calls] = 1
+            self._oh[c - b] = 0
+            self._oh[c - b, xp.arange(n), calls] = 1
         self._n1 = n1
         # Per-cluster statistics from the estimation window of pass 1.
         if not self._stats:
@@ -372,7 +412,7 @@ class StreamingBasecaller:
                 return []
             self._cluster_stats(max(s, 1))
         for c in range(self._n_decay, n1):
-            self._decay[c] = self._cycle_decay(c)
+            self._decay[c - b] = self._cycle_decay(c)
         self._n_decay = n1
         # Predicted (unscaled) signal of each cycle from the pass-1 calls up to c + _AHEAD.
         pm = self._pmatrix(max(n1, 1))
@@ -381,7 +421,7 @@ class StreamingBasecaller:
             k = min(c + _AHEAD + 1, n1)
             lo = max(0, c - _HISTORY)
             w = xp.asarray(pm[c, lo:k], dtype=xp.float32)
-            self._pred[c] = _weighted_sum(xp, w, self._oh[lo:k])
+            self._pred[c - b] = _weighted_sum(xp, w, self._oh[lo - b : k - b])
         self._n_pred = n_pred
         # Pass 2: final calls for every position whose window is complete.
         n2 = n1 if final else max(0, n1 - self.window - _AHEAD)
@@ -391,7 +431,7 @@ class StreamingBasecaller:
 
     def _cluster_stats(self, s: int) -> None:
         xp = self._xp
-        x = self._x1[:s]  # (s, N, 4)
+        x = self._x1[:s]  # (s, N, 4); _base is 0 until the statistics exist
         top = xp.max(x, axis=2)
         a = xp.median(top, axis=0)
         floor = float(xp.median(a)) * 1e-3 if a.size else 1.0
@@ -404,21 +444,22 @@ class StreamingBasecaller:
 
     def _cycle_decay(self, c: int) -> float:
         xp = self._xp
-        return float(xp.median(xp.max(self._x1[c], axis=1) / self._a))
+        return float(xp.median(xp.max(self._x1[c - self._base], axis=1) / self._a))
 
     def _final_call(self, j: int, n_total: int) -> CycleCalls:
         xp = self._xp
         pm = self._pmat
+        b = self._base
         lo, hi = max(0, j - self.window), min(n_total, j + self.window + 1)
         a = self._a[:, None]
         acc = xp.zeros((self.n_clusters, 4), dtype=xp.float32)
         wsum = 0.0
         for c in range(lo, hi):
             pcj = float(pm[c, j])
-            dc = float(self._decay[c])
+            dc = float(self._decay[c - b])
             wc = pcj * dc
             # What is left of cycle c after removing every other position's predicted light.
-            z = self._y[c] - a * xp.float32(dc) * (self._pred[c] - xp.float32(pcj) * self._oh[j])
+            z = self._y[c - b] - a * xp.float32(dc) * (self._pred[c - b] - xp.float32(pcj) * self._oh[j - b])
             acc += xp.float32(wc) * z
             wsum += wc * wc
         wsum = max(wsum, 1e-12)
@@ -430,10 +471,10 @@ class StreamingBasecaller:
             qual = xp.zeros(self.n_clusters, dtype=xp.uint8)
         else:
             # Quality 0 marks a no-call: the cluster had no valid intensity in this cycle.
-            qual = xp.where(self._invalid[j], 0, self.quality_table.lookup(pred, j + 1)).astype(xp.uint8)
+            qual = xp.where(self._invalid[j - b], 0, self.quality_table.lookup(pred, j + 1)).astype(xp.uint8)
         if j < CHASTITY_CYCLES:
             # A no-call (no valid intensity) counts as a chastity failure.
-            fail = (chastity(sig) < CHASTITY_THRESHOLD) | self._invalid[j]
+            fail = (chastity(sig) < CHASTITY_THRESHOLD) | self._invalid[j - b]
             self._chastity_fail += fail.astype(xp.int32)
             if j == min(CHASTITY_CYCLES, n_total) - 1:
                 self._pass_filter = self._chastity_fail <= 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kernels._scratch import Scratch
 from kernels.backend import get_array_module
 from kernels.background import background_grid
 from kernels.correct import FlatFieldCorrector
@@ -100,7 +101,7 @@ class CycleResult:
     drift: tuple[float, float]
 
 
-class TileChain:
+class TileChain(Scratch):
     """Streaming per-tile processing from raw uint16 frames to cluster intensities.
 
     ``push(cycle, frames)`` takes a ``(C, H, W)`` raw stack (on the chain's backend) and
@@ -108,6 +109,9 @@ class TileChain:
     as for :class:`kernels.correct.FlatFieldCorrector`; ``xp`` is the array module the
     frames live in (the chain never moves them).
     """
+
+    _SCRATCH = ("_corr", "_acc", "_tmp")  # preallocated work buffers: not pickled (kernels._scratch)
+    _DERIVED = ("_ramps",)
 
     def __init__(self, shape: tuple[int, int], config: ChainConfig | None = None, *,
                  dark: Any = 0.0, flat: Any = None, xp: Any = None) -> None:
@@ -141,6 +145,10 @@ class TileChain:
         self.offsets: list[tuple[float, float]] = [(0.0, 0.0)] * c
         self._template_spec: Any = None
         self._ramps: list[Any] = []
+
+    def _rebuild_derived(self) -> None:
+        # the ramps that undo each channel's fixed offset follow from the offsets
+        self._ramps = [phase_ramp(self.shape, (-o[1], -o[0]), xp=self.xp) for o in self.offsets] if self.template is not None else []
 
     # -- template ----------------------------------------------------------------------
     @property
@@ -192,8 +200,7 @@ class TileChain:
                 & (pos[:, 1] + min(dy) >= m) & (pos[:, 1] + max(dy) <= h - 1 - m))
         self.positions = xp.ascontiguousarray(pos[keep])
         self._template_spec = self.pc.spectrum(template)
-        # ramps that move channel k back by its fixed offset (row, col) = -(dy, dx)
-        self._ramps = [phase_ramp(self.shape, (-o[1], -o[0]), xp=xp) for o in self.offsets]
+        self._rebuild_derived()  # the ramps that move channel k back by its offset (row, col) = -(dy, dx)
 
     # -- per cycle ---------------------------------------------------------------------
     def register_cycle(self, corrected: Any) -> tuple[float, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kernels._scratch import Scratch
 from kernels.backend import get_array_module
 
 __all__ = ["FlatFieldCorrector", "correct_frame"]
@@ -22,7 +23,7 @@ def _check_shape(name: str, a: Any, shape: tuple[int, ...]) -> None:
         )
 
 
-class FlatFieldCorrector:
+class FlatFieldCorrector(Scratch):
     """Precomputed dark frame and inverse flat for one frame shape, reused every frame.
 
     ``dark`` is a scalar offset or a per-pixel dark frame (ADU); ``flat`` is the relative

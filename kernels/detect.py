@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from kernels._scratch import Scratch
 from kernels.backend import get_array_module, get_ndimage
 from kernels.bandpass import BandPass
 from kernels.registration import PhaseCorrelator, phase_ramp
@@ -113,7 +114,7 @@ def otsu_threshold(values: Any, bins: int = 256) -> float:
 _THRESHOLDS = ("otsu", "noise")
 
 
-class ClusterDetector:
+class ClusterDetector(Scratch):
     """Detection planned for one shape: LoG band-pass, threshold, peaks, sub-pixel refinement.
 
     The band-pass is the negated Laplacian of Gaussian with ``log_sigma`` (default 0.75 x the
@@ -124,6 +125,8 @@ class ClusterDetector:
     model and holds for sparse and for patterned layouts) or ``"noise"`` (``k`` times the
     robust noise of the band-passed image; suits sparse tiles only).
     """
+
+    _SCRATCH = ("_buf",)  # preallocated work buffers: not pickled (kernels._scratch)
 
     def __init__(self, shape: tuple[int, int], *, psf_sigma: float = 1.2,
                  log_sigma: float | None = None, threshold: float | str = "otsu",
@@ -177,7 +180,7 @@ def detect_clusters(image: Any, *, psf_sigma: float = 1.2, threshold: float | st
                            min_distance=min_distance, xp=xp)(image)
 
 
-class TemplateBuilder:
+class TemplateBuilder(Scratch):
     """Register the first cycles' frames onto cycle 1 / channel 0 and sum them (Fourier domain).
 
     Frames are added with :meth:`add` as ``(cycle, channel, image)``. Registering a frame of

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from kernels._scratch import Scratch
 from kernels.backend import get_array_module, get_fft
 
 __all__ = [
@@ -129,7 +130,7 @@ def _log_parabola(cm: float, c0: float, cp: float) -> float:
     return 0.0
 
 
-class PhaseCorrelator:
+class PhaseCorrelator(Scratch):
     """Phase correlation for one image shape with its weight and buffers precomputed.
 
     ``spectrum(image)`` gives the real-FFT spectrum to keep for a reference (or to reuse for
@@ -137,6 +138,8 @@ class PhaseCorrelator:
     host tuple of floats. A registration on the host costs one forward FFT per new image
     and one inverse FFT; on a device the peak search reads back 3x3 values only.
     """
+
+    _SCRATCH = ("_win_buf", "_stack_buf", "_prod", "_mag")  # preallocated work buffers: not pickled (kernels._scratch)
 
     def __init__(self, shape: tuple[int, int], *, method: str = "fit", sigma: float | None = 1.2,
                  low_cut: float | None = 16.0, upsample_factor: int = 20,

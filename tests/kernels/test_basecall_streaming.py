@@ -150,3 +150,28 @@ def test_missing_intensities_become_no_calls(run60):
     clean = call_bases(intensities)
     # The other calls are as good as without the gaps.
     assert np.mean(res.bases[~gone] != truth[~gone]) <= np.mean(clean.bases != truth) + 1e-4
+
+
+def test_memory_and_checkpoint_are_bounded_by_the_window_not_the_run():
+    """150 cycles streamed one at a time: the calls are the batch caller's bit for bit, the
+    buffers hold a window of cycles (not 150), and the caller's state (what a stage
+    checkpoint pickles) at cycle 150 is the size it was at cycle 75, within a few percent."""
+    params = InstrumentParams(tile_shape=(128, 128), layout="patterned", n_cycles=150)
+    intensities = SyntheticInstrument(params, seed=7).cluster_intensities(1101)
+    batch = call_bases(intensities)
+    caller = StreamingBasecaller(intensities.shape[0], expected_cycles=150)
+    chunks, sizes = [], {}
+    for c in range(150):
+        chunks += caller.push(intensities[:, c])
+        if c + 1 in (75, 150):
+            state = caller.__getstate__()  # the phasing matrix is left out: rebuilt on demand
+            assert state["_pmat"].size == 0
+            sizes[c + 1] = sum(v.nbytes for v in state.values() if isinstance(v, np.ndarray))
+            assert caller.buffer_cycles <= 60, caller.buffer_cycles
+    chunks += caller.finish()
+    for name in ("bases", "qualities", "predictor", "signal"):
+        stacked = np.stack([to_host(getattr(ch, name)) for ch in chunks], axis=1)
+        np.testing.assert_array_equal(stacked, to_host(getattr(batch, name)), err_msg=name)
+    np.testing.assert_array_equal(caller.pass_filter, batch.pass_filter)
+    assert abs(sizes[150] - sizes[75]) <= 0.03 * sizes[75], sizes
+    assert sizes[150] < 60 * intensities.shape[0] * 4 * 4 * 6  # six (rows, N, 4) float32 buffers at most
