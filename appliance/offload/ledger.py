@@ -623,18 +623,31 @@ class Ledger:
             rows = self._read("SELECT * FROM events WHERE job_id = ? ORDER BY id LIMIT ?", (job_id, limit))
         return [dict(r) for r in rows]
 
-    _READY = ("SELECT j.* FROM jobs j LEFT JOIN jobs d ON j.depends_on = d.id "
+    # Fair share across instruments within a class (the dispatch order): first the jobs of the
+    # instruments with the fewest of the class in flight (leased or running), then round robin
+    # over the instruments by each one's waiting order, then the oldest. One instrument's
+    # backlog therefore holds another's job back by at most the jobs already in flight, as a
+    # single instrument's own queue does, and it cannot push the job out of the first per_class.
+    _BUSY = ("busy AS (SELECT instrument_id, count(*) AS n FROM jobs "
+             "WHERE state IN ('leased','running') AND priority = ? GROUP BY instrument_id)")
+    _READY = ("WITH " + _BUSY + ", ranked AS (SELECT j.id, ROW_NUMBER() OVER "
+              "(PARTITION BY j.instrument_id ORDER BY j.next_attempt_at, j.id) AS rn "
+              "FROM jobs j LEFT JOIN jobs d ON j.depends_on = d.id "
               "WHERE j.state IN ('queued','retrying') AND j.priority = ? AND j.next_attempt_at <= ? "
-              "AND (j.depends_on IS NULL OR d.state = 'succeeded') ORDER BY j.next_attempt_at, j.id LIMIT ?")
+              "AND (j.depends_on IS NULL OR d.state = 'succeeded')) "
+              "SELECT j.* FROM ranked r JOIN jobs j ON j.id = r.id LEFT JOIN busy b ON b.instrument_id = j.instrument_id "
+              "ORDER BY COALESCE(b.n, 0), r.rn, j.next_attempt_at, j.id LIMIT ?")
 
     @_transient
     def ready(self, per_class: int = 64, now: float | None = None) -> list[Job]:
-        """Jobs that may be leased now (waiting, backoff over, dependency succeeded), oldest
-        first, at most ``per_class`` of each class."""
+        """Jobs that may be leased now (waiting, backoff over, dependency succeeded), at most
+        ``per_class`` of each class, in dispatch order: within a class, fair share across
+        instruments (the instruments with the fewest jobs in flight first, round robin), then
+        oldest first."""
         now = self._clock() if now is None else now
         out: list[Job] = []
         for cls in CLASSES:
-            out.extend(_row_to_job(r) for r in self._read(self._READY, (cls, now, per_class)))
+            out.extend(_row_to_job(r) for r in self._read(self._READY, (cls, cls, now, per_class)))
         return out
 
     @_transient
@@ -662,16 +675,20 @@ class Ledger:
             self._event(c, job_id, None, "leased", f"attempt {job.attempts} of {job.max_attempts}", owner, now)
             return job
 
+    # the same fair share as ready(): the instrument with the fewest in flight, then the oldest
     _LEASE_NEXT = ("UPDATE jobs SET state='leased', lease_owner=?, lease_expires=?, heartbeat_at=?, attempts=attempts+1 "
-                   "WHERE id = (SELECT j.id FROM jobs j LEFT JOIN jobs d ON j.depends_on = d.id "
+                   "WHERE id = (WITH " + _BUSY + " "
+                   "SELECT j.id FROM jobs j LEFT JOIN jobs d ON j.depends_on = d.id "
+                   "LEFT JOIN busy b ON b.instrument_id = j.instrument_id "
                    "WHERE j.state IN ('queued','retrying') AND j.next_attempt_at <= ? AND j.priority = ? "
                    "AND (j.depends_on IS NULL OR d.state = 'succeeded') "
-                   "ORDER BY j.next_attempt_at, j.id LIMIT 1{lock}) RETURNING *")
+                   "ORDER BY COALESCE(b.n, 0), j.next_attempt_at, j.id LIMIT 1{lock}) RETURNING *")
 
     @_transient
     def lease_next(self, owner: str, lease_s: float, priority: str | None = None) -> Job | None:
-        """Lease the oldest ready job (of ``priority``, or the highest class with one) in one
-        transaction. On PostgreSQL the candidate row is taken ``FOR UPDATE SKIP LOCKED``: many
+        """Lease the next ready job (of ``priority``, or the highest class with one) in one
+        transaction: within the class, that of the instrument with the fewest jobs in flight
+        (fair share), then the oldest. On PostgreSQL the candidate row is taken ``FOR UPDATE SKIP LOCKED``: many
         orchestrators lease from one table at once, each skipping the rows the others hold."""
         now = self._clock()
         with self._tx() as c:
@@ -679,7 +696,7 @@ class Ledger:
             # trip on PostgreSQL), using the (state, priority, next_attempt_at) index
             sql = self._LEASE_NEXT.format(lock=self._db.skip_locked)
             for cls in CLASSES if priority is None else (priority,):
-                row = c.execute(sql, (owner, now + lease_s, now, now, cls)).fetchone()
+                row = c.execute(sql, (owner, now + lease_s, now, cls, now, cls)).fetchone()
                 if row is None:
                     continue
                 job = _row_to_job(row)

@@ -402,3 +402,43 @@ def test_admission_rechecks_inside_the_write_transaction(target):
                 led.submit("k", {"by": "me"}, priority="batch", wait_s=0)
         assert raced == [True]  # the other submission did land in the window
         assert len(other.jobs(limit=100)) == 10
+
+
+def test_fair_share_an_instruments_backlog_does_not_hold_back_another_instruments_job(ledger):
+    """Instrument A floods the realtime class; B's job, submitted after all of A's, is leased
+    as soon as a slot frees (A has a job in flight, B none), not after A's whole backlog.
+    Within one instrument the order stays oldest first."""
+    flood = [ledger.submit("k", {"i": i}, priority="realtime", instrument_id="A").job for i in range(20)]
+    first = ledger.lease_next("w1", 60)
+    assert first.id == flood[0].id  # nobody in flight: the oldest
+    b = ledger.submit("k", {"i": "b"}, priority="realtime", instrument_id="B").job
+    second = ledger.lease_next("w2", 60)
+    assert second.id == b.id and second.instrument_id == "B"  # A has one in flight, B none
+    third = ledger.lease_next("w3", 60)
+    assert third.id == flood[1].id  # A's next, in order
+    ledger.complete(first.id, "w1", {})
+    ledger.complete(second.id, "w2", {})
+    ledger.complete(third.id, "w3", {})
+    # the classes stay strict: a batch job of an idle instrument waits for realtime work
+    ledger.submit("k", {"i": "c"}, priority="batch", instrument_id="C")
+    assert ledger.lease_next("w4", 60).priority == "realtime"
+
+
+def test_fair_share_in_the_dispatch_order_of_ready(ledger):
+    """The orchestrator dispatches from ready() (then scheduler.plan, which keeps the order
+    within a class): with A's 100 realtime jobs waiting and one in flight, B's job, submitted
+    last, is first in the list, not beyond the first per_class (64) of A's backlog."""
+    for i in range(100):
+        ledger.submit("k", {"i": i}, priority="realtime", instrument_id="A")
+    a1 = ledger.lease_next("w1", 60)
+    b = ledger.submit("k", {"i": "b"}, priority="realtime", instrument_id="B").job
+    ready = [j for j in ledger.ready(per_class=64) if j.priority == "realtime"]
+    assert len(ready) == 64 and ready[0].id == b.id
+    assert [j.instrument_id for j in ready[1:]] == ["A"] * 63
+    ids = [j.id for j in ready[1:]]
+    assert ids == sorted(ids) and a1.id not in ids  # A's own jobs oldest first
+    # two instruments with nothing in flight: round robin by each one's waiting order
+    ledger.complete(a1.id, "w1", {})
+    c = [ledger.submit("k", {"i": f"c{i}"}, priority="realtime", instrument_id="C").job for i in range(2)]
+    ready = [j for j in ledger.ready(per_class=6) if j.priority == "realtime"]
+    assert [j.instrument_id for j in ready] == ["A", "B", "C", "A", "C", "A"] and ready[4].id == c[1].id
