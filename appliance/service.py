@@ -185,7 +185,9 @@ class Service:
             if self.base.offload.enabled:
                 from appliance.offload import Orchestrator
 
-                self.orchestrator = Orchestrator(self.base.offload, root, on_event=self._offload_event)
+                # jobs submitted here without a run (an operator's jobs.submit) carry this instrument too
+                self.orchestrator = Orchestrator(self.base.offload, root, on_event=self._offload_event,
+                                                 instrument_id=self.base.run.instrument_id)
             if self.base.storage.enabled:
                 from appliance.storage import StorageManager
 

@@ -164,3 +164,16 @@ def test_service_start_checks_the_host_against_the_sysconfig_profile(service):
     else:  # a host tuned to the profile: the run starts (and is stopped at once)
         assert client.request("start", set=strict)["started"]
         client.request("stop")
+
+
+def test_jobs_an_operator_submits_to_the_service_carry_its_instrument(tmp_path):
+    from appliance.service import Service
+
+    svc = Service(None, [f'output.root="{tmp_path / "runs"}"', f'control.socket_dir="{tmp_path / "sock"}"',
+                         'run.instrument_id="SIM09"', "offload.poll_s=0.2"]).start()
+    try:
+        with ControlClient(tmp_path / "sock", timeout_s=5) as client:
+            job = client.request("jobs.submit", kind="fastq", params={"run": "NONE"})["job"]
+        assert svc.orchestrator.ledger.get(job["id"]).instrument_id == "SIM09"
+    finally:
+        svc.shutdown()
