@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ALERT_RULE", "Watermarks", "admits", "over_watermark"]
+__all__ = ["ALERT_RULE", "Watermarks", "admits", "over_instrument_watermark", "over_watermark"]
 
 #: the alert raised while a watermark is passed (runbook: docs/runbook.md#offload_backpressure)
 ALERT_RULE = "offload_backpressure"
@@ -18,10 +18,12 @@ ALERT_RULE = "offload_backpressure"
 
 @dataclass(frozen=True)
 class Watermarks:
-    """``offload.depth_high`` (queued + retrying jobs) and ``offload.oldest_age_s``."""
+    """``offload.depth_high`` (queued + retrying jobs), ``offload.oldest_age_s``, and
+    ``offload.instrument_depth_high`` (one instrument's own queued + retrying jobs; 0 = none)."""
 
     depth: int = 1000
     oldest_age_s: float = 3600.0
+    instrument_depth: int = 0
 
 
 def over_watermark(depth: int, oldest_age_s: float | None, marks: Watermarks) -> str | None:
@@ -42,8 +44,22 @@ def over_watermark(depth: int, oldest_age_s: float | None, marks: Watermarks) ->
     return None
 
 
-def admits(priority: str, depth: int, oldest_age_s: float | None, marks: Watermarks) -> str | None:
-    """None if a ``priority`` submission is admitted now, else the refusal message."""
+def over_instrument_watermark(instrument: str, depth: int, marks: Watermarks) -> str | None:
+    """The message when ``instrument``'s own waiting jobs are at its watermark, else None."""
+    if not marks.instrument_depth or depth < marks.instrument_depth:
+        return None
+    return (
+        f"instrument {instrument or '(none)'} has {depth} jobs waiting (queued + retrying), at or above "
+        f"offload.instrument_depth_high = {marks.instrument_depth}: its batch and reprocess submissions are held "
+        "back while the other instruments' go on; let its queue drain, cancel its reprocess jobs "
+        f"(appliance jobs ls --state queued), or raise offload.instrument_depth_high"
+    )
+
+
+def admits(priority: str, depth: int, oldest_age_s: float | None, marks: Watermarks,
+           instrument: str = "", instrument_depth: int = 0) -> str | None:
+    """None if a ``priority`` submission (from ``instrument``, which has ``instrument_depth``
+    jobs waiting) is admitted now, else the refusal message: the lab-wide watermarks first."""
     if priority == "realtime":
         return None
-    return over_watermark(depth, oldest_age_s, marks)
+    return over_watermark(depth, oldest_age_s, marks) or over_instrument_watermark(instrument, instrument_depth, marks)

@@ -47,6 +47,8 @@ class OffloadConfig:
     tick_s: float = 0.2
     depth_high: int = 1000
     oldest_age_s: float = 3600.0
+    #: per instrument: its own queued + retrying jobs at which its batch/reprocess work waits (0 = none)
+    instrument_depth_high: int = 0
     admission_wait_s: float = 0.0
     run_wait_s: float = 600.0
     plugins: tuple[str, ...] = ()
@@ -164,6 +166,7 @@ def load_offload(d: dict | None) -> OffloadConfig:
         tick_s=_num(full, "tick_s", 0.005, 60),
         depth_high=_num(full, "depth_high", 1, 10**9, integer=True),
         oldest_age_s=_num(full, "oldest_age_s", 1, 10**9),
+        instrument_depth_high=_num(full, "instrument_depth_high", 0, 10**9, integer=True),
         admission_wait_s=_num(full, "admission_wait_s", 0, 3600),
         run_wait_s=_num(full, "run_wait_s", 0, 86400),
         plugins=tuple(plugins),

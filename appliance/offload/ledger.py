@@ -298,7 +298,7 @@ class Ledger:
         connect_timeout_s: float = 3.0,
     ) -> None:
         self.config = config or OffloadConfig()
-        self.watermarks = Watermarks(self.config.depth_high, self.config.oldest_age_s)
+        self.watermarks = Watermarks(self.config.depth_high, self.config.oldest_age_s, self.config.instrument_depth_high)
         self._policy = policy or self._default_policy
         self.on_alert = on_alert
         self._clock = clock
@@ -472,7 +472,9 @@ class Ledger:
                 if row is not None:  # another process submitted it meanwhile
                     return Submitted(_row_to_job(row), False)
                 depth, oldest = self._depth_and_age(c)
-                refusal = admits(priority, depth, oldest, self.watermarks)
+                instrument = sub["instrument_id"] or ""
+                mine = self._instrument_depth(c, instrument) if self.watermarks.instrument_depth and priority != "realtime" else 0
+                refusal = admits(priority, depth, oldest, self.watermarks, instrument, mine)
                 if refusal is None:
                     depends_on = sub["depends_on"]
                     if depends_on is not None and self._get(c, depends_on) is None:
@@ -880,6 +882,11 @@ class Ledger:
             return self._get(c, job_id)
 
     # -- figures ----------------------------------------------------------------------------------
+
+    def _instrument_depth(self, c, instrument: str) -> int:
+        """Queued + retrying jobs of ``instrument`` (the per-instrument watermark's figure)."""
+        return c.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued','retrying') AND instrument_id = ?",
+                         (instrument,)).fetchone()[0]
 
     def _depth_and_age(self, c=None) -> tuple[int, float | None]:
         """(queued + retrying jobs, age of the oldest), read in transaction ``c`` if given."""

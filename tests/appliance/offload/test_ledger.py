@@ -225,6 +225,25 @@ def test_admission_refuses_batch_past_depth_but_admits_realtime(target, clock):
         assert [a["action"] for a in alerts] == ["raised", "cleared"]
 
 
+def test_a_per_instrument_watermark_holds_back_only_that_instrument(target, clock):
+    """offload.instrument_depth_high: instrument A at its own watermark is refused batch work
+    (named, with the fix) while B's batch work and A's realtime jobs are admitted."""
+    cfg = OffloadConfig(depth_high=100, instrument_depth_high=3)
+    with Ledger(target, config=cfg, clock=clock) as led:
+        for i in range(3):
+            led.submit("k", {"i": i}, priority="reprocess", instrument_id="A")
+        with pytest.raises(AdmissionRefused, match=r"instrument A has 3 jobs waiting .* offload.instrument_depth_high = 3"):
+            led.submit("k", {"i": 99}, priority="batch", wait_s=0, instrument_id="A")
+        assert led.submit("k", {"i": 100}, priority="realtime", instrument_id="A").created
+        assert led.submit("k", {"i": 101}, priority="batch", instrument_id="B").created
+        led.cancel(led.jobs(instrument="A", priority="reprocess", state="queued")[0].id)
+        # A's realtime job counts too (it waits): 3 again, still held back; one more gone, admitted
+        with pytest.raises(AdmissionRefused, match="instrument A"):
+            led.submit("k", {"i": 99}, priority="batch", wait_s=0, instrument_id="A")
+        led.cancel(led.jobs(instrument="A", priority="reprocess", state="queued")[0].id)
+        assert led.submit("k", {"i": 99}, priority="batch", instrument_id="A").created
+
+
 def test_admission_by_age_and_waiting_submission(target, clock):
     cfg = OffloadConfig(depth_high=100, oldest_age_s=60.0)
     with Ledger(target, config=cfg, clock=clock) as led:
