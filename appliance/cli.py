@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "jobs": "jobs",
     "algo": "algo",
     "soak": "soak",
+    "lab": "lab",
 }
 
 _EPILOG = """\
@@ -49,6 +50,7 @@ examples:
   appliance tui                 the operator console for a running appliance (second terminal)
   appliance ctl status --json   the same figures for scripts; ctl stop drains the run
   appliance serve               stay up and start runs on command (appliance ctl start)
+  appliance lab status          every instrument of the lab in one table ([lab.instruments.NAME])
 
 `appliance VERB --help` explains each verb.
 """

@@ -295,6 +295,7 @@ class RunConfig:
     control: ControlSection = field(default_factory=ControlSection)
     storage: object = None  #: appliance.storage.StorageSection
     offload: object = None  #: appliance.offload.OffloadConfig
+    lab: object = None  #: appliance.lab.LabSection
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -437,6 +438,7 @@ def _from_dict(d: dict) -> RunConfig:
         control=_build(ControlSection, d["control"], "control"),
         storage=_storage(d["storage"]),
         offload=_offload(d["offload"]),
+        lab=_lab(d["lab"]),
     )
 
 
@@ -444,6 +446,12 @@ def _storage(d: dict):
     from appliance.storage.policy import storage_section
 
     return storage_section(d)
+
+
+def _lab(d: dict):
+    from appliance.lab import lab_section
+
+    return lab_section(d)
 
 
 def _offload(d: dict):

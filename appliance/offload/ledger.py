@@ -908,6 +908,24 @@ class Ledger:
                            "message": f"ledger back under its {was} watermark"})
 
     @_transient
+    @_transient
+    def backlog_by_instrument(self) -> dict[str, dict]:
+        """Per instrument: waiting jobs (queued + retrying) per class, jobs in flight (leased
+        or running), and the age of its oldest waiting job (``appliance lab status``)."""
+        now = self._clock()
+        out: dict[str, dict] = {}
+        for r in self._read("SELECT instrument_id, priority, state, COUNT(*), MIN(created_at) FROM jobs "
+                            "WHERE state IN ('queued','retrying','leased','running') GROUP BY instrument_id, priority, state"):
+            row = out.setdefault(r[0] or "", {"waiting": {c: 0 for c in CLASSES}, "in_flight": 0, "oldest_waiting_age_s": None})
+            if r[2] in ("queued", "retrying"):
+                row["waiting"][r[1]] = row["waiting"].get(r[1], 0) + r[3]
+                age = now - r[4]
+                old = row["oldest_waiting_age_s"]
+                row["oldest_waiting_age_s"] = age if old is None else max(old, age)
+            else:
+                row["in_flight"] += r[3]
+        return out
+
     def stats(self, recent: int = 10) -> dict:
         """Counts per class and state, oldest waiting age per class, running, held, recent
         failures and backpressure (the shape is documented in docs/offload.md)."""
