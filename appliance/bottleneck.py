@@ -28,6 +28,7 @@ __all__ = [
     "attribute",
     "loads_from_stats",
     "read_pressure",
+    "run_bottleneck",
 ]
 
 #: which stage kind produces and which consumes each edge of the data path
@@ -137,16 +138,17 @@ def _flowing(samples: list[Mapping]) -> list[Mapping]:
     return samples
 
 
-def loads_from_stats(samples: list[Mapping]) -> list[StageLoad]:
+def loads_from_stats(samples: list[Mapping], t_start: float | None = None) -> list[StageLoad]:
     """Stage loads from ``stats.jsonl`` samples, over the part of the run in which frames flow.
 
     ``busy`` is the stage's busy fraction over that window (from the cumulative busy fraction
     each sample carries, taking the first sample's time as the stages' start); the fills are
     the share of samples in which the stage's input (output) rings were at least 75% full.
-    Ring names are ``EDGE.PRODUCER.CONSUMER`` replicas."""
+    Ring names are ``EDGE.PRODUCER.CONSUMER`` replicas. ``t_start``: when the stages started
+    (default: the first sample's time), for samples that are the tail of a long run."""
     if not samples:
         return []
-    t_start = float(samples[0].get("t") or 0.0)
+    t_start = float(samples[0].get("t") or 0.0) if t_start is None else float(t_start)
     kept = _flowing(samples)
     full: dict[str, dict[str, list[float]]] = {}
     for sample in kept:
@@ -171,6 +173,40 @@ def loads_from_stats(samples: list[Mapping]) -> list[StageLoad]:
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
         loads.append(StageLoad(name, kind, max(0.0, min(1.0, busy)), mean(f.get("in", [])), mean(f.get("out", []))))
     return loads
+
+
+def run_bottleneck(stats_path: Path | str, psi: PSI = PSI(), *, gpu_kernel: bool = False,
+                   tail_bytes: int = 4 << 20) -> Bottleneck | None:
+    """The verdict for a run from its ``stats.jsonl``: over the whole run, or over its last
+    ``tail_bytes`` of samples (about 20 minutes at 2 Hz) for a long one, so the end of a
+    multi-day run reads a bounded part of the file. None without samples to judge."""
+    import json
+    import os
+
+    path = Path(stats_path)
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - tail_bytes))
+            tail = f.read()
+    except FileNotFoundError:
+        return None
+    lines = tail.splitlines()
+    if size > tail_bytes and lines:
+        lines = lines[1:]  # the first is cut
+    samples = []
+    for line in lines:
+        try:
+            samples.append(json.loads(line))
+        except ValueError:
+            continue
+    try:
+        t_start = json.loads(first).get("t")
+    except ValueError:
+        t_start = None
+    loads = loads_from_stats(samples, t_start=t_start)
+    return attribute(loads, psi, gpu_kernel=gpu_kernel) if loads else None
 
 
 _TOTAL = re.compile(r"^some\b.*\btotal=(\d+)", re.M)

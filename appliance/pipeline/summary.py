@@ -168,6 +168,8 @@ def format_summary(s: dict) -> str:
             f"clusters detected {acc['clusters_detected']} of {acc['clusters_truth']} (recall {acc['recall'] * 100:.1f}%), "
             f"pass filter {pf}"
         )
+    if s.get("bottleneck"):
+        lines.append(f"bottleneck: {s['bottleneck']['text']}")
     lines.append(f"output: {s['output']}" + ("" if s.get("run_complete") is not False else " (incomplete: stopped before every cycle was written)"))
     if s.get("completion") and s["completion"]["status"] != "CompletedAsPlanned":
         c = s["completion"]

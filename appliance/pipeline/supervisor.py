@@ -571,6 +571,9 @@ class Supervisor:
                 self._spawn(spec)
             if self.notifier is not None:
                 self.notifier.ready(status=f"run {self.run_id}: acquiring")
+            from appliance.bottleneck import PressureMeter
+
+            pressure = PressureMeter()  # the host's stall shares over the run, for the bottleneck line
             self._watch()
         except BaseException as exc:
             self._terminate_all()
@@ -600,6 +603,11 @@ class Supervisor:
         if self.resume_plan is not None:
             plan = self.resume_plan
             summary["resume"] = {"epoch": plan.epoch, "source_index": plan.source_index, "lost_frames": plan.lost_frames, "reason": plan.reason}
+        from appliance.bottleneck import run_bottleneck
+
+        verdict = run_bottleneck(self.state_dir / "stats.jsonl", pressure.psi(), gpu_kernel=cfg.stages["kernel"].backend == "cupy")
+        if verdict is not None:
+            summary["bottleneck"] = verdict.to_dict()
         completion = self._write_completion(run_complete=bool(summary["run_complete"]))
         if completion is not None:
             summary["completion"] = {"status": completion.status, "cycles_completed": completion.cycles_completed,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.bottleneck import PSI, PressureMeter, StageLoad, attribute, loads_from_stats, read_pressure
+from appliance.bottleneck import PSI, PressureMeter, StageLoad, attribute, loads_from_stats, read_pressure, run_bottleneck
 
 
 def _chain(**busy) -> list[StageLoad]:
@@ -97,3 +97,17 @@ def test_a_throttled_writer_is_named_as_the_bottleneck_of_a_real_run(tmp_path):
     b = attribute(loads_from_stats(samples), PSI())
     loads = loads_from_stats(samples)
     assert b.stage == "writer-0", [ld for ld in loads]
+    # the run's summary says the same, from the end of its stats.jsonl, in one line
+    assert summary["bottleneck"]["stage"] == "writer-0" and summary["bottleneck"]["text"].startswith("writer-0")
+    from appliance.pipeline import format_summary
+
+    assert f"bottleneck: {summary['bottleneck']['text']}" in format_summary(summary)
+    # judged over only the tail of a long run's file: the same stage
+    tail = run_bottleneck(sup.state_dir / "stats.jsonl", PSI(), tail_bytes=(sup.state_dir / "stats.jsonl").stat().st_size // 2)
+    assert tail is not None and tail.stage == "writer-0"
+
+
+def test_run_bottleneck_without_samples_is_none(tmp_path):
+    assert run_bottleneck(tmp_path / "stats.jsonl") is None
+    (tmp_path / "stats.jsonl").write_text('{"t": 1.0}\n{"t": 1.5, "half')
+    assert run_bottleneck(tmp_path / "stats.jsonl") is None  # a cut line, no stages: nothing to judge
