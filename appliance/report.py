@@ -170,66 +170,197 @@ def _restart_times(stats: list[dict], t0: float) -> list[tuple[float, str]]:
     return out
 
 
-def _throughput_section(run: _Run) -> str:
+def _time_label(stats: list[dict]) -> str:
+    """The time axis of the time-series plots: seconds since the first sample, whose local
+    clock time (and zone) it names, so a point can be matched with the events table."""
+    t0 = float(stats[0]["t"])
+    return f"seconds since the first sample ({_dt.datetime.fromtimestamp(t0).astimezone():%Y-%m-%d} {_clock(t0)})"
+
+
+def _prerendering(sample: dict) -> bool:
+    """True for a sample taken before the camera's first frame: nothing acquired yet while
+    the source renders its frames ahead (state acquiring or prerendering, or a sample that
+    says ``prerender``). Such a sample's zeros are not a stall. The camera rings count too:
+    ``frames_acquired`` is the source's live count, whose first report (sent with its first
+    frame) still says 0, so a frame on a ``raw`` ring ends the period even when it is 0."""
+    if sample.get("frames_acquired"):
+        return False
+    if _edge_totals(sample, "written").get("raw", 0) + _edge_totals(sample, "drops").get("raw", 0):
+        return False
+    return sample.get("state") in ("acquiring", "prerendering") or bool(sample.get("prerender"))
+
+
+def _prerender_count(stats: list[dict]) -> int:
+    """How many samples at the start of the run are pre-render samples (0 when none)."""
+    n = 0
+    while n < len(stats) and _prerendering(stats[n]):
+        n += 1
+    return n
+
+
+def _shade_prerender(run: _Run, axes) -> float | None:
+    """Shade the pre-render period, labelled, on time-series axes; its end in seconds since
+    the first sample (at the first sample that saw a frame acquired), None when there is none."""
+    n = _prerender_count(run.stats)
+    if not n:
+        return None
+    end = float(run.stats[min(n, len(run.stats) - 1)]["t"] - run.stats[0]["t"])
+    for ax in axes:
+        ax.axvspan(0.0, end, color="0.85", lw=0, zorder=0, label="pre-render")
+    return end
+
+
+def _prerender_note(end: float | None) -> str:
+    return "" if end is None else f" The grey band is the pre-render period (the first {end:.1f} s: no frame acquired yet)."
+
+
+def _throughput_plot(run: _Run):
+    """The throughput figure (two panels: camera frames, tile-cycle records), and the end of
+    the pre-render period (None when there is none). Rates start at the last pre-render
+    sample: before the first frame nothing flows, and seconds of zeros are not a stall."""
     stats = run.stats
-    if len(stats) < 2:
-        return _no_stats(run, "throughput over time")
     t = np.array([s["t"] for s in stats], dtype=float)
     t0 = t[0]
-    x = t[1:] - t0
+    first = max(_prerender_count(stats) - 1, 0)  # windows reach back no further than this
+    tr_, x = t[first:], t[first + 1:] - t0
     fig, (ax_f, ax_r) = _figure(5.0, 2, sharex=True)
-    acquired = np.array([s.get("frames_acquired", 0) for s in stats], dtype=float)
-    ax_f.plot(x, _windowed_rate(t, acquired), label="acquired (camera)", color="tab:gray", lw=2)
+    prerender = _shade_prerender(run, (ax_f, ax_r))
+    acquired = np.array([s.get("frames_acquired", 0) for s in stats[first:]], dtype=float)
+    ax_f.plot(x, _windowed_rate(tr_, acquired), label="acquired (camera)", color="tab:gray", lw=2)
     edges = sorted({e for s in stats for e in _edge_totals(s, "read")}, key=lambda e: list(_EDGE_CONSUMER).index(e) if e in _EDGE_CONSUMER else 99)
     for edge in edges:
-        read = np.array([_edge_totals(s, "read").get(edge, 0) for s in stats], dtype=float)
+        read = np.array([_edge_totals(s, "read").get(edge, 0) for s in stats[first:]], dtype=float)
         ax = ax_f if edge in _FRAME_EDGES else ax_r
-        ax.plot(x, _windowed_rate(t, read), label=f"{edge} -> {_EDGE_CONSUMER.get(edge, '?')}")
+        ax.plot(x, _windowed_rate(tr_, read), label=f"{edge} -> {_EDGE_CONSUMER.get(edge, '?')}")
     for tr, stage in _restart_times(stats, t0):
         for ax in (ax_f, ax_r):
             ax.axvline(tr, color="tab:red", ls=":", lw=1)
         ax_f.annotate(f"restart {stage}", (tr, 0), xytext=(3, 3), textcoords="offset points", color="tab:red", fontsize=8)
+    ax_f.set_xlim(0, max(float(t[-1] - t0), 1e-3))
     ax_f.set_ylabel("camera frames/s")
     ax_r.set_ylabel("tile-cycle records/s")
-    ax_r.set_xlabel("seconds since the first sample")
+    ax_r.set_xlabel(_time_label(stats))
     for ax in (ax_f, ax_r):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="upper right")
-    period = float(np.median(np.diff(t)))
+    return fig, prerender
+
+
+def _throughput_section(run: _Run) -> str:
+    stats = run.stats
+    if len(stats) < 2:
+        return _no_stats(run, "throughput over time")
+    fig, prerender = _throughput_plot(run)
+    period = float(np.median(np.diff([s["t"] for s in stats])))
     cap = (
         f"Items consumed per second on each ring, averaged over the trailing {RATE_WINDOW_S:.0f} s, "
         f"from {len(stats)} samples of the rings' counters (one every {period:.1f} s); stages work "
         "a cycle at a time, so shorter windows mostly show that rhythm. The top panel counts camera frames (one per channel per tile "
         "per cycle); the bottom panel counts the per-tile-cycle records after cluster extraction. "
-        "Dotted red lines mark stage restarts."
+        "Dotted red lines mark stage restarts." + _prerender_note(prerender)
     )
     return _figure_html("Throughput over time", fig, cap, "throughput") + _busy_figure(run)
 
 
-def _busy_figure(run: _Run) -> str:
-    """Each stage's busy fraction over time, where the samples carry it (live stage stats)."""
+def _busy_intervals(stats: list[dict]) -> tuple[dict[str, list[list[tuple[float, float, float]]]], bool]:
+    """Per stage, the share of each interval between two of its live reports that it spent
+    busy: segments (one per stage process) of (start, end, fraction), in seconds since the
+    first sample; and whether wall times had to be estimated.
+
+    A stage's ``busy_fraction`` is cumulative (busy_s / wall_s since its process started):
+    plotted as is it flattens out as the run goes and hides a stage that turned into the
+    bottleneck late. The interval's own figure is (busy_s delta) / (wall_s delta): exact
+    where the samples carry ``busy_s`` and ``wall_s``; busy_s is ``busy_fraction * wall_s``
+    where they carry only those; with ``busy_fraction`` alone (the samples of a run from
+    before the supervisor sampled busy_s and wall_s) wall_s is estimated as the time since
+    the process started, half-way between the two samples around its (re)start. A stage
+    reports about once a second and the samples come twice as often: a sample repeating the
+    previous report is no new interval. A restart starts a new segment; no interval spans it.
+    """
+    out: dict[str, list[list[tuple[float, float, float]]]] = {}
+    estimated = False
+    if not stats:
+        return out, estimated
+    t = [float(s["t"]) for s in stats]
+    half = 0.5 * float(np.median(np.diff(t))) if len(t) > 1 else 0.0
+    names = {n for s in stats for n, st in (s.get("stages") or {}).items() if st.get("busy_fraction") is not None or st.get("busy_s") is not None}
+    for name in sorted(names, key=_stage_sort_key):
+        segments: list[list[tuple[float, float, float]]] = []
+        prev = None  # (t, busy_s, wall_s) of this process's last report
+        last = None  # the last report seen, to skip a sample that repeats it
+        restarts, started = 0, t[0] - half
+        for i, s in enumerate(stats):
+            st = (s.get("stages") or {}).get(name) or {}
+            n = int(st.get("restarts") or 0)
+            if n > restarts:  # a new process, counting from zero
+                restarts, prev, started = n, None, (t[i - 1] + t[i]) / 2 if i else t[i] - half
+            busy, wall, frac = st.get("busy_s"), st.get("wall_s"), st.get("busy_fraction")
+            report = (busy, wall, frac, st.get("frames_in"))
+            if report == last or (busy is None and frac is None):
+                continue
+            last = report
+            if wall is None:
+                estimated = True
+                wall = t[i] - started
+            wall = float(wall)
+            busy = float(busy) if busy is not None else float(frac) * wall
+            if prev is not None and wall < prev[2]:  # wall time went back: a new process
+                prev = None
+            if prev is None:
+                prev = (t[i] - wall, 0.0, 0.0)
+                segments.append([])
+            if wall > prev[2]:
+                f = min(max((busy - prev[1]) / (wall - prev[2]), 0.0), 1.0)
+                segments[-1].append((prev[0] - t[0], t[i] - t[0], f))
+            prev = (t[i], busy, wall)
+        out[name] = [seg for seg in segments if seg]
+    return out, estimated
+
+
+def _busy_plot(run: _Run):
+    """The per-interval busy figure, whether wall times were estimated, and the pre-render
+    end; (None, False, None) when no sample carries a stage's busy time."""
     stats = run.stats
-    names = sorted({n for s in stats for n, st in (s.get("stages") or {}).items() if st.get("busy_fraction") is not None}, key=_stage_sort_key)
-    if not names:
-        return ""
-    t0 = stats[0]["t"]
-    x = np.array([s["t"] - t0 for s in stats])
+    series, estimated = _busy_intervals(stats)
+    series = {n: v for n, v in series.items() if v}
+    if not series:
+        return None, False, None
     fig, (ax,) = _figure(3.0)
-    for name in names:
-        y = [((s.get("stages") or {}).get(name) or {}).get("busy_fraction") for s in stats]
-        ax.plot(x, [100.0 * v if v is not None else np.nan for v in y], label=name)
+    prerender = _shade_prerender(run, (ax,))
+    for name, segments in series.items():
+        x, y = [], []
+        for seg in segments:  # a step per interval; NaN between processes (a gap)
+            for start, end, f in seg:
+                x += [start, end]
+                y += [100.0 * f, 100.0 * f]
+            x.append(np.nan)
+            y.append(np.nan)
+        ax.plot(x, y, label=name)
     ax.set_ylim(0, 105)
-    ax.set_xlim(0, max(float(x[-1]), 1e-3))  # the same time axis as the throughput plot
-    ax.set_ylabel("busy, % of wall time")
-    ax.set_xlabel("seconds since the first sample")
+    ax.set_xlim(0, max(float(stats[-1]["t"] - stats[0]["t"]), 1e-3))  # the same time axis as the throughput plot
+    ax.set_ylabel("busy, % of each interval")
+    ax.set_xlabel(_time_label(stats))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right", ncol=2)
+    return fig, estimated, prerender
+
+
+def _busy_figure(run: _Run) -> str:
+    """Each stage's busy share per interval, where the samples carry its busy time."""
+    fig, estimated, prerender = _busy_plot(run)
+    if fig is None:
+        return ""
     cap = (
-        "The share of time each stage process spent working rather than waiting on its rings, as "
-        "the stages reported it live. A stage near 100% is the bottleneck; its input ring fills."
+        "The share of each interval between a stage's live reports (about 1 s) that the stage "
+        "process spent working rather than waiting on its rings: busy time gained over wall "
+        "time passed, not the average since the stage started. A stage near 100% is the "
+        "bottleneck; its input ring fills. Gaps are restarts."
+        + (" The samples carry only the cumulative busy fraction, so each stage's wall time is "
+           "estimated from the samples' clock (to within half a sample period)." if estimated else "")
+        + _prerender_note(prerender)
     )
-    return _figure_html("Stage busy fraction over time", fig, cap, "busy")
+    return _figure_html("Stage busy per interval", fig, cap, "busy")
 
 
 def _stage_sort_key(name: str):
@@ -246,6 +377,7 @@ def _occupancy_section(run: _Run) -> str:
     x = np.array([s["t"] - t0 for s in stats])
     names = sorted({n for s in stats for n in (s.get("rings") or {})}, key=_ring_sort_key)
     fig, (ax,) = _figure(3.4)
+    prerender = _shade_prerender(run, (ax,))
     rows = []
     for name in names:
         occ, drops, written, n_slots = [], 0, 0, 0
@@ -265,13 +397,13 @@ def _occupancy_section(run: _Run) -> str:
     ax.axhline(100 * OCCUPANCY_ALERT, color="tab:red", ls="--", lw=1, label=f"{OCCUPANCY_ALERT:.0%} (alert level)")
     ax.set_ylim(0, 105)
     ax.set_ylabel("occupancy, % of slots")
-    ax.set_xlabel("seconds since the first sample")
+    ax.set_xlabel(_time_label(stats))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right", ncol=2)
     cap = (
         "Slots in use on each ring (edge.producer-replica.consumer-replica) as sampled. A ring that "
         "stays full means the stage that reads it is the bottleneck; the pipeline upstream then "
-        "waits (block policy) or drops (drop_newest, the camera edge)."
+        "waits (block policy) or drops (drop_newest, the camera edge)." + _prerender_note(prerender)
     )
     table = _table(
         ("ring", "slots", "peak sampled", "samples above alert level", "items written", "drops"),
@@ -291,16 +423,18 @@ def _drops_figure(run: _Run, names: list[str]) -> str:
     t0 = stats[0]["t"]
     x = np.array([s["t"] - t0 for s in stats])
     fig, (ax,) = _figure(2.8)
+    prerender = _shade_prerender(run, (ax,))
     for n, v in series.items():
         ax.plot(x, v, label=n, drawstyle="steps-post", color="tab:red" if len(series) == 1 else None)
     ax.set_ylabel("frames dropped (cumulative)")
-    ax.set_xlabel("seconds since the first sample")
+    ax.set_xlabel(_time_label(stats))
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     cap = (
         "Frames each ring refused because it was full (drop_newest policy, normally only the camera "
         "edge): data the run never saw. The tile-cycles they belonged to are incomplete (no-calls)."
+        + _prerender_note(prerender)
     )
     return _figure_html("Drops over time", fig, cap, "drops")
 
@@ -318,7 +452,78 @@ def _no_stats(run: _Run, what: str) -> str:
     )
 
 
+def _ms(v) -> float:
+    """A sampled latency in ms for a log axis: NaN where none was measured yet."""
+    return float(v) if isinstance(v, (int, float)) and v > 0 else np.nan
+
+
+def _latency_plot(run: _Run):
+    """Latency over the run: each stage's p50 and p99 (top) and the end-to-end p50 and p99 at
+    the writer (bottom), one point per sample; and the pre-render end. None when no sample
+    carries a latency (a run from before the stages reported them live)."""
+    stats = run.stats
+    names = sorted({n for s in stats for n, st in (s.get("stages") or {}).items()
+                    if st.get("stage_latency_ms_p50") is not None or st.get("stage_latency_ms_p99") is not None}, key=_stage_sort_key)
+    writers = sorted({n for s in stats for n, st in (s.get("stages") or {}).items()
+                      if n.startswith("writer") and st.get("e2e_latency_ms_p99") is not None}, key=_stage_sort_key)
+    run_p99 = any(s.get("e2e_latency_ms_p99") is not None for s in stats)
+    if not names and not writers and not run_p99:
+        return None, None
+    t0 = stats[0]["t"]
+    x = np.array([s["t"] - t0 for s in stats], dtype=float)
+    fig, (ax_s, ax_e) = _figure(5.0, 2, sharex=True)
+    prerender = _shade_prerender(run, (ax_s, ax_e))
+
+    def series(name: str, key: str) -> np.ndarray:
+        return np.array([_ms(((s.get("stages") or {}).get(name) or {}).get(key)) for s in stats])
+
+    for k, name in enumerate(names):
+        ax_s.plot(x, series(name, "stage_latency_ms_p50"), color=f"C{k % 10}", label=f"{name} p50")
+        ax_s.plot(x, series(name, "stage_latency_ms_p99"), color=f"C{k % 10}", ls="--", label=f"{name} p99")
+    for name in writers:
+        ax_e.plot(x, series(name, "e2e_latency_ms_p50"), color="tab:purple", label=f"{name} e2e p50")
+        ax_e.plot(x, series(name, "e2e_latency_ms_p99"), color="tab:purple", ls="--", label=f"{name} e2e p99")
+    if not writers and run_p99:  # only the run's own p99 (the alert rule's input)
+        ax_e.plot(x, [_ms(s.get("e2e_latency_ms_p99")) for s in stats], color="tab:purple", ls="--", label="e2e p99")
+    budget = next((s.get("e2e_latency_budget_ms") for s in reversed(stats) if s.get("e2e_latency_budget_ms")), None)
+    if budget:
+        ax_e.axhline(float(budget), color="tab:red", ls=":", lw=1, label=f"e2e p99 budget {float(budget):.0f} ms")
+    ax_s.set_ylabel("stage latency, ms")
+    ax_e.set_ylabel("end-to-end, ms")
+    ax_e.set_xlabel(_time_label(stats))
+    ax_s.set_xlim(0, max(float(x[-1]), 1e-3))
+    for ax in (ax_s, ax_e):
+        if any(np.isfinite(line.get_ydata()).any() for line in ax.lines):
+            ax.set_yscale("log")  # milliseconds to seconds: the tail stays readable
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left", ncol=3)
+    return fig, prerender
+
+
+def _latency_time_figure(run: _Run) -> str:
+    if len(run.stats) < 2:
+        return _no_stats(run, "latency over time")
+    fig, prerender = _latency_plot(run)
+    if fig is None:
+        return ""
+    cap = (
+        "Latency percentiles as the stages reported them live, one point per sample: each "
+        "stage's own time per item (from leaving the previous stage to done here; p50 solid, "
+        "p99 dashed) and, below, the end-to-end latency at the writer (acquisition to the run "
+        "folder) with its p99 budget. Each point is the percentile over the stage process's "
+        "items so far (it starts over at a restart), so a rise shows when the tail grew."
+        + _prerender_note(prerender)
+    )
+    return _figure_html("Latency over time", fig, cap, "latency-time")
+
+
 def _latency_section(run: _Run) -> str:
+    """The run's latency percentiles and stage table (summary), then latency over time (stats)."""
+    return _latency_summary(run) + _latency_time_figure(run)
+
+
+def _latency_summary(run: _Run) -> str:
     s = run.summary or {}
     pct = [(label, s.get(key)) for label, key in (("p50", "latency_ms_p50"), ("p99", "latency_ms_p99"), ("p99.9", "latency_ms_p999"))]
     stages = s.get("stages") or {}
@@ -349,11 +554,16 @@ def _latency_section(run: _Run) -> str:
     if run.config is not None:
         budgets = {name: st.budget_ms for name, st in run.config.stages.items()}
     per_item = dict(busy)
+    # A budget alert (stage_over_budget: too few items within budget_ms) still active at the
+    # end outranks the mean per item: the column must not say ok while the alert says over.
+    over_alerts = {a["subject"]: a["rule"] for a in _alerts(run, _events(run)) if a["cleared"] is None and "budget" in a["rule"]}
     rows = []
     for name, st in stages.items():
         per = per_item.get(name)
         budget = budgets.get(name.rsplit("-", 1)[0])  # "kernel-0" -> stages.kernel.budget_ms
         kept = "-" if per is None or budget is None else ("over" if per > budget else "ok")
+        if name in over_alerts:
+            kept = f"over ({over_alerts[name]} active at the end)"
         rows.append(
             (
                 name,
@@ -385,9 +595,12 @@ def _intensity_section(run: _Run) -> str:
     info = run.folder.info
     cycles = np.arange(1, info.n_cycles + 1)
     means = np.full((info.n_cycles, len(CHANNELS)), np.nan)
-    missing = 0
+    missing = nan_values = 0
     for c in cycles:
-        total, n = np.zeros(len(CHANNELS)), 0
+        # NaN-aware (the finite values' sum over their count: np.nanmean over every cluster
+        # of the cycle, tiles pooled): a cluster out of frame has NaN intensities, and one
+        # must not blank the cycle's point. A channel with no finite value stays NaN: a gap.
+        total, n = np.zeros(len(CHANNELS)), np.zeros(len(CHANNELS))
         for tile in info.tiles:
             try:
                 a = run.folder.read_intensities(tile, int(c))
@@ -395,10 +608,12 @@ def _intensity_section(run: _Run) -> str:
                 missing += 1
                 continue
             if a.ndim == 2 and a.shape[0]:
-                total += a[:, : len(CHANNELS)].astype(np.float64).sum(axis=0)
-                n += a.shape[0]
-        if n:
-            means[c - 1] = total / n
+                a = a[:, : len(CHANNELS)].astype(np.float64)
+                finite = np.isfinite(a)
+                total += np.where(finite, a, 0.0).sum(axis=0)
+                n += finite.sum(axis=0)
+                nan_values += int(a.size - finite.sum())
+        means[c - 1] = np.where(n > 0, total / np.maximum(n, 1), np.nan)
     if not np.isfinite(means).any():
         return '<p class="missing">No intensities were written for this run: it stopped, or lost its frames, before any cycle was extracted.</p>'
     fig, (ax,) = _figure(3.2)
@@ -414,8 +629,12 @@ def _intensity_section(run: _Run) -> str:
         "the expected signal decay; a sudden drop in one channel points at focus, fluidics or "
         "that channel's illumination."
         + (f" {missing} tile-cycle file(s) were not written and are left out." if missing else "")
+        + (f" {nan_values} intensity value(s) were not a number (a cluster out of frame) and are "
+           "left out of the means; a cycle and channel with none left is a gap." if nan_values else "")
     )
-    return _figure_html("Intensity by channel", fig, cap, "intensity")
+    rows = [(int(c), *(_fmt(v, ".4g") if np.isfinite(v) else "-" for v in means[c - 1])) for c in cycles]
+    table = _table(("cycle", *CHANNELS), rows, "intensity")
+    return _figure_html("Intensity by channel", fig, cap, "intensity") + table
 
 
 def _per_cycle_errors(run: _Run) -> tuple[list[dict] | None, str]:
@@ -567,10 +786,13 @@ def _alerts(run: _Run, events: list[dict]) -> list[dict]:
     return list(alerts.values())
 
 
-def _utc(t: float | None) -> str:
+def _clock(t: float | None) -> str:
+    """An epoch time as the host's local clock read it, with the zone's name
+    (``14:02:07.415 CET``): what an operator compares with the lab's clocks and logs."""
     if t is None:
         return "-"
-    return _dt.datetime.fromtimestamp(float(t), _dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    local = _dt.datetime.fromtimestamp(float(t)).astimezone()
+    return local.strftime("%H:%M:%S.%f")[:-3] + local.strftime(" %Z")
 
 
 def _events_section(run: _Run) -> str:
@@ -581,10 +803,10 @@ def _events_section(run: _Run) -> str:
     table = ""
     if alerts:
         rows = [
-            (a["severity"], a["rule"], a["subject"], _utc(a["first_seen"]), _utc(a["cleared"]) if a["cleared"] is not None else "still active at the end", a["message"])
+            (a["severity"], a["rule"], a["subject"], _clock(a["first_seen"]), _clock(a["cleared"]) if a["cleared"] is not None else "still active at the end", a["message"])
             for a in sorted(alerts, key=lambda a: a["first_seen"] or 0)
         ]
-        table = "<h3>Alerts</h3>" + _table(("severity", "rule", "subject", "first seen (UTC)", "cleared (UTC)", "message"), rows, "alerts", row_class=lambda r: f"sev-{r[0]}")
+        table = "<h3>Alerts</h3>" + _table(("severity", "rule", "subject", "first seen (local time)", "cleared (local time)", "message"), rows, "alerts", row_class=lambda r: f"sev-{r[0]}")
     if not events:
         return table
     table += "<h3>Events</h3>"
@@ -600,14 +822,14 @@ def _events_section(run: _Run) -> str:
         extra = {k: v for k, v in ev.items() if k not in ("t", "kind", "message")}
         rows.append(
             (
-                _utc(t),
+                _clock(t),
                 f"{t - t0:+.1f}",
                 ev.get("kind", ""),
                 ev.get("message", ""),
                 ", ".join(f"{k}={v}" for k, v in extra.items()),
             )
         )
-    return table + head + _table(("UTC", "s", "kind", "message", "details"), rows, "events", row_class=lambda r: f"kind-{r[2]}")
+    return table + head + _table(("local time", "s", "kind", "message", "details"), rows, "events", row_class=lambda r: f"kind-{r[2]}")
 
 
 # -- HTML ----------------------------------------------------------------------------------
@@ -697,7 +919,7 @@ def _html(run: _Run) -> str:
         ("Events and alerts", _events_section(run)),
     ]
     notes = "".join(f"<p>{html.escape(n)}</p>" for n in run.notes)
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")  # the host's local time
     body = "".join(f"<section><h2>{html.escape(title)}</h2>{content}</section>" for title, content in sections)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

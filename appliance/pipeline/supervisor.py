@@ -40,7 +40,7 @@ LIVE_KEYS = {
 }
 STATS_PERIOD_S = 0.5  #: the run's time series (stats.jsonl) is sampled at 2 Hz
 #: per-stage figures the stages report live (every second) and each sample carries
-_LIVE_KEYS = ("frames_in", "frames_out", "busy_fraction", "stage_latency_ms_p50", "stage_latency_ms_p99", "budget_ms", "within_budget_fraction", "checksum_failures", "duplicates", "e2e_latency_ms_p50", "e2e_latency_ms_p99", "gpu_memory_used_bytes", "gpu_memory_total_bytes", "stage_latency_hist", "e2e_latency_hist", "stage_latency_sum_s", "e2e_latency_sum_s")
+_LIVE_KEYS = ("frames_in", "frames_out", "busy_fraction", "stage_latency_ms_p50", "stage_latency_ms_p99", "budget_ms", "within_budget_fraction", "checksum_failures", "duplicates", "e2e_latency_ms_p50", "e2e_latency_ms_p99", "gpu_memory_used_bytes", "gpu_memory_total_bytes", "stage_latency_hist", "e2e_latency_hist", "stage_latency_sum_s", "e2e_latency_sum_s", "busy_s", "wall_s")
 
 
 def _host_stats(root: Path) -> dict:

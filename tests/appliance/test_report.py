@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import base64
 import copy
+import datetime as dt
 import io
 import json
+import re
 import shutil
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from appliance import report
 from appliance.cli import main
 from appliance.pipeline import Supervisor
 from appliance.report import ReportError, load_stats, write_report
@@ -20,8 +24,8 @@ from appliance.runfolder import RunFolder
 from tests.runs import small_run_config
 
 RUN_ID = "REPORT"
-ALL_FIGURES = {"throughput", "occupancy", "latency", "intensity", "errors", "pf"}
-STATS_FIGURES = {"throughput", "occupancy"}
+ALL_FIGURES = {"throughput", "occupancy", "latency", "latency-time", "intensity", "errors", "pf"}
+STATS_FIGURES = {"throughput", "occupancy", "latency-time"}
 #: drawn when the stats samples carry the stages' live busy fraction
 BUSY = "busy"
 
@@ -249,3 +253,223 @@ def test_cli_writes_the_report(run, tmp_path, capsys):
     assert "no such run folder" in capsys.readouterr().err
     assert main(["report", str(run_dir), "--set", "run.cycles=zero"]) == 2
     assert "run.cycles" in capsys.readouterr().err
+
+
+# -- synthetic stats samples: the figures' numbers, checked on the matplotlib figures ------
+
+T0 = 1_700_000_000.0  # the first sample's epoch time
+PERIOD = 0.5  # the supervisor samples at 2 Hz
+
+
+def sample(k: int, frames: int, stages: dict | None = None, **extra) -> dict:
+    """Sample ``k`` (at T0 + k * PERIOD) of a run that has acquired ``frames`` so far."""
+    return {
+        "t": T0 + k * PERIOD, "state": "acquiring", "frames_acquired": frames,
+        "rings": {"raw.0.0": {"read": frames, "written": frames, "drops": 0, "occupancy": 0, "n_slots": 8}},
+        "stages": stages or {}, **extra,
+    }
+
+
+def synthetic_run(tmp_path: Path, samples: list[dict]):
+    return report._Run(run_dir=tmp_path, state_dir=tmp_path, run_id="SYNTH", summary=None, stats=samples)
+
+
+def prerender_bands(ax) -> list[tuple[float, float]]:
+    return [(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches if p.get_label() == "pre-render"]
+
+
+def test_prerender_is_shaded_and_not_drawn_as_zeros(tmp_path):
+    # Four samples (2 s) with nothing acquired while the source pre-renders, then 80 frames/s.
+    samples = [sample(k, 0) for k in range(4)] + [sample(k, 40 * (k - 3)) for k in range(4, 12)]
+    assert report._prerender_count(samples) == 4
+    fig, end = report._throughput_plot(synthetic_run(tmp_path, samples))
+    assert end == pytest.approx(4 * PERIOD)
+    ax_f, ax_r = fig.axes
+    for ax in (ax_f, ax_r):
+        assert prerender_bands(ax) == [(0.0, pytest.approx(end))]
+        assert "pre-render" in ax.get_legend_handles_labels()[1]
+    drawn = [line for line in ax_f.lines if len(line.get_xdata())]
+    assert drawn
+    for line in drawn:  # no point inside the band: the first rate is at its end, and not zero
+        x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+        assert x.min() == pytest.approx(end)
+        assert np.all(np.isfinite(y)) and y.min() == pytest.approx(80.0)
+    # A sample saying prerender counts too; one that acquired a frame ends the period.
+    assert report._prerender_count([sample(0, 0, state="starting", prerender=True), sample(1, 4, prerender=True)]) == 1
+    assert report._prerender_count([sample(0, 3), sample(1, 0)]) == 0
+    # The source's first live report still says 0 acquired with frames already on the camera
+    # ring (as in the real run's samples): the ring's counters end the period.
+    early = sample(1, 0, rings={"raw.0.0": {"read": 0, "written": 12, "drops": 0, "occupancy": 12, "n_slots": 64}})
+    assert report._prerender_count([sample(0, 0), early, sample(2, 55)]) == 1
+    fig, end = report._throughput_plot(synthetic_run(tmp_path, samples[4:]))
+    assert end is None and all(prerender_bands(ax) == [] for ax in fig.axes)
+
+
+def exact(wall: float, busy: float, restarts: int = 0) -> dict:
+    return {"wall_s": wall, "busy_s": busy, "busy_fraction": busy / wall, "restarts": restarts}
+
+
+def test_busy_is_per_interval_not_cumulative(tmp_path):
+    # kernel-0 (since T0 - 1 s) works 10% of the time until T0 + 2 s, then 90%: cumulative,
+    # that is 53% at the end. basecall-0 works 20%, is restarted between two samples
+    # (T0 + 2.75 s) and then works 50%.
+    samples = []
+    for k in range(12):
+        t = k * PERIOD
+        wall = t + 1.0
+        busy = 0.1 * min(wall, 3.0) + 0.9 * max(wall - 3.0, 0.0)
+        basecall = exact(t + 1.0, 0.2 * (t + 1.0)) if k < 6 else exact(t - 2.75, 0.5 * (t - 2.75), restarts=1)
+        samples.append(sample(k, 10 * k + 10, {"kernel-0": exact(wall, busy), "basecall-0": basecall}))
+    assert samples[-1]["stages"]["kernel-0"]["busy_fraction"] == pytest.approx(3.45 / 6.5)
+    series, estimated = report._busy_intervals(samples)
+    assert not estimated
+    (kernel,) = series["kernel-0"]
+    assert kernel[0] == (pytest.approx(-1.0), 0.0, pytest.approx(0.1))
+    assert [(end, f) for _start, end, f in kernel] == [(pytest.approx(k * PERIOD), pytest.approx(0.1 if k <= 4 else 0.9)) for k in range(12)]
+    before, after = series["basecall-0"]  # the restart: two segments, no interval spans it
+    assert [f for *_, f in before] == [pytest.approx(0.2)] * 6
+    assert [f for *_, f in after] == [pytest.approx(0.5)] * 6
+    assert after[0][0] == pytest.approx(2.75) and before[-1][1] == pytest.approx(5 * PERIOD)
+    fig, estimated, _end = report._busy_plot(synthetic_run(tmp_path, samples))
+    (ax,) = fig.axes
+    line = next(line for line in ax.lines if line.get_label() == "kernel-0")
+    y = np.asarray(line.get_ydata(), float)
+    assert y[np.isfinite(y)][-1] == pytest.approx(90.0)  # the last interval, not the 53% average
+
+
+def test_busy_per_interval_from_the_cumulative_fraction_alone(tmp_path):
+    # What the supervisor's samples carry today: busy_fraction only, refreshed every second
+    # (every other sample repeats the last report). preprocess-0 started half a period before
+    # the first sample, worked 20% until T0 + 2 s and 80% after.
+    samples = []
+    frac = None
+    for k in range(10):
+        t = k * PERIOD
+        if k % 2 == 0:
+            wall = t + PERIOD / 2
+            frac = (0.2 * min(t, 2.0) + 0.8 * max(t - 2.0, 0.0) + 0.2 * PERIOD / 2) / wall
+        samples.append(sample(k, 10 * k + 10, {"preprocess-0": {"busy_fraction": frac, "restarts": 0, "frames_in": 10 * (k // 2)}}))
+    series, estimated = report._busy_intervals(samples)
+    assert estimated
+    (seg,) = series["preprocess-0"]
+    assert [s[:2] for s in seg] == [(pytest.approx(-0.25), 0.0), (0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]
+    assert [f for *_, f in seg] == [pytest.approx(v) for v in (0.2, 0.2, 0.2, 0.8, 0.8)]
+
+
+def test_latency_over_time_is_plotted_per_sample(tmp_path):
+    p50 = [None, None, 3.0, 4.0, 4.0, 5.0]
+    samples = [
+        sample(k, 0 if k < 2 else 10 * k, {
+            "kernel-0": {"stage_latency_ms_p50": p50[k], "stage_latency_ms_p99": p50[k] and 10 * p50[k]},
+            "writer-0": {"e2e_latency_ms_p50": p50[k] and 50 * p50[k], "e2e_latency_ms_p99": p50[k] and 100 * p50[k]},
+        }, e2e_latency_budget_ms=2000.0)
+        for k in range(6)
+    ]
+    fig, end = report._latency_plot(synthetic_run(tmp_path, samples))
+    assert end == pytest.approx(2 * PERIOD)
+    ax_s, ax_e = fig.axes
+    lines = {line.get_label(): np.asarray(line.get_ydata(), float) for ax in fig.axes for line in ax.lines}
+    want = np.array([np.nan if v is None else v for v in p50], float)
+    np.testing.assert_array_equal(lines["kernel-0 p50"], want)
+    np.testing.assert_array_equal(lines["kernel-0 p99"], 10 * want)
+    np.testing.assert_array_equal(lines["writer-0 e2e p50"], 50 * want)
+    np.testing.assert_array_equal(lines["writer-0 e2e p99"], 100 * want)
+    assert "e2e p99 budget 2000 ms" in lines
+    assert all(prerender_bands(ax) for ax in (ax_s, ax_e))
+    assert report._latency_plot(synthetic_run(tmp_path, [sample(k, k) for k in range(3)])) == (None, None)
+
+
+# -- the real run, altered: a NaN intensity, a budget alert, the local clock ----------------
+
+
+def test_intensity_means_skip_a_nan_cluster(run, tmp_path):
+    cfg, run_dir, state_dir, _summary = run
+    copy_dir = tmp_path / RUN_ID
+    shutil.copytree(run_dir, copy_dir)
+    folder = RunFolder(copy_dir)
+    tiles = list(cfg.run.tiles)
+
+    def rewrite(tile: int, cycle: int, change) -> None:
+        a = folder.read_intensities(tile, cycle).copy()
+        assert np.isfinite(a).all()
+        change(a)
+        path = copy_dir / folder.layout.intensities(tile, cycle)
+        path.chmod(0o644)  # the run folder's files may be read-only once final
+        np.save(path, a)
+
+    rewrite(tiles[0], 1, lambda a: a.__setitem__((0, 0), np.nan))  # one cluster out of frame
+    for tile in tiles:  # cycle 2: channel C all NaN, a gap
+        rewrite(tile, 2, lambda a: a.__setitem__((slice(None), 1), np.nan))
+    page = _Page(write_report(copy_dir, state_dir=state_dir, out=tmp_path / "r.html").read_text())
+    header, *rows = page.tables["intensity"]
+    assert header == ["cycle", "A", "C", "G", "T"]
+    assert [int(r[0]) for r in rows] == list(range(1, cfg.run.cycles + 1))
+    pooled = np.concatenate([folder.read_intensities(t, 1) for t in tiles]).astype(np.float64)
+    assert np.isnan(pooled.mean(axis=0)[0])  # what the plain mean made of cycle 1, channel A
+    a_mean = float(rows[0][1])
+    assert np.isfinite(a_mean) and a_mean == pytest.approx(np.nanmean(pooled[:, 0]), rel=1e-3)
+    assert rows[1][2] == "-"  # cycle 2, channel C: no finite value, a gap
+    assert all(np.isfinite(float(rows[1][k])) for k in (1, 3, 4))
+    check_png(page.figures["intensity"])
+
+
+def budget_rows(page: _Page) -> dict[str, str]:
+    header, *rows = page.tables["stages"]
+    col = header.index("budget")
+    return {r[0]: r[col] for r in rows}
+
+
+def test_budget_column_agrees_with_an_alert_still_active(run, tmp_path):
+    cfg, run_dir, _state_dir, summary = run
+    quiet = copy.deepcopy(summary)
+    quiet["events"] = [e for e in quiet["events"] if "budget" not in e.get("rule", "")]
+    for name in ("kernel-0", "basecall-0"):
+        quiet["stages"][name]["busy_s"] = 0.0  # well within budget on average
+    before = budget_rows(_Page(write_report(run_dir, out=tmp_path / "a.html", summary=quiet, config=cfg).read_text()))
+    assert before["kernel-0"] == "ok" and before["basecall-0"] == "ok"
+    alerted = copy.deepcopy(quiet)
+    t = alerted["events"][-1]["t"]
+    raised = {"kind": "alert", "rule": "stage_over_budget", "severity": "warning", "first_seen": t}
+    alerted["events"] += [
+        {**raised, "t": t, "subject": "kernel-0", "message": "stage kernel-0: only 60% of frames within its 250.0 ms budget"},
+        {**raised, "t": t, "subject": "basecall-0", "message": "stage basecall-0: only 90% of frames within its 100.0 ms budget"},
+        {"t": t + 1, "kind": "event", "rule": "stage_over_budget", "subject": "basecall-0", "message": "cleared", "cleared": t + 1},
+    ]
+    after = budget_rows(_Page(write_report(run_dir, out=tmp_path / "b.html", summary=alerted, config=cfg).read_text()))
+    assert after["kernel-0"] == "over (stage_over_budget active at the end)"
+    assert after["basecall-0"] == "ok"  # its alert cleared
+
+
+@pytest.fixture
+def zone(monkeypatch):
+    """The host's local zone set to XYZ, three hours east of UTC (a POSIX TZ: no tzdata)."""
+    monkeypatch.setenv("TZ", "XYZ-03")
+    time.tzset()
+    yield "XYZ", dt.timezone(dt.timedelta(hours=3))
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_times_are_local_clock_times_with_the_zone(run, tmp_path, zone):
+    _cfg, run_dir, _state_dir, summary = run
+    name, tz = zone
+    alerted = copy.deepcopy(summary)
+    t = float(alerted["events"][-1]["t"]) + 0.25
+    alerted["events"] += [
+        {"t": t, "kind": "alert", "rule": "ring_high", "subject": "raw.0.0", "severity": "warning", "message": "raw.0.0 80% full", "first_seen": t},
+        {"t": t + 1.5, "kind": "event", "rule": "ring_high", "subject": "raw.0.0", "message": "cleared: raw.0.0 80% full", "cleared": t + 1.5},
+    ]
+    text = write_report(run_dir, out=tmp_path / "r.html", summary=alerted).read_text()
+    page = _Page(text)
+
+    def clock(t: float) -> str:
+        return dt.datetime.fromtimestamp(t, tz).strftime("%H:%M:%S.%f")[:-3] + f" {name}"
+
+    header, *events = page.tables["events"]
+    assert header[0] == "local time"
+    assert [r[0] for r in events] == [clock(float(e["t"])) for e in alerted["events"]]
+    header, *alerts = page.tables["alerts"]
+    assert header[3:5] == ["first seen (local time)", "cleared (local time)"]
+    row = next(r for r in alerts if r[1] == "ring_high")
+    assert row[3:5] == [clock(t), clock(t + 1.5)]
+    assert "UTC" not in re.sub(r'src="data:[^"]*"', "", text)  # base64 images may spell anything
