@@ -48,6 +48,8 @@ __all__ = ["stage_main", "Emitter", "StageStats"]
 
 log = logging.getLogger("appliance.stage")
 LIVE_REPORT_S = 1.0  #: how often a stage rewrites its summary file while running (read by the supervisor)
+#: the source's: its count is the run's frames acquired, which the supervisor samples at 2 Hz
+SOURCE_REPORT_S = 0.2
 
 
 class Stopping(Exception):
@@ -112,7 +114,7 @@ class Emitter:
         self.watch = watch
         self.on_wait = None
         # The source has no consume loop: it writes its live summary (frames acquired so
-        # far, which the supervisor's samples report) from here.
+        # far, which the supervisor's samples report) from here, every SOURCE_REPORT_S.
         self._next_report = 0.0 if spec.stage == "source" else None
 
     def stopping(self) -> bool:
@@ -163,7 +165,7 @@ class Emitter:
         self.stats.frames_out += 1
         self.stats.bytes_out += int(h["payload_bytes"])
         if self._next_report is not None and time.monotonic() >= self._next_report:
-            self._next_report = time.monotonic() + LIVE_REPORT_S
+            self._next_report = time.monotonic() + SOURCE_REPORT_S
             _write_summary(self.spec, self.stats, "running")
 
     def barrier(self, epoch: int, only: int | None = None) -> None:
