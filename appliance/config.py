@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from appliance.configfile import ConfigError, read_toml  # noqa: F401  (re-exported: callers import them from appliance.config)
+
 __all__ = [
     "ConfigError",
     "RunConfig",
@@ -41,10 +43,6 @@ EDGES = {
     "intensities": ("kernel", "basecall"),
     "calls": ("basecall", "writer"),
 }
-
-
-class ConfigError(ValueError):
-    """A run configuration is malformed; the message names the key and the allowed values."""
 
 
 def _err(key: str, value: Any, allowed: str) -> ConfigError:
@@ -355,19 +353,6 @@ def _build(cls, data: dict, key: str):
     obj = cls(**kwargs)
     obj.validate(key)
     return obj
-
-
-def read_toml(path: Path, what: str, *, error: type[ConfigError] = ConfigError, hint: str = "") -> dict:
-    """The TOML document in ``path``; ``error`` naming ``what`` (e.g. "run config") when the
-    file cannot be read (with ``hint``, the fix) or is not valid TOML."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise error(f"cannot read {what} {path}: {exc.strerror}{hint}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise error(f"{what} {path} is not valid TOML: {exc}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

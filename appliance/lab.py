@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from appliance.config import ConfigError
+from appliance.configfile import ConfigError
 
 __all__ = ["LabInstrument", "LabSection", "collect", "fleet_rows", "format_fleet", "lab_section"]
 

@@ -340,7 +340,7 @@ class AlgorithmRegistry:
 def pipeline_settings(config) -> dict:
     """What the pipeline feeds an algorithm besides its parameters: the chain's base values
     (from the run config), the camera's dark level, the tile shape and the backend."""
-    from appliance.pipeline.handlers import synthetic_params
+    from appliance.simparams import synthetic_params
 
     s = config.source.synthetic
     return {

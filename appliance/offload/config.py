@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.offload.classes import CLASSES
 from appliance.offload.pools import load_pools
 
 __all__ = ["CLASSES", "KindOverride", "OffloadConfig", "load_offload"]
 
 #: priority classes, highest first
-CLASSES = ("realtime", "batch", "reprocess")
 EXECUTORS = ("local", "dask")
 
 
@@ -75,7 +75,7 @@ class OffloadConfig:
 
 
 def _err(key: str, value: Any, allowed: str):
-    from appliance.config import ConfigError
+    from appliance.configfile import ConfigError
 
     return ConfigError(f"config key {key} = {value!r} is invalid: allowed {allowed}")
 

@@ -73,7 +73,7 @@ class PoolConfig:
 
 
 def _err(key: str, value: Any, allowed: str):
-    from appliance.config import ConfigError
+    from appliance.configfile import ConfigError
 
     return ConfigError(f"config key {key} = {value!r} is invalid: allowed {allowed}")
 

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from appliance.offload.config import CLASSES
+from appliance.offload.classes import CLASSES
 
 __all__ = ["Candidate", "Decision", "Placement", "PoolState", "SchedulerPolicy", "SchedulerState", "dependency_action",
            "place", "plan", "unplaceable"]

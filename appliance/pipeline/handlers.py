@@ -20,6 +20,7 @@ import numpy as np
 import rt
 from rt import FrameFlags, FrameKind
 from appliance.pipeline._spec import StageSpec
+from appliance.simparams import synthetic_params
 
 __all__ = [
     "make_handler", "synthetic_params", "frame_order", "frames_per_epoch",
@@ -30,23 +31,6 @@ log = logging.getLogger("appliance.stage")
 N_CHANNELS = 4
 NO_CALL = 4  #: the base code of a no-call (appliance.runfolder.NO_CALL)
 _UNSENT_ALERTS: list[bytes] = []  # alert lines a full disk kept out of alerts.jsonl, oldest first
-
-
-def synthetic_params(config):
-    """The synthetic instrument's parameters for a run config."""
-    from kernels.synthetic import InstrumentParams
-
-    s = config.source.synthetic
-    return InstrumentParams(
-        tile_shape=(s.tile_size, s.tile_size),
-        layout=s.layout,
-        density=s.density,
-        psf_sigma=s.psf_sigma,
-        n_cycles=config.run.cycles,
-        phasing=s.phasing,
-        prephasing=s.prephasing,
-        brightness_median=float(s.brightness),
-    )
 
 
 def frame_order(config) -> list[tuple[int, int, int]]:

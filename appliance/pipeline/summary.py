@@ -35,7 +35,7 @@ def score_against_truth(config: RunConfig, run_dir: Path) -> dict:
     """
     from scipy.spatial import cKDTree
 
-    from appliance.pipeline.handlers import synthetic_params
+    from appliance.simparams import synthetic_params
     from appliance.runfolder import RunFolder
     from kernels.synthetic import SyntheticInstrument
 

@@ -618,13 +618,14 @@ class Supervisor:
         """RunCompletionStatus.xml in the run folder (when there is one: a passthrough run or
         a run that failed before its writer started has none): how the run ended."""
         from appliance.runfolder import RunCompletion, completion_status, cycles_completed, write_completion
+        from appliance.runfolder.completion import FAILED
         from appliance.runfolder.layout import RUNINFO
 
         if not (self.run_dir / RUNINFO).is_file():
             return None
         planned = self.config.run.cycles
         status = completion_status(run_complete=run_complete, stop_requested=self.stop_requested.is_set(), error=error)
-        if status == "ExceptionEndedEarly" and not error:
+        if status == FAILED and not error:
             error = "the source ended before the last cycle (a replay or camera stream shorter than run.cycles)"
         completion = RunCompletion(self.run_id, status, planned if run_complete else cycles_completed(self.run_dir, planned), planned, error or "")
         try:

@@ -27,6 +27,7 @@ from appliance.runfolder import COMPLETION_STATUS, checksum_file, is_temp_name
 from appliance.runfolder.errors import RunFolderError
 from appliance.runfolder.layout import COPY_COMPLETE, RUN_MANIFEST, RUNINFO
 from appliance.storage._fs import Store
+from appliance.storage.errors import StorageError
 from appliance.storage.catalog import Catalog, CopyRow, FileRow
 from appliance.storage.mover import MoveError, Mover, MoverLock
 from appliance.storage.policy import NEVER, TIERS, Policy, classify
@@ -38,10 +39,6 @@ log = logging.getLogger("appliance.storage")
 #: alert kinds this package raises (runbook entries in docs/runbook.md)
 ALERTS = ("storage_verify_failed", "storage_copy_held", "hot_tier_high", "hot_tier_critical")
 ANALYSED_MARKER = "align-qc/_SUCCESS.json"
-
-
-class StorageError(RuntimeError):
-    """A storage operation cannot be done (unknown run, no good copy, ...); says what to do."""
 
 
 @dataclass(frozen=True)

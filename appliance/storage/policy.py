@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from appliance.config import ConfigError
+from appliance.configfile import ConfigError
 
 __all__ = [
     "CLASSES",
@@ -210,7 +210,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
     """The policy in the TOML file at ``path`` (None or "": the embedded default)."""
     if not path:
         return _parse(tomllib.loads(_default_text()), "<embedded default>")
-    from appliance.config import read_toml
+    from appliance.configfile import read_toml
 
     p = Path(path)
     doc = read_toml(p, "storage policy (storage.policy)", error=PolicyError,

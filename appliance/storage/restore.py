@@ -21,7 +21,7 @@ log = logging.getLogger("appliance.storage")
 
 
 def restore(manager, run: str, to: str = "hot") -> dict:
-    from appliance.storage.manager import StorageError
+    from appliance.storage.errors import StorageError
 
     if to not in ("hot", "warm") or to not in manager.stores:
         raise StorageError(f"cannot restore to {to!r}: restore brings a run back to hot (or warm, if configured: {', '.join(manager.stores)}); cold archives are written by the policy")

@@ -113,7 +113,7 @@ def scrub(manager, sample: int) -> dict:
 
 def verify_run(manager, run: str) -> dict:
     """Re-read every copy of ``run`` (all tiers); mark, report and repair mismatches."""
-    from appliance.storage.manager import StorageError
+    from appliance.storage.errors import StorageError
 
     files = manager.catalog.files(run)
     if not files:
