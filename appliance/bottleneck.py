@@ -22,11 +22,13 @@ from typing import Iterable, Mapping
 
 __all__ = [
     "Bottleneck",
+    "LiveBottleneck",
     "PSI",
     "PressureMeter",
     "StageLoad",
     "attribute",
     "loads_from_stats",
+    "psi_between",
     "read_pressure",
     "run_bottleneck",
 ]
@@ -227,6 +229,54 @@ def read_pressure(root: Path | str = Path("/")) -> dict[str, int | None]:
     return out
 
 
+def psi_between(before: Mapping[str, int | None], after: Mapping[str, int | None], seconds: float) -> PSI:
+    """PSI shares from two :func:`read_pressure` readings ``seconds`` apart."""
+    dt_us = seconds * 1e6
+    if dt_us <= 0:
+        return PSI()
+
+    def share(name: str) -> float | None:
+        a, b = before.get(name), after.get(name)
+        return None if a is None or b is None else max(0.0, min(1.0, (b - a) / dt_us))
+
+    return PSI(cpu=share("cpu"), io=share("io"), memory=share("memory"))
+
+
+class LiveBottleneck:
+    """The verdict while the run goes on: over the last ``window_s`` of samples (kept in a
+    bounded deque) and the host's PSI over the same span, judged every ``every_s``.
+    ``update(sample, now)`` returns the current verdict (None until there is one); the
+    supervisor puts it in every stats sample, so ``appliance ctl status``, the TUI and the
+    Prometheus-side see what limits the run now, not only at its end."""
+
+    def __init__(self, *, window_s: float = 30.0, every_s: float = 5.0, period_s: float = 0.5, gpu_kernel: bool = False,
+                 root: Path | str = Path("/")) -> None:
+        from collections import deque
+
+        self.window_s, self.every_s, self.gpu_kernel, self.root = window_s, every_s, gpu_kernel, Path(root)
+        self._samples: deque = deque(maxlen=max(2, int(window_s / period_s) + 1))
+        self._marks: deque = deque(maxlen=max(2, int(window_s / every_s) + 1))
+        self._t_start: float | None = None
+        self._next = 0.0
+        self.verdict: Bottleneck | None = None
+
+    def update(self, sample: Mapping, now: float) -> Bottleneck | None:
+        """Keep ``sample`` (a stats sample); on every ``every_s`` (``now``: a monotonic
+        clock), judge the window again."""
+        if self._t_start is None:
+            self._t_start = float(sample.get("t") or 0.0)
+        self._samples.append(sample)
+        if now < self._next:
+            return self.verdict
+        self._next = now + self.every_s
+        self._marks.append((now, read_pressure(self.root)))
+        (t0, p0), (t1, p1) = self._marks[0], self._marks[-1]
+        loads = loads_from_stats(list(self._samples), t_start=self._t_start)
+        if loads and len(self._samples) >= 2:
+            self.verdict = attribute(loads, psi_between(p0, p1, t1 - t0), gpu_kernel=self.gpu_kernel)
+        return self.verdict
+
+
 class PressureMeter:
     """PSI over an interval: ``start()`` once, ``psi()`` for the share of time since then."""
 
@@ -239,13 +289,4 @@ class PressureMeter:
         self._start = read_pressure(self.root)
 
     def psi(self) -> PSI:
-        now = read_pressure(self.root)
-        dt_us = (self._clock() - self._t0) * 1e6
-        if dt_us <= 0:
-            return PSI()
-
-        def share(name: str) -> float | None:
-            a, b = self._start.get(name), now.get(name)
-            return None if a is None or b is None else max(0.0, min(1.0, (b - a) / dt_us))
-
-        return PSI(cpu=share("cpu"), io=share("io"), memory=share("memory"))
+        return psi_between(self._start, read_pressure(self.root), self._clock() - self._t0)

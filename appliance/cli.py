@@ -37,7 +37,9 @@ COMMANDS: dict[str, str] = {
     "jobs": "jobs",
     "algo": "algo",
     "soak": "soak",
+    "incident": "incident",
     "lab": "lab",
+    "profile": "profile",
 }
 
 _EPILOG = """\

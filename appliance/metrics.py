@@ -21,6 +21,7 @@ from appliance.pipeline.histogram import LatencyHistogram
 __all__ = [
     "BuildInfoCollector",
     "JobsCollector",
+    "LabelledRegistry",
     "LATENCY_BUCKETS_S",
     "MetricsExporter",
     "RUN_STATES",
@@ -37,7 +38,7 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 
 
 #: the values of appliance_run_state's ``state`` label
-RUN_STATES = ("acquiring", "paused", "draining", "done")
+RUN_STATES = ("starting", "prerendering", "acquiring", "paused", "draining", "done", "stopped_early", "failed")
 #: the values of appliance_stage_state's ``state`` label
 STAGE_STATES = ("running", "finished", "failed")
 
@@ -209,16 +210,44 @@ class JobsCollector:
         bp = GaugeMetricFamily("appliance_jobs_backpressure", "1 while the ledger is past an admission watermark")
         bp.add_metric([], 1 if s.get("backpressure", {}).get("active") else 0)
         yield from (jobs, depth, age, bp)
+        rows = s.get("pools")
+        if rows:  # an orchestrator with compute pools: one gauge family per figure, labelled pool
+            from appliance.offload.pools import pool_metrics
+
+            for name, doc, values in pool_metrics(rows):
+                g = GaugeMetricFamily(name, doc, labels=["pool"])
+                for pool, v in sorted(values.items()):
+                    g.add_metric([pool], v)
+                yield g
+
+
+class LabelledRegistry(CollectorRegistry):
+    """A registry that adds constant labels (``instrument``) to every sample it exposes, so
+    that one Prometheus scraping a lab's instruments tells their series apart without
+    relabelling rules. A sample's own label of the same name wins (a lab ledger's jobs)."""
+
+    def __init__(self, labels: dict[str, str] | None = None) -> None:
+        super().__init__(auto_describe=False)
+        self.labels = dict(labels or {})
+
+    def collect(self):
+        for metric in super().collect():
+            if self.labels:
+                metric.samples = [s._replace(labels={**s.labels, **{k: v for k, v in self.labels.items() if k not in s.labels}})
+                                  for s in metric.samples]
+            yield metric
 
 
 class MetricsExporter:
     """Serves ``/metrics`` over HTTP on ``address:port`` (port 0: an ephemeral one) from its
     own registry, in a daemon thread. ``start()``/``stop()``; a context manager."""
 
-    def __init__(self, snapshot: Callable[[], tuple[dict, list]], port: int, address: str = "127.0.0.1") -> None:
+    def __init__(self, snapshot: Callable[[], tuple[dict, list]], port: int, address: str = "127.0.0.1",
+                 instrument: str | None = None) -> None:
         from prometheus_client import PlatformCollector, ProcessCollector
 
-        self.registry = CollectorRegistry(auto_describe=False)
+        #: every series carries ``instrument`` (run.instrument_id) when one is given
+        self.registry = LabelledRegistry({"instrument": instrument} if instrument else None)
         self.registry.register(StatsCollector(snapshot))
         self.registry.register(BuildInfoCollector())
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...

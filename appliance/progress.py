@@ -24,7 +24,7 @@ from typing import Any
 __all__ = ["LiveLine", "StatusReporter", "View", "describe", "status_text"]
 
 #: the phases a view can be in, in the order a run goes through them
-PHASES = ("idle", "starting", "pre-render", "acquiring", "paused", "draining", "done", "offload")
+PHASES = ("idle", "starting", "pre-render", "acquiring", "paused", "draining", "done", "stopped_early", "failed", "offload")
 
 _CHANNELS = 4  # frames per tile and cycle (one per dye channel), as the supervisor counts them
 

@@ -832,6 +832,18 @@ def _events_section(run: _Run) -> str:
     return table + head + _table(("local time", "s", "kind", "message", "details"), rows, "events", row_class=lambda r: f"kind-{r[2]}")
 
 
+def _profiles_section(run: _Run) -> str:
+    from appliance.profile import read_index
+
+    entries = read_index(run.state_dir / "profiles")
+    if not entries:
+        return "<p>The profiles folder has no index.jsonl entries.</p>"
+    rows = [(e.get("started", ""), e.get("tool", ""), e.get("stage", ""), ", ".join(map(str, e["pid"])) if isinstance(e.get("pid"), list) else e.get("pid", ""),
+             _fmt(e.get("duration")), e.get("exit_status", ""), e.get("file") or "-", e.get("message") or "") for e in entries]
+    return (f"<p>{len(entries)} profile(s) in <code>{html.escape(str(run.state_dir / 'profiles'))}</code> (appliance profile; docs/root-cause.md).</p>"
+            + _table(("started (UTC)", "tool", "stage", "pid", "s", "exit status", "file", "message"), rows, "profiles"))
+
+
 # -- HTML ----------------------------------------------------------------------------------
 
 
@@ -881,6 +893,7 @@ def _overview(run: _Run) -> str:
         ("restarts", sum((s.get("restarts") or {}).values())),
         ("data reduction", f"{_fmt(s.get('data_reduction'))}x"),
         ("wall time", f"{_fmt(s.get('wall_s'))} s"),
+        ("bottleneck", _bottleneck_text(run)),
     ]
     if acc:
         rows += [
@@ -889,6 +902,18 @@ def _overview(run: _Run) -> str:
             ("pass filter", f"{100 * acc.get('pass_filter_fraction', 0):.1f}%"),
         ]
     return _table(("", ""), rows, "overview", header=False)
+
+
+def _bottleneck_text(run: _Run) -> str:
+    """What limited the run: the summary's verdict (judged at the end with the host's PSI), or
+    judged now from stats.jsonl without PSI (a run that did not end normally)."""
+    b = (run.summary or {}).get("bottleneck")
+    if isinstance(b, dict) and b.get("text"):
+        return str(b["text"])
+    from appliance.bottleneck import run_bottleneck
+
+    verdict = run_bottleneck(run.state_dir / "stats.jsonl")
+    return f"{verdict.text} (judged from stats.jsonl, without the host's pressure figures)" if verdict else "-"
 
 
 _CSS = """
@@ -918,6 +943,8 @@ def _html(run: _Run) -> str:
         ("Drops, restarts and integrity", _drops_restarts_section(run)),
         ("Events and alerts", _events_section(run)),
     ]
+    if (run.state_dir / "profiles").is_dir():  # taken by `appliance profile` while the run ran
+        sections.append(("Profiles taken", _profiles_section(run)))
     notes = "".join(f"<p>{html.escape(n)}</p>" for n in run.notes)
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")  # the host's local time
     body = "".join(f"<section><h2>{html.escape(title)}</h2>{content}</section>" for title, content in sections)

@@ -69,7 +69,7 @@ class Service:
                                      (Arg("set", "list", help="'section.key=value' overrides of this run"), Arg("run_id", "str", help="the run folder's name")))
         from appliance.analysis.control import control_commands as algo_commands
 
-        forwarded.update(algo_commands(Path(self.base.output.root)))
+        forwarded.update(algo_commands(Path(self.base.output.root), self.base.offload.ledger or None))
         if self.orchestrator is not None:
             from appliance.offload import control_commands as jobs_commands
 
@@ -253,7 +253,7 @@ class Service:
             return (sup.latest_stats, list(sup.events)) if running else ({}, [])
 
         m = self.base.metrics
-        self._exporter = MetricsExporter(snapshot, m.port, m.address)
+        self._exporter = MetricsExporter(snapshot, m.port, m.address, instrument=self.base.run.instrument_id)
         if self.orchestrator is not None:
             self._exporter.registry.register(JobsCollector(self.orchestrator.stats))
         if self.storage is not None:

@@ -413,6 +413,10 @@ class RunNotices:
     seen_active: set = field(default_factory=set)  # (rule, subject) of alerts already listed
 
 
+#: the run states after which nothing more happens (appliance.pipeline.core.RunState)
+_FINAL_STATES = ("done", "stopped_early", "failed")
+
+
 def display_state(state: str | None, *, frames_acquired: int, frames_planned: int | None,
                   source_alive: bool, prerender: bool | None) -> str | None:
     """The run state to show, from what the stats sample publishes: ``prerendering`` while a
@@ -567,12 +571,12 @@ class RunModel:
         over (the source) or when every stage before it has finished and its input ring is
         empty: the stream ends stage by stage as the run drains."""
         planned = self.frames_planned
-        over = self.state in ("draining", "done") or (planned is not None and self.frames_acquired >= planned)
+        over = self.state in ("draining", *_FINAL_STATES) or (planned is not None and self.frames_acquired >= planned)
         prev = True
         for i, stage in enumerate(STAGES):
             sv = self.stages[stage]
             drained = over if i == 0 else (prev and self.edges[EDGES[i - 1]].occupancy == 0)
-            sv.finished = bool(sv.replicas and sv.alive == 0 and (drained or self.state == "done"))
+            sv.finished = bool(sv.replicas and sv.alive == 0 and (drained or self.state in _FINAL_STATES))
             prev = sv.finished
 
     def _counters(self) -> dict[str, int]:
@@ -676,7 +680,8 @@ class RunModel:
 
     @property
     def state(self) -> str | None:
-        """The supervisor's state (acquiring, paused, draining, done) at the latest sample."""
+        """The supervisor's state at the latest sample (appliance.pipeline.RunState: starting,
+        prerendering, acquiring, paused, draining, done, stopped_early, failed)."""
         return self.last.get("state")
 
     @property
@@ -751,7 +756,7 @@ class RunModel:
     def eta_s(self) -> float | None:
         """Seconds until acquisition ends at the recent rate (0 once done; None if unknown)."""
         planned = self.frames_planned
-        if self.state == "done" or (planned is not None and self.frames_acquired >= planned):
+        if self.state in _FINAL_STATES or (planned is not None and self.frames_acquired >= planned):
             return 0.0
         rate = self.acquisition_rate
         if planned is None or not rate or rate <= 0:

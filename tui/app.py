@@ -92,8 +92,8 @@ _COMMANDS = {
 
 _LEVEL_STYLE = {"ok": "green", "high": "bold yellow", "critical": "bold red"}
 
-_STATE_STYLE = {"acquiring": "bold green", "prerendering": "bold magenta", "paused": "bold yellow", "draining": "bold cyan",
-                "done": "bold blue"}
+_STATE_STYLE = {"starting": "bold", "acquiring": "bold green", "prerendering": "bold magenta", "paused": "bold yellow",
+                "draining": "bold cyan", "done": "bold blue", "stopped_early": "bold yellow", "failed": "bold red"}
 
 #: the keys that only work live, and those that only work in a replay (the footer and the
 #: help show only what works in this console)
@@ -682,14 +682,20 @@ class ApplianceApp(App[None]):
         t.append(f"run {m.run_id or '?'}  ", style="bold")
         if stale:
             t.append("last seen ", style="bold red")
-        t.append(state.upper(), style="dim" if stale else _STATE_STYLE.get(state, "bold"))
+        t.append(state.replace("_", " ").upper(), style="dim" if stale else _STATE_STYLE.get(state, "bold"))
         stamp = time.strftime("%H:%M:%S", time.localtime(float(m.last.get("t", 0))))
         rate = m.acquisition_rate
         if stale:
             age = None if self.last_data is None else self.clock() - self.last_data
             t.append(f"  at {stamp} ({format_age(age)} old)", style="bold red")
         elif state == "prerendering":
-            t.append(f"  at {stamp}  no frame yet")
+            pre = m.last.get("prerender") if isinstance(m.last.get("prerender"), dict) else {}
+            total = int(pre.get("total") or 0)
+            if total:  # the supervisor's sample carries the source's progress
+                done = int(pre.get("done") or 0)
+                t.append(f"  at {stamp}  rendering {done}/{total} frames ({100 * done / total:.0f}%)")
+            else:
+                t.append(f"  at {stamp}  no frame yet")
         else:
             t.append(f"  at {stamp}  acq {rate:.1f} frames/s" if rate is not None else f"  at {stamp}")
         t.append("\n")
@@ -735,6 +741,15 @@ class ApplianceApp(App[None]):
         w = self.query_one("#pipeline")
         w.set_class(stale, "stale")
         w.border_title = f"Pipeline ({self._stale_note()}, not live)" if stale else "Pipeline"
+        # what limits the run now (the supervisor's live verdict, appliance.bottleneck)
+        b = m.last.get("bottleneck") if isinstance(m.last.get("bottleneck"), dict) else None
+        if b and b.get("stage") and not stale:
+            parts = [str(b["resource"])] if b.get("resource") else []
+            if isinstance(b.get("busy"), (int, float)):
+                parts.append(f"{100 * float(b['busy']):.0f}% busy")
+            w.border_subtitle = f"bottleneck: {b['stage']}" + (f" ({', '.join(parts)})" if parts else "")
+        else:
+            w.border_subtitle = ""
         self.query_one("#progress").set_class(stale, "stale")
         t = Text(no_wrap=True, overflow="ellipsis")
         # the sparkline takes the room the fixed columns leave (24 samples, 12 s, at 80 columns)

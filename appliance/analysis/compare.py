@@ -210,7 +210,8 @@ def run_job(params: dict, ctx) -> dict:
 
     doc["candidate_algorithm"] = f"{params['algorithm']}@{params['version']}"
     try:
-        doc["production_algorithm"] = AlgorithmRegistry(ctx.data_root).production().key
+        with AlgorithmRegistry.open(ctx.data_root, ctx.ledger) as registry:
+            doc["production_algorithm"] = registry.production().key
     except AlgorithmError:
         doc["production_algorithm"] = "production"
     dump_json(Path(ctx.staging_dir) / RESULT_FILE, doc)

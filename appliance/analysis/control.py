@@ -5,8 +5,9 @@ from __future__ import annotations
 __all__ = ["control_commands"]
 
 
-def control_commands(data_root) -> dict:
-    """Control-plane commands on the registry under ``data_root``: algo.ls, algo.candidate,
+def control_commands(data_root, ledger=None) -> dict:
+    """Control-plane commands on the registry of ``data_root`` (or the lab's, with a PostgreSQL
+    ``ledger``): algo.ls, algo.candidate,
     algo.promote, algo.rollback. Replies: ls -> {"production", "candidate", "previous",
     "algorithms": [Algorithm dicts]}; candidate/promote -> {"candidate"|"production": key};
     rollback -> {"dropped_candidate", "production"}. Refusals are CommandError("algorithm_refused", ...)."""
@@ -16,7 +17,9 @@ def control_commands(data_root) -> dict:
     def guarded(fn):
         def handler(args):
             try:
-                return fn(AlgorithmRegistry(data_root), args)
+                # ``ledger``: offload.ledger, the lab database when it is PostgreSQL
+                with AlgorithmRegistry.open(data_root, ledger) as registry:
+                    return fn(registry, args)
             except AlgorithmError as exc:
                 raise CommandError("algorithm_refused", str(exc)) from None
         return handler

@@ -143,7 +143,7 @@ def run_job(params: dict, ctx) -> dict:
 
     check_params(KIND, params, ("run",))
     folder = open_complete_run(ctx.data_root, params["run"])
-    registry = AlgorithmRegistry(ctx.data_root)
+    registry = AlgorithmRegistry.open(ctx.data_root, ctx.ledger)  # the lab's registry with a PostgreSQL ledger
     try:
         if ctx.algorithm:
             if not ctx.algorithm_version:

@@ -29,7 +29,8 @@ verbs:
            Slurm jobs, the backlog it serves (live figures from the running orchestrator's
            <root>/.offload/pools.json, at most 30 s old; "-" when none is running)
   work     run the orchestrator in the foreground until SIGINT/SIGTERM (drains: running jobs
-           finish, or are released back to the queue after --drain-s)
+           finish, or are released back to the queue after --drain-s); --no-scan: only run the
+           ledger's jobs (a lab's pool, the instruments submitting with offload.dispatch = false)
   burst    the cloud burst policy: --explain (its decision log), trace (a synthetic day of
            load), simulate TRACE (the policy vs never / at-once bursting; docs/burst.md)
 
@@ -45,6 +46,7 @@ examples:
   appliance jobs stats --json
   appliance jobs pools --json
   appliance jobs work --root /data/runs
+  appliance jobs work --root /lab/runs --ledger 'postgresql:///lab?host=/run/postgresql' --no-scan
   appliance jobs ls --ledger 'postgresql:///lab?host=/run/postgresql'
 """
 
@@ -70,6 +72,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", help="submit: the algorithm's version")
     parser.add_argument("--reason", help="cancel: why (recorded in the history)")
     parser.add_argument("--drain-s", type=float, default=30.0, help="work: seconds running jobs get to finish at stop (default 30)")
+    parser.add_argument("--no-scan", dest="scan", action="store_false",
+                        help="work: only run the ledger's jobs, submit none (the instruments submit theirs: a lab's pool)")
     from appliance.commands.jobs_burst import add_arguments as _burst_arguments
 
     _burst_arguments(parser)
@@ -173,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         try:
-            orch = Orchestrator(off, root)
+            orch = Orchestrator(off, root, scan=args.scan)
         except LedgerError as exc:
             print(f"appliance jobs: {exc}", file=sys.stderr)
             return EXIT_LEDGER

@@ -71,6 +71,7 @@ class SqliteBackend:
         self.where = str(path)
         self._error = error
         self._lock = threading.RLock()
+        self._woken = threading.Event()  # wake(): an attempt finished, or a stop
         self._conn = connect_wal(path, what="the ledger", error=error, busy_timeout_s=busy_timeout_s,
                                  synchronous="NORMAL", setting="offload.ledger")
 
@@ -102,15 +103,17 @@ class SqliteBackend:
         """No notifications on SQLite: dispatchers poll (offload.tick_s)."""
 
     def wait_for_change(self, timeout: float, stop: threading.Event | None = None) -> bool:
-        """Wait ``timeout`` (or until ``stop``); SQLite has no notifications: always False."""
-        if stop is not None:
-            stop.wait(timeout)
-        else:
-            time.sleep(timeout)
-        return False
+        """Wait ``timeout``, or until :meth:`wake` (an executor's attempt finished; a stop, which
+        sets ``stop`` and wakes); True if woken. SQLite has no notifications across processes."""
+        if stop is not None and stop.is_set():
+            return False
+        woken = self._woken.wait(timeout)
+        self._woken.clear()
+        return woken
 
     def wake(self) -> None:
-        """Nothing waits on a notification socket here."""
+        """End the dispatcher's wait now (thread-safe; called from an executor's callback)."""
+        self._woken.set()
 
     def close(self) -> None:
         with self._lock:

@@ -34,6 +34,11 @@ class OffloadConfig:
     """The ``[offload]`` section (see appliance/defaults.toml for what each key means)."""
 
     enabled: bool = True
+    #: run jobs here; false: only submit them (an instrument whose jobs run on the lab's pool)
+    dispatch: bool = True
+    #: which run folders of the data root to submit jobs for: "all", or "own" (those whose
+    #: RunInfo names this instrument: instruments sharing one data root)
+    scan_runs: str = "all"
     ledger: str = ""
     executor: str = "local"
     dask_address: str = ""
@@ -99,7 +104,9 @@ def load_offload(d: dict | None) -> OffloadConfig:
         raise _err(f"offload.{unknown[0]}", d[unknown[0]], f"one of the keys {', '.join(sorted(known))}")
     base = OffloadConfig()
     full = {k: d.get(k, getattr(base, k)) for k in known}
-    for k in ("enabled",):
+    if full["scan_runs"] not in ("all", "own"):
+        raise _err("offload.scan_runs", full["scan_runs"], '"all" or "own"')
+    for k in ("enabled", "dispatch"):
         if not isinstance(full[k], bool):
             raise _err(f"offload.{k}", full[k], "true or false")
     for k in ("ledger", "dask_address"):
@@ -153,6 +160,8 @@ def load_offload(d: dict | None) -> OffloadConfig:
         kinds[name] = KindOverride(**kw)
     return OffloadConfig(
         enabled=full["enabled"],
+        dispatch=full["dispatch"],
+        scan_runs=full["scan_runs"],
         ledger=full["ledger"],
         executor=full["executor"],
         dask_address=full["dask_address"],

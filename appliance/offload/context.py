@@ -30,3 +30,6 @@ class JobContext:
     algorithm: str | None = None  #: algorithm name for jobs that run one (reprocess)
     algorithm_version: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  #: executor facts (worker, host) for logs
+    #: the ledger the job came from (a file, or the lab's PostgreSQL URL, where the lab's
+    #: algorithm registry lives too: ``AlgorithmRegistry.open(ctx.data_root, ctx.ledger)``)
+    ledger: str = ""

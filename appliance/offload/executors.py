@@ -37,7 +37,7 @@ from typing import Any
 from appliance.offload.context import JobContext
 from appliance.offload.errors import PermanentJobError, is_transient
 
-__all__ = ["AttemptSpec", "DaskExecutor", "LocalExecutor", "MARKER", "Outcome", "read_marker", "run_attempt"]
+__all__ = ["AttemptSpec", "DaskExecutor", "LocalExecutor", "MARKER", "NoExecutor", "Outcome", "read_marker", "run_attempt"]
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def run_attempt(spec: AttemptSpec, extra: dict | None = None, commit_guard=None)
         ctx = JobContext(
             job_id=spec.job_id, kind=spec.kind, attempt=spec.attempt, data_root=Path(spec.data_root),
             staging_dir=staging, output_dir=out, algorithm=spec.algorithm,
-            algorithm_version=spec.algorithm_version, extra=dict(extra or {}),
+            algorithm_version=spec.algorithm_version, extra=dict(extra or {}), ledger=spec.ledger_path,
         )
         result = fn(dict(spec.params), ctx)
         if result is None:
@@ -252,6 +252,7 @@ def _attempt_in_worker(spec: AttemptSpec, ledger, extra: dict) -> Outcome:
 def _worker_main(conn, index: int, parent_pid: int, config) -> None:
     """A local worker: take attempt specs from ``conn`` until None or EOF."""
     import rt
+    from appliance.offload.errors import LedgerError
     from appliance.offload.ledger import Ledger, RetryPolicy
 
     from appliance.proctitle import set_title
@@ -276,7 +277,15 @@ def _worker_main(conn, index: int, parent_pid: int, config) -> None:
             current[0] = RetryPolicy(*spec.retry)
             led = ledgers.get(spec.ledger_path)
             if led is None:
-                led = ledgers[spec.ledger_path] = Ledger(spec.ledger_path, config=config, policy=lambda kind: current[0])
+                try:
+                    led = ledgers[spec.ledger_path] = Ledger(spec.ledger_path, config=config, policy=lambda kind: current[0])
+                except LedgerError as exc:
+                    # The lab ledger is unreachable (a server restart): the attempt never began, so
+                    # the job goes back to the queue without spending an attempt (release), and
+                    # this worker tries to connect again with its next job.
+                    conn.send(Outcome(spec.job_id, spec.attempt, False, error=f"worker cannot reach the ledger: {exc}",
+                                      transient=True, lost=True, extra={"release": True}))
+                    continue
             try:
                 outcome = _attempt_in_worker(spec, led, extra)
             except Exception as exc:  # the ledger itself failed: report, the lease expiry retries
@@ -296,6 +305,36 @@ class _Worker:
     deadline: float = 0.0
 
 
+class NoExecutor:
+    """No slots: an orchestrator that only submits (``offload.dispatch = false``, an
+    instrument whose jobs run on the lab's pool, ``appliance jobs work`` elsewhere)."""
+
+    name = "none"
+    records_itself = True
+    capacity = 0
+
+    def start(self, timeout: float = 30.0) -> None:
+        pass
+
+    def free_slots(self) -> int:
+        return 0
+
+    def running(self) -> dict[int, AttemptSpec]:
+        return {}
+
+    def submit(self, spec: AttemptSpec) -> None:
+        raise RuntimeError("this orchestrator only submits (offload.dispatch = false): it runs no job")
+
+    def poll(self) -> list[Outcome]:
+        return []
+
+    def cancel(self, job_id: int) -> bool:
+        return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        pass
+
+
 class LocalExecutor:
     """A pool of ``workers`` spawned processes running one attempt each at a time."""
 
@@ -310,6 +349,13 @@ class LocalExecutor:
         self._ctx = mp.get_context("spawn")
         self._pool: list[_Worker] = []
         self._started = False
+        #: called (from this executor's waiter thread) when a busy worker has an outcome to
+        #: read or died: the orchestrator sets it to wake its dispatcher (see _wait_loop)
+        self.on_done = None
+        self._waiter: threading.Thread | None = None
+        self._kick = threading.Event()  # submit(): a worker became busy
+        self._polled = threading.Event()  # poll() ran: what woke the waiter has been read
+        self._closing = threading.Event()
 
     @property
     def capacity(self) -> int:
@@ -334,6 +380,33 @@ class LocalExecutor:
             self.stop(timeout)
             raise
         self._started = True
+        if self.on_done is not None:
+            self._closing.clear()
+            self._waiter = threading.Thread(target=self._wait_loop, name="offload-local-completions", daemon=True)
+            self._waiter.start()
+
+    def _wait_loop(self) -> None:
+        """Wake the dispatcher when a busy worker's pipe has its outcome, or a busy worker died,
+        then wait until :meth:`poll` has read it (so a readable pipe wakes it once)."""
+        from multiprocessing.connection import wait
+
+        while not self._closing.is_set():
+            busy = [w for w in list(self._pool) if w.spec is not None]
+            if not busy:
+                self._kick.wait(0.5)
+                self._kick.clear()
+                continue
+            try:
+                ready = wait([h for w in busy for h in (w.conn, w.proc.sentinel)], timeout=0.5)
+            except (OSError, ValueError):  # a worker replaced meanwhile: look again
+                ready = []
+            if ready and not self._closing.is_set():
+                self._polled.clear()
+                try:
+                    self.on_done()
+                except Exception:
+                    log.exception("offload: completion callback failed")
+                self._polled.wait(1.0)
 
     def free_slots(self) -> int:
         return sum(1 for w in self._pool if w.spec is None)
@@ -347,6 +420,7 @@ class LocalExecutor:
                 w.conn.send(spec)
                 w.spec = spec
                 w.deadline = time.monotonic() + spec.timeout_s
+                self._kick.set()
                 return
         raise RuntimeError("LocalExecutor.submit: no free worker (check free_slots() first)")
 
@@ -363,6 +437,12 @@ class LocalExecutor:
         """Finished attempts since the last call; dead workers are replaced."""
         out: list[Outcome] = []
         now = time.monotonic()
+        try:
+            return self._poll(out, now)
+        finally:
+            self._polled.set()
+
+    def _poll(self, out: list[Outcome], now: float) -> list[Outcome]:
         for i, w in enumerate(self._pool):
             if w.spec is None:
                 if not w.proc.is_alive():
@@ -396,7 +476,13 @@ class LocalExecutor:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the workers to exit (after their current attempt), wait up to ``timeout``, then
-        terminate and join the rest."""
+        terminate and join the rest (and this executor's completion waiter)."""
+        self._closing.set()
+        self._kick.set()
+        self._polled.set()
+        if self._waiter is not None:
+            self._waiter.join(2.0)  # it waits at most 0.5 s at a time
+            self._waiter = None
         for w in self._pool:
             try:
                 w.conn.send(None)
@@ -446,6 +532,14 @@ class DaskExecutor:
         self.client = None
         self._cluster = None
         self._futures: dict[int, tuple[Any, AttemptSpec, float]] = {}
+        #: called (from the Dask client's thread) when an attempt's future is done: the
+        #: orchestrator sets it to wake its dispatcher, so a finished job is recorded and the
+        #: next one started at once instead of at the next offload.tick_s
+        self.on_done = None
+        self._completed = None  # distributed.as_completed of the attempts (with on_done)
+        self._waiter: threading.Thread | None = None
+        self._kick = threading.Event()
+        self._closing = threading.Event()
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the LocalCluster or connect to ``address`` (idempotent; closed again on failure)."""
@@ -484,6 +578,41 @@ class DaskExecutor:
         fut = self.client.submit(_dask_attempt, spec, key=f"offload-{spec.job_id}-{spec.attempt}-{uuid.uuid4().hex[:8]}",
                                  pure=False, retries=0)
         self._futures[spec.job_id] = (fut, spec, time.monotonic() + spec.timeout_s)
+        if self.on_done is not None:
+            try:
+                self._track(fut)
+            except Exception:  # the tick still collects it: slower, never lost
+                log.exception("offload: cannot track the attempt's completion; the dispatch tick collects it")
+
+    def _track(self, fut) -> None:
+        """Hand ``fut`` to this executor's completion waiter (started on first use). Not
+        ``Future.add_done_callback``: distributed runs those on a process-wide thread pool that
+        outlives the executor; this thread is ours and is joined at :meth:`stop`."""
+        if self._completed is None:
+            from distributed import as_completed
+
+            self._closing.clear()
+            self._completed = as_completed(loop=self.client.loop)  # not default_client(): ours is not the default
+            self._waiter = threading.Thread(target=self._wait_loop, name="offload-dask-completions", daemon=True)
+            self._waiter.start()
+        self._completed.add(fut)
+        self._kick.set()
+
+    def _wait_loop(self) -> None:
+        completed = self._completed
+        while not self._closing.is_set():
+            if completed.is_empty():
+                self._kick.wait(0.5)
+                self._kick.clear()
+                continue
+            try:
+                next(completed)  # blocks until one attempt's future is done (or cancelled)
+            except StopIteration:
+                continue
+            try:
+                self.on_done()
+            except Exception:  # the dispatcher's wake must not end the waiter
+                log.exception("offload: completion callback failed")
 
     def poll(self) -> list[Outcome]:
         out = []
@@ -519,12 +648,19 @@ class DaskExecutor:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Cancel what is left, close the client, then the LocalCluster (if we started one)."""
+        self._closing.set()
         for fut, _, _ in self._futures.values():
             try:
                 fut.cancel()
             except Exception:
                 pass
         self._futures = {}
+        self._kick.set()
+        if self._waiter is not None:
+            # the cancelled futures end its wait; a future the client can no longer reach may not
+            self._waiter.join(timeout)
+            self._waiter = None
+        self._completed = None
         if self.client is not None:
             lost = self.client.status == "closed"  # it gave up on a dead scheduler by itself
             try:

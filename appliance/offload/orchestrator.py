@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from appliance.offload.config import CLASSES, OffloadConfig
 from appliance.offload.errors import AdmissionRefused, OffloadError
-from appliance.offload.executors import AttemptSpec, DaskExecutor, LocalExecutor
+from appliance.offload.executors import AttemptSpec, DaskExecutor, LocalExecutor, NoExecutor
 from appliance.offload.kinds import KindRegistry, default_registry, load_plugins
 from appliance.offload.ledger import Job, Ledger, RetryPolicy, Submitted, run_inputs
 from appliance.offload.pools import POOL_STARVED, PoolConfig, PoolSet, status_path, write_status
@@ -100,7 +100,8 @@ class Orchestrator:
         outbox = config.outbox_path(self.data_root) if config.ledger_is_postgres else None
         self.ledger = Ledger(self.ledger_path, config=config, policy=self._policy, on_alert=self._alert,
                              instrument_id=instrument_id, outbox=outbox)
-        self.executor = executor or self._make_executor()
+        self.executor = executor or (self._make_executor() if config.dispatch else NoExecutor())
+        self._wire_completions(self.executor)
         self.policy = SchedulerPolicy(slots=self.executor.capacity, limits=dict(config.limits),
                                       shares=dict(config.share), reserved_realtime=config.reserved_realtime)
         self._sched = SchedulerState()
@@ -118,6 +119,13 @@ class Orchestrator:
         self._started = False
 
     # -- setup ------------------------------------------------------------------------------------
+
+    def _wire_completions(self, executor) -> None:
+        """Executors that can tell when an attempt is done (Dask futures) wake the dispatcher
+        then, so a job's end is recorded and the next job started without waiting for the tick."""
+        for ex in getattr(executor, "executors", {}).values() if isinstance(executor, PoolSet) else (executor,):
+            if hasattr(ex, "on_done"):
+                ex.on_done = self.ledger.wake
 
     def _make_executor(self):
         if self.config.pools:
@@ -157,7 +165,7 @@ class Orchestrator:
                 self.executor.start(timeout)
                 self.policy = SchedulerPolicy(slots=max(1, self.executor.capacity), limits=dict(self.config.limits),
                                               shares=dict(self.config.share), reserved_realtime=self.config.reserved_realtime)
-                if self.policy.slots == 1 and self.config.reserved_realtime > 0:
+                if self.policy.slots == 1 and self.config.reserved_realtime > 0 and self.config.dispatch:
                     log.warning("offload: the executor has 1 slot, so none can be reserved for real-time jobs "
                                 "(offload.reserved_realtime): a running batch or reprocess job delays cycle-qc until "
                                 "it ends; set offload.workers >= 2 for the real-time start bound")
@@ -223,6 +231,8 @@ class Orchestrator:
             for job in self.ledger.expire_leases():
                 self._emit({"topic": "event", "event": "job_lease_expired", "job": job.id, "state": job.state})
             self.ledger.resolve_dependencies()
+            if not self.config.dispatch:  # submit only: the lab's pool runs the jobs
+                return []
             self._collect()
             self._heartbeat()
             return self._dispatch()
@@ -356,7 +366,10 @@ class Orchestrator:
         k = self.registry.get(kind, self.config)
         kw.setdefault("priority", k.priority)
         kw.setdefault("max_attempts", k.max_attempts)
-        return self.ledger.submit(kind, params or {}, **kw)
+        sub = self.ledger.submit(kind, params or {}, **kw)
+        if sub.created:
+            self.ledger.wake()  # a new job starts at once, not at the next tick
+        return sub
 
     def _candidate(self):
         if self._algorithms is not None:
@@ -365,7 +378,8 @@ class Orchestrator:
             from appliance.analysis.algorithms import AlgorithmRegistry
         except ImportError:
             return None
-        return AlgorithmRegistry(self.data_root).candidate()
+        with AlgorithmRegistry.open(self.data_root, self.config) as reg:  # the lab's registry with a PostgreSQL ledger
+            return reg.candidate()
 
     def scan(self) -> list[Submitted]:
         """Submit the jobs the data root's run folders call for (harmless to repeat)."""
@@ -383,6 +397,8 @@ class Orchestrator:
                 continue
             try:
                 rf = RunFolder(run_dir)
+                if self.config.scan_runs == "own" and rf.info.instrument != self.ledger.instrument_id:
+                    continue  # another instrument's run on a shared data root: it submits its own
                 run_id = rf.info.run_id
                 manifest = rf.manifest()
                 complete = (run_dir / "CopyComplete.txt").is_file() and manifest.complete
@@ -398,6 +414,19 @@ class Orchestrator:
                         instrument: str = "") -> list[Submitted]:
         out = []
         submit = functools.partial(self.submit, instrument_id=instrument or self.ledger.instrument_id)
+        try:  # the run's algorithm and whether a pin chose it (its algorithm.json), on every job's history
+            from appliance.analysis.algorithms import run_algorithm_info
+
+            info = run_algorithm_info(self.data_root, run_id)
+        except (ImportError, ValueError):
+            info = None
+        if info:
+            how = f"pin of {info['pinned_instrument']}" if info["algorithm_source"] == "pin" else "production"
+            tag = f" [algorithm {info['algorithm']}, {how}]"
+            plain = submit
+
+            def submit(kind, params, **kw):  # every job's history says which algorithm made its inputs
+                return plain(kind, params, **{**kw, "reason": kw.get("reason", "") + tag})
         for cycle in manifest.complete_cycles:
             if "cycle-qc" in self.registry:
                 out.append(submit("cycle-qc", {"run": run_id, "cycle": cycle}, inputs=run_inputs(run_dir, cycle),

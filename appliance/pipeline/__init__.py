@@ -1,5 +1,6 @@
 """The real-time pipeline: stage processes wired by rings, supervised, writing a run folder."""
 
+from appliance.pipeline.core import RunState, SupervisorCore
 from appliance.pipeline.summary import format_summary, score_against_truth, summarize
 from appliance.pipeline.supervisor import (
     CpuPlan,
@@ -28,7 +29,9 @@ __all__ = [
     "Invocation",
     "Restart",
     "RestartPolicy",
+    "RunState",
     "Supervisor",
+    "SupervisorCore",
     "SupervisorError",
     "hang_timeout_s",
     "mark_interrupted_runs",

@@ -239,11 +239,15 @@ class SourceHandler(Handler):
         from appliance.pipeline._checkpoint import Checkpoint, RuntimeState, save_checkpoint, save_epoch
 
         at_epoch = SourceState(next_index=next_index, epoch=epoch)
-        save_epoch(self.spec.state_dir, self.spec.name, epoch, Checkpoint(RuntimeState(), at_epoch, epoch))
+        # A full disk waits here (disk_full; the supervisor pauses acquisition) instead of
+        # crashing the camera process: the frames of the epoch are already on the rings.
+        self.until_space(f"{self.spec.name} epoch {epoch} checkpoint", save_epoch, self.spec.state_dir, self.spec.name, epoch,
+                         Checkpoint(RuntimeState(), at_epoch, epoch))
         counts = tuple(p.statistics().written + p.statistics().drops + 1 for p in out.producers)
         self.state = SourceState(next_index, epoch, tuple(self.spec.outputs), counts)
         self.stats.checkpoints += 1
-        self.stats.checkpoint_bytes += save_checkpoint(self.spec.checkpoint_path, Checkpoint(RuntimeState(), self.state, epoch))
+        self.stats.checkpoint_bytes += self.until_space(str(self.spec.checkpoint_path), save_checkpoint, self.spec.checkpoint_path,
+                                                        Checkpoint(RuntimeState(), self.state, epoch))
         out.barrier(epoch)
 
     def _frames(self, start: int = 0):
@@ -264,7 +268,10 @@ class SourceHandler(Handler):
             return
         if cfg.source.kind == "replay":
             root = Path(cfg.source.replay_path)
-            for tile, cycle, ch in self.order:
+            for i, (tile, cycle, ch) in enumerate(self.order):
+                if i < start:  # sent by the instance before this one
+                    yield None
+                    continue
                 path = root / "Raw" / f"s_{tile}_c{cycle}_ch{ch}.npy"
                 if not path.exists():
                     path = root / f"s_{tile}_c{cycle}_ch{ch}.npy"
@@ -279,8 +286,27 @@ class SourceHandler(Handler):
             for i in range(len(self.order)):
                 yield pool[i % unique]
             return
-        for tile, cycle, ch in self.order:
-            yield inst.render(tile=tile, cycle=cycle, channel=ch)
+        for i, (tile, cycle, ch) in enumerate(self.order):
+            # frames before `start` were sent by the instance before this one: not rendered again
+            yield None if i < start else inst.render(tile=tile, cycle=cycle, channel=ch)
+
+    def _prerender(self, out, frames, start: int) -> list:
+        """Render every frame from ``start`` before acquiring, so the rate holds; the live
+        summary says so (``phase`` prerendering, with ``prerender_done`` of ``prerender_total``),
+        and the supervisor's state and the progress displays follow."""
+        t0 = time.monotonic()
+        total = len(self.order) - start
+        extra = self.stats.extra
+        extra.update(phase="prerendering", prerender_done=0, prerender_total=total)
+        out.report(now=True)
+        rendered = []
+        for image in frames:
+            rendered.append(image)
+            if image is not None:
+                extra["prerender_done"] += 1
+                out.report()
+        log.info("pre-rendered %d frames in %.1f s", extra["prerender_done"], time.monotonic() - t0)
+        return rendered
 
     def run(self, out, stop, pause) -> bool:
         cfg = self.spec.config
@@ -298,9 +324,9 @@ class SourceHandler(Handler):
         self.stats.extra["frames_before_start"] = start
         frames = self._frames(start)
         if cfg.source.prerender and cfg.source.kind != "genicam":
-            t0 = time.monotonic()
-            frames = list(frames)
-            log.info("pre-rendered %d frames in %.1f s", len(frames), time.monotonic() - t0)
+            frames = self._prerender(out, frames, start)
+        self.stats.extra["phase"] = "acquiring"
+        out.report(now=True)
         run_id = self.spec.run_id.encode()[:32]
         inst_id = cfg.run.instrument_id.encode()[:16]
         # A real camera paces itself; the synthetic one and replays are paced here.
@@ -661,6 +687,11 @@ class WriterHandler(Handler):
         if kind == FrameKind.POSITIONS:
             self._retry(w.write_locs, tile, data)
         elif kind == FrameKind.INTENSITIES:
+            if int(h["flags"]) & FrameFlags.INCOMPLETE:
+                # the kernel (frames lost at the camera) or the base caller (a quarantined
+                # frame) stood in for this tile-cycle: the manifest says so
+                w.note_no_calls(tile, cycle, "incomplete upstream: frames lost at the camera, or a frame quarantined "
+                                             "before the base caller; written as no-calls")
             self._retry(w.write_intensities, tile, cycle, data)
         elif kind == FrameKind.FILTER:
             self._retry(w.write_filter, tile, data.astype(bool))

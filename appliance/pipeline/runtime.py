@@ -164,7 +164,12 @@ class Emitter:
         p.commit()
         self.stats.frames_out += 1
         self.stats.bytes_out += int(h["payload_bytes"])
-        if self._next_report is not None and time.monotonic() >= self._next_report:
+        self.report()
+
+    def report(self, now: bool = False) -> None:
+        """The source's live summary, when SOURCE_REPORT_S has passed since the last (or
+        ``now``): what it does (``phase``) and how far it got."""
+        if self._next_report is not None and (now or time.monotonic() >= self._next_report):
             self._next_report = time.monotonic() + SOURCE_REPORT_S
             _write_summary(self.spec, self.stats, "running")
 

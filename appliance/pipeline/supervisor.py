@@ -1,7 +1,10 @@
 """The supervisor: plans CPUs and rings, spawns the stages, restarts crashed ones, drains.
 
-The restart decisions are a pure state machine (:class:`RestartPolicy`: exits in, actions
-out), tested without processes. :class:`Supervisor` does the process work around it.
+Its decisions are a pure state machine (:class:`~appliance.pipeline.core.SupervisorCore`:
+events in, instructions out, with the run's :class:`~appliance.pipeline.core.RunState`),
+tested without processes. :class:`Supervisor` is the shell around it: it turns what it sees
+(process exits, heartbeats, the source's reports, the operator's commands, full disks) into
+events and carries out the instructions (spawn, kill, flags, events, alerts, give up).
 """
 
 from __future__ import annotations
@@ -15,13 +18,18 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import rt
 from appliance.config import EDGES, STAGES, RunConfig
 from appliance.pipeline._flags import SharedFlag
 from appliance.pipeline._spec import StageSpec
+from appliance.pipeline.core import (
+    DiskFreed, DiskFull, Done, Fail, Finish, GiveUp, HeartbeatStale, Kill, PauseRequested, ProcessExited, Publish, RaiseAlert,
+    Refuse, Restart, RestartPolicy, Retire, ResumeRequested, SetDrain, SetPause, SourcePhase, Spawn, Started,
+    StopRequested, SupervisorCore, Tick,
+)
 
 __all__ = ["Supervisor", "hang_timeout_s", "RestartPolicy", "Restart", "GiveUp", "Done", "SupervisorError", "plan_cpus", "ring_budget", "CpuPlan"]
 
@@ -57,50 +65,6 @@ def _host_stats(root: Path) -> dict:
 
 class SupervisorError(RuntimeError):
     """The run cannot keep its promise (a stage keeps crashing, rings do not fit, ...)."""
-
-
-# -- the pure restart state machine -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Restart:
-    name: str
-    delay_s: float
-    attempt: int
-
-
-@dataclass(frozen=True)
-class GiveUp:
-    name: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Done:
-    name: str
-
-
-@dataclass
-class RestartPolicy:
-    """Bounded restarts with exponential backoff, per process.
-
-    ``on_exit(name, exitcode, finished)`` returns Done (finished cleanly), Restart (after a
-    delay: ``backoff_s * 2**(attempt-1)``) or GiveUp (more than ``max_restarts`` crashes).
-    """
-
-    max_restarts: int
-    backoff_s: float
-    restarts: dict[str, int] = field(default_factory=dict)
-
-    def on_exit(self, name: str, exitcode: int | None, finished: bool) -> Restart | GiveUp | Done:
-        if exitcode == 0 and finished:
-            return Done(name)
-        n = self.restarts.get(name, 0) + 1
-        how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit status {exitcode}"
-        if n > self.max_restarts:
-            return GiveUp(name, f"stage {name} crashed {n} times (last: {how}); max_restarts = {self.max_restarts}")
-        self.restarts[name] = n
-        return Restart(name, self.backoff_s * 2 ** (n - 1), n)
 
 
 def hang_timeout_s(config: RunConfig, stage: str) -> float:
@@ -361,15 +325,18 @@ class Supervisor:
         # The source reads these (shared, so a restarted source inherits a stop or a pause).
         self._drain = SharedFlag(self._ctx)
         self._pause = SharedFlag(self._ctx)
-        self._done = False
+        #: the run's decisions and state (appliance.pipeline.core); the control plane's
+        #: thread and the watch loop both feed it, under the lock
+        self.core = SupervisorCore(self.policy)
+        self._core_lock = threading.RLock()
         self._live: dict = {}
-        #: who met a full disk (a stage name, or "supervisor") -> the path it could not write;
-        #: while any, acquisition is paused (``_disk_full_changed``)
-        self._disk_full: dict[str, str] = {}
-        self._paused_for_disk = False
         from appliance.alerts import AlertManager
 
         self.alerts = AlertManager(config.alerts)
+        from appliance.bottleneck import LiveBottleneck
+
+        #: what limits the run now (every sample carries it: `ctl status`, the TUI)
+        self._bottleneck = LiveBottleneck(period_s=STATS_PERIOD_S, gpu_kernel=config.stages["kernel"].backend == "cupy")
         self.latest_stats: dict = {}
         #: called with (topic, body) for every stats sample and event: the control plane's PUB
         self.publish = None
@@ -465,24 +432,64 @@ class Supervisor:
             self.publish(topic, ev)
 
     def request_stop(self) -> None:
-        """Drain: stop acquisition; every frame that entered is processed and written."""
+        """Drain: stop acquisition; every frame that entered is processed and written. (Only
+        sets an event, so a signal handler may call it; the watch loop tells the core.)"""
         self.stop_requested.set()
 
     @property
     def state(self) -> str:
-        """acquiring, paused, draining or done."""
-        if self._done:
-            return "done"
-        if self.stop_requested.is_set():
-            return "draining"
-        return "paused" if self._pause.is_set() else "acquiring"
+        """The run's state: a :class:`~appliance.pipeline.core.RunState` value (starting,
+        prerendering, acquiring, paused, draining, done, stopped_early, failed)."""
+        return self.core.state.value
 
     def pause(self) -> bool:
-        """Pause acquisition (the camera stops; frames in the pipeline are still processed)."""
-        return self._set_paused(True)
+        """Pause acquisition (the camera stops; frames in the pipeline are still processed).
+        False when the run is not acquiring (draining, or over)."""
+        return not self._refusal(PauseRequested())
 
     def resume(self) -> bool:
-        return self._set_paused(False)
+        """Resume a paused acquisition. False when it is not paused by the operator (a pause
+        for a full disk ends by itself when space is freed)."""
+        return not self._refusal(ResumeRequested())
+
+    def _refusal(self, event) -> str | None:
+        """Hand ``event`` to the core; the reason it was refused, or None."""
+        refused = [i.reason for i in self._handle(event) if isinstance(i, Refuse)]
+        return refused[0] if refused else None
+
+    def _handle(self, event) -> list:
+        """Feed one event to the core, record it (but ticks) in the flight recorder, and
+        carry out its instructions. Returns them (a ``Refuse`` says why nothing happened)."""
+        with self._core_lock:
+            instructions = self.core.handle(event)
+            if self.recorder is not None and not isinstance(event, Tick):
+                self.recorder.record("supervisor", {"t": time.time(), "event": type(event).__name__, **dataclasses.asdict(event),
+                                                    "state": self.core.state.value})
+            for ins in instructions:
+                self._execute(ins)
+        return instructions
+
+    def _execute(self, ins) -> None:
+        """Carry out one instruction of the core."""
+        if isinstance(ins, Spawn):
+            self._spawn(self._specs[ins.name])
+        elif isinstance(ins, Kill):
+            proc = self._procs.get(ins.name)
+            if proc is not None and proc.pid == ins.pid:
+                proc.kill()
+        elif isinstance(ins, Retire):
+            self._procs.pop(ins.name, None)
+        elif isinstance(ins, SetDrain):
+            self._drain.set()  # the source ends the stream; the rest drains
+        elif isinstance(ins, SetPause):
+            (self._pause.set if ins.on else self._pause.clear)()
+        elif isinstance(ins, Publish):
+            self._event(ins.kind, ins.message, **dict(ins.fields))
+        elif isinstance(ins, RaiseAlert):
+            self._event("alert", ins.message, **dict(ins.fields))
+        elif isinstance(ins, Fail):
+            raise SupervisorError(ins.reason)
+        # Refuse and Finish are answers to the caller: nothing to do here
 
     def set_live(self, key: str, value) -> dict:
         """Change a parameter that is safe to change mid-run (``LIVE_KEYS``)."""
@@ -509,16 +516,6 @@ class Supervisor:
         os.replace(tmp, path)
         self._event("event", f"live parameter {key} set to {value}")
         return dict(self._live)
-
-    def _set_paused(self, paused: bool) -> bool:
-        if self.stop_requested.is_set() or self._done:
-            return False
-        if paused:
-            self._pause.set()
-        else:
-            self._pause.clear()
-        self._event("event", "acquisition paused" if paused else "acquisition resumed")
-        return True
 
     def run(self) -> dict:
         from appliance.pipeline.summary import summarize
@@ -564,11 +561,12 @@ class Supervisor:
             if cfg.metrics.port:
                 from appliance.metrics import MetricsExporter
 
-                exporter = MetricsExporter(lambda: (self.latest_stats, list(self.events)), cfg.metrics.port, cfg.metrics.address).start()
+                exporter = MetricsExporter(lambda: (self.latest_stats, list(self.events)), cfg.metrics.port, cfg.metrics.address,
+                                           instrument=cfg.run.instrument_id).start()
                 log.info("metrics on http://%s:%d/metrics", cfg.metrics.address, exporter.port)
             self._create_rings()
-            for spec in reversed(specs):  # consumers first, so the source finds them attached
-                self._spawn(spec)
+            # consumers first, so the source finds them attached
+            self._handle(Started(tuple(s.name for s in reversed(specs))))
             if self.notifier is not None:
                 self.notifier.ready(status=f"run {self.run_id}: acquiring")
             from appliance.bottleneck import PressureMeter
@@ -744,18 +742,16 @@ class Supervisor:
         return total
 
     def _watch(self) -> None:
-        pending_restarts: dict[str, float] = {}
-        drain_sent = False
+        """The shell's loop: turn what it sees into the core's events until the run ends."""
+        stop_sent = False
         next_alert_read = 0.0
         alerts_offset = 0
         next_sample = 0.0
         hb_timeouts = {name: hang_timeout_s(self.config, spec.stage) for name, spec in self._specs.items()}
-        hang_killed: set[int] = set()
         while True:
-            if self.stop_requested.is_set() and not drain_sent:
-                drain_sent = True
-                self._event("stopping", "drain requested: stopping acquisition")
-                self._drain.set()  # the source ends the stream; the rest drains
+            if self.stop_requested.is_set() and not stop_sent:
+                stop_sent = True
+                self._handle(StopRequested())
             now = time.monotonic()
             if now >= next_sample:
                 next_sample = now + STATS_PERIOD_S
@@ -763,36 +759,26 @@ class Supervisor:
             if now >= next_alert_read:  # camera drops are the frames_dropped alert rule's
                 next_alert_read = now + 1.0
                 alerts_offset = self._read_alerts(alerts_offset)
+            self._handle(Tick(now))
             for name, proc in list(self._procs.items()):
-                if name in pending_restarts:
-                    if now >= pending_restarts[name]:
-                        del pending_restarts[name]
-                        self._spawn(self._specs[name])
+                if self.core.waiting_to_restart(name):
                     continue
                 if proc.is_alive():
                     age = self._heartbeat_age(name)
-                    if age is not None and age > hb_timeouts[name] and proc.pid not in hang_killed:
-                        hang_killed.add(proc.pid)  # one kill per hung process: it may live on a moment
-                        self._event("alert", f"stage {name} heartbeat stale ({age:.1f} s, hang timeout {hb_timeouts[name]:.1f} s "
-                                    "from the rings ahead of it and the frame rate): restarting", stage=name, rule="hang")
-                        proc.kill()
+                    if age is not None and age > hb_timeouts[name]:
+                        self._handle(HeartbeatStale(name, proc.pid, age, hb_timeouts[name]))
                     continue
                 proc.join()
-                finished = self._summary_of(name).get("status") == "finished"
-                action = self.policy.on_exit(name, proc.exitcode, finished)
-                if isinstance(action, Done):
-                    del self._procs[name]
-                elif isinstance(action, Restart):
-                    self._event("alert", f"stage {name} crashed (exit {proc.exitcode}); restart {action.attempt} in {action.delay_s:.1f} s", stage=name)
-                    pending_restarts[name] = now + action.delay_s
-                else:
-                    self._event("error", action.reason, stage=name)
-                    raise SupervisorError(action.reason + ": the run is incomplete; see the stage's log above")
-            if not self._procs:
-                self._read_alerts(alerts_offset)
-                self._done = True
-                self._sample_stats()
-                return
+                summary = self._summary_of(name)
+                complete = None
+                if name == "source-0":
+                    planned = len(self.config.run.tiles) * self.config.run.cycles * 4
+                    complete = int(summary.get("frames_in") or 0) >= planned
+                for ins in self._handle(ProcessExited(name, proc.exitcode, summary.get("status") == "finished", now, complete)):
+                    if isinstance(ins, Finish):
+                        self._read_alerts(alerts_offset)
+                        self._sample_stats()
+                        return
             if self.notifier is not None:
                 self.notifier.watchdog_if_due()  # only from this loop: a hung loop stops the pings
             time.sleep(0.05)
@@ -815,25 +801,10 @@ class Supervisor:
             rule, state, who = ev.get("rule"), ev.get("state"), ev.get("stage", "?")
             self._event(ev.pop("kind", "alert"), ev.pop("message", ""), logged=True, **ev)
             if rule == "disk_full":
-                self._disk_full_changed(who, state != "cleared", ev.get("path", ""))
+                # While anyone waits for space, acquisition is paused (the camera stops, as an
+                # operator's pause would), so a full disk costs time, not frames (the core).
+                self._handle(DiskFull(who, ev.get("path", "")) if state != "cleared" else DiskFreed(who))
         return offset + end
-
-    def _disk_full_changed(self, who: str, full: bool, path: str = "") -> None:
-        """A stage (or the supervisor) met a full disk, or wrote again after one. While any
-        is waiting for space, acquisition is paused (the camera stops, as an operator's pause
-        would), so a full disk costs time, not frames; it resumes when every writer is through."""
-        if full:
-            self._disk_full[who] = path
-        else:
-            self._disk_full.pop(who, None)
-        if self._disk_full and not self._pause.is_set() and not self.stop_requested.is_set() and not self._done:
-            self._pause.set()
-            self._paused_for_disk = True
-            self._event("event", f"acquisition paused: disk full ({', '.join(sorted(self._disk_full))} waiting for space)", rule="disk_full")
-        elif not self._disk_full and self._paused_for_disk:
-            self._paused_for_disk = False
-            self._pause.clear()
-            self._event("event", "acquisition resumed: space freed", rule="disk_full")
 
     def _sample_stats(self) -> None:
         """Append one sample of ring and stage state to stats.jsonl (the run's time series)."""
@@ -851,8 +822,15 @@ class Supervisor:
             if edge.startswith("raw."):
                 frames += st.written + st.drops
         stages = {}
+        prerender = None
         for name in self._specs:
             live = self._summary_of(name)
+            if name == "source-0" and live.get("status") == "running" and live.get("phase") in ("prerendering", "acquiring"):
+                # the source reports what it does: the run state follows (starting ->
+                # prerendering -> acquiring), with the pre-render's progress
+                self._handle(SourcePhase(live["phase"]))
+                if live["phase"] == "prerendering":
+                    prerender = {"done": int(live.get("prerender_done") or 0), "total": int(live.get("prerender_total") or 0)}
             stages[name] = {
                 "alive": name in self._procs and self._procs[name].is_alive(),
                 # None while it runs; 0 when it finished normally (appliance_stage_state)
@@ -874,6 +852,11 @@ class Supervisor:
             "e2e_latency_ms_p99": writer.get("e2e_latency_ms_p99"),
             "e2e_latency_budget_ms": cfg.supervisor.e2e_latency_p99_ms,
         }
+        if prerender is not None:
+            sample["prerender"] = prerender
+        verdict = self._bottleneck.update(sample, time.monotonic())
+        if verdict is not None and self.core.state.value in ("acquiring", "paused", "draining"):
+            sample["bottleneck"] = verdict.to_dict()
         for change in self.alerts.update(sample, time.time()):
             a = change.alert
             if change.action == "raised":
@@ -915,14 +898,14 @@ class Supervisor:
                 return self._stats_full(path, err if n < 0 else OSError(28, "short write"))
         finally:
             os.close(fd)
-        if "supervisor" in self._disk_full:
+        if "supervisor" in self.core.paused_by:
             self._event("event", f"space freed: {path} written again; samples taken while the disk was full are not in it", rule="disk_full")
-            self._disk_full_changed("supervisor", False)
+            self._handle(DiskFreed("supervisor"))
 
     def _stats_full(self, path: Path, exc: OSError) -> None:
-        if "supervisor" not in self._disk_full:
+        if "supervisor" not in self.core.paused_by:
             self._event("alert", f"disk full writing {path}: the run is paused until space is freed ({exc})", rule="disk_full", path=str(path))
-            self._disk_full_changed("supervisor", True, str(path))
+            self._handle(DiskFull("supervisor", str(path)))
 
     # -- the control plane ------------------------------------------------------------------
     def control_commands(self) -> dict:
@@ -937,13 +920,15 @@ class Supervisor:
             return {"stopping": True, "run_id": self.run_id}
 
         def pause(args):
-            if not self.pause():
-                raise CommandError("not_running", f"run {self.run_id} is {self.state}: only an acquiring run can be paused")
+            why = self._refusal(PauseRequested())
+            if why:
+                raise CommandError("not_running", f"run {self.run_id}: {why}")
             return {"paused": True}
 
         def resume(args):
-            if not self.resume():
-                raise CommandError("not_running", f"run {self.run_id} is {self.state}: nothing to resume")
+            why = self._refusal(ResumeRequested())
+            if why:
+                raise CommandError("not_running", f"run {self.run_id}: {why}")
             return {"paused": False}
 
         def events(args):

@@ -136,8 +136,14 @@ class RunFolderWriter:
         n = self.clusters(tile)
         if n is None:
             raise RunFolderError(f"tile {tile}: no-calls for cycle {cycle} need the tile's clusters; write its locs first")
-        self._no_calls.setdefault(cycle, {})[tile] = reason
+        self.note_no_calls(tile, cycle, reason)
         self.write_bcl(tile, cycle, np.full(n, formats.NO_CALL, np.uint8), np.zeros(n, np.uint8))
+
+    def note_no_calls(self, tile: int, cycle: int, reason: str) -> None:
+        """Name ``tile`` at ``cycle`` in the cycle's manifest (``no_calls``) with ``reason``:
+        its calls are no-calls for a cause upstream (frames lost at the camera, a frame
+        quarantined before the base caller). The BCL itself is written as usual."""
+        self._no_calls.setdefault(cycle, {})[tile] = reason
 
     def write_intensities(self, tile: int, cycle: int, intensities) -> None:
         """Cluster intensities of ``tile`` at ``cycle``: float32 (N, channels)."""
@@ -211,6 +217,7 @@ class RunFolderWriter:
             data = _manifest.encode_cycle(self.info.run_id, cycle, entries, self._no_calls.get(cycle))
             self._put(Layout.cycle_manifest(cycle), lambda: [data])
             self._complete_cycles[cycle] = {e.path: e for e in entries}
+            self._no_calls.pop(cycle, None)  # in the manifest now
         # (also on a repeat: a crash may have come between the manifest and the marker)
         read = self.info.read_of_cycle(cycle)
         if all(c in self._complete_cycles for c in self.info.read_cycles(read)):

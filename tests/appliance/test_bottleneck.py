@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.bottleneck import PSI, PressureMeter, StageLoad, attribute, loads_from_stats, read_pressure, run_bottleneck
+from appliance.bottleneck import (
+    PSI, LiveBottleneck, PressureMeter, StageLoad, attribute, loads_from_stats, psi_between, read_pressure, run_bottleneck,
+)
 
 
 def _chain(**busy) -> list[StageLoad]:
@@ -111,3 +113,38 @@ def test_run_bottleneck_without_samples_is_none(tmp_path):
     assert run_bottleneck(tmp_path / "stats.jsonl") is None
     (tmp_path / "stats.jsonl").write_text('{"t": 1.0}\n{"t": 1.5, "half')
     assert run_bottleneck(tmp_path / "stats.jsonl") is None  # a cut line, no stages: nothing to judge
+
+
+def test_the_live_verdict_follows_the_last_window_not_the_whole_run(tmp_path):
+    """LiveBottleneck judges the last window_s of samples: a writer that was the bottleneck
+    early on and then keeps up is no longer named; judged every every_s, bounded memory."""
+    (tmp_path / "proc" / "pressure").mkdir(parents=True)  # a host without PSI figures changing
+
+    def sample(t: float, calls_full: bool, writer_busy: float) -> dict:
+        return {
+            "t": t,
+            "rings": {"raw.0.0": {"occupancy": 0, "n_slots": 64}, "corrected.0.0": {"occupancy": 0, "n_slots": 64},
+                      "intensities.0.0": {"occupancy": 0, "n_slots": 16}, "calls.0.0": {"occupancy": 16 if calls_full else 0, "n_slots": 16}},
+            "stages": {"source-0": {"busy_fraction": 0.05}, "preprocess-0": {"busy_fraction": 0.05},
+                       "kernel-0": {"busy_fraction": 0.1}, "basecall-0": {"busy_fraction": 0.1},
+                       "writer-0": {"busy_fraction": writer_busy, "frames_in": 10}},
+        }
+    live = LiveBottleneck(window_s=10.0, every_s=2.0, period_s=0.5, root=tmp_path)
+    verdicts = []
+    t = 0.0
+    while t < 20.0:  # 20 s with the writer busy all the time and its input ring full
+        verdicts.append(live.update(sample(t, True, 1.0), now=t))
+        t += 0.5
+    assert verdicts[-1] is not None and verdicts[-1].stage == "writer-0"
+    # then 20 s in which it keeps up: cumulative busy falls from 1.0 towards 0.5, idle in between
+    while t < 40.0:
+        verdicts.append(live.update(sample(t, False, 20.0 / t), now=t))
+        t += 0.5
+    assert verdicts[-1].stage == "source-0", verdicts[-1]
+    assert len(live._samples) <= 21 and len(live._marks) <= 6  # bounded by the window
+
+
+def test_psi_between_two_readings():
+    psi = psi_between({"cpu": 1_000_000, "io": 0, "memory": None}, {"cpu": 1_500_000, "io": 4_000_000, "memory": 5}, 2.0)
+    assert psi == PSI(cpu=0.25, io=1.0, memory=None)
+    assert psi_between({}, {}, 0.0) == PSI()

@@ -118,11 +118,14 @@ def test_exporter_during_a_real_run(tmp_path):
             assert time.monotonic() < deadline and thread.is_alive()
             time.sleep(0.5)
             try:
-                seen = _scrape(port).get(("appliance_frames_acquired_total", ()), 0)
+                scraped = _scrape(port)
+                seen = scraped.get(("appliance_frames_acquired_total", (("instrument", "SIM01"),)), 0)
             except OSError:
                 continue
     finally:
         thread.join(120)
+    # every series carries the instrument, the process collector's too
+    assert all(dict(labels).get("instrument") == "SIM01" for _, labels in scraped), [k for k in scraped if "instrument" not in dict(k[1])][:5]
     try:
         _scrape(port)
         raise AssertionError("exporter still serving after the run")
@@ -152,3 +155,36 @@ def test_jobs_collector_over_a_real_ledger(tmp_path):
     assert families["appliance_jobs_backpressure"].samples[0].value == 0.0
     ages = {s.labels["class"]: s.value for s in families["appliance_jobs_oldest_waiting_age_seconds"].samples}
     assert ages["realtime"] >= 0.0 and ages["batch"] == 0.0
+
+
+def test_pool_gauges_and_the_instrument_label():
+    """An orchestrator with compute pools exports one gauge family per pool figure, labelled
+    by pool; a LabelledRegistry adds ``instrument`` to every series but keeps a series' own."""
+    from prometheus_client import generate_latest
+
+    from appliance.metrics import JobsCollector, LabelledRegistry
+
+    stats = {"classes": {"realtime": {"queued": 2, "depth": 2}}, "backpressure": {"active": False},
+             "pools": [{"pool": "local", "slots": 2, "used": 1, "free": 1, "pending_jobs": 0, "backlog": 2, "starved_s": 0},
+                       {"pool": "hpc", "slots": 0, "used": 0, "free": 0, "pending_jobs": 3, "backlog": 5, "starved_s": 640.0}]}
+    reg = LabelledRegistry({"instrument": "SIM07"})
+    reg.register(JobsCollector(lambda: stats))
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
+    free = {s.labels["pool"]: s.value for s in families["appliance_pool_slots_free"].samples}
+    assert free == {"local": 1.0, "hpc": 0.0}
+    starved = {s.labels["pool"]: s.value for s in families["appliance_pool_starved_seconds"].samples}
+    assert starved == {"local": 0.0, "hpc": 640.0}
+    assert {s.labels["pool"]: s.value for s in families["appliance_pool_pending_jobs"].samples}["hpc"] == 3.0
+    assert all(s.labels["instrument"] == "SIM07" for f in families.values() for s in f.samples)
+    # a series with its own instrument label (a lab ledger's) keeps it
+    from prometheus_client.core import GaugeMetricFamily
+
+    class Own:
+        def collect(self):
+            g = GaugeMetricFamily("lab_backlog", "x", labels=["instrument"])
+            g.add_metric(["SIM02"], 4)
+            yield g
+
+    reg.register(Own())
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
+    assert families["lab_backlog"].samples[0].labels == {"instrument": "SIM02"}

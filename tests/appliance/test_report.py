@@ -155,6 +155,9 @@ def test_report_shows_the_restart_and_every_event(run):
     assert len(events) == len(summary["events"])
     assert [r[3] for r in events] == [e["message"] for e in summary["events"]]
     assert any("basecall-0 crashed" in r[3] for r in events)
+    # the overview names what limited the run, as the summary does
+    overview = dict(page.tables["overview"])
+    assert summary.get("bottleneck") and overview["bottleneck"] == summary["bottleneck"]["text"]
 
 
 def test_per_cycle_error_table_matches_the_summary(run):

@@ -216,6 +216,32 @@ def test_prerendering_then_acquiring_then_draining_are_shown(tmp_path):
     drive(app, script)
 
 
+def test_the_prerendering_state_with_its_progress_and_the_live_bottleneck_are_shown(tmp_path):
+    """A supervisor that says ``prerendering`` (appliance.pipeline.RunState) with the source's
+    progress: the header shows how far the rendering got, not a rate of 0 frames/s; then the
+    live bottleneck verdict of a sample is on the pipeline pane."""
+    app = ApplianceApp(_replay(tmp_path, speed=0))
+
+    async def script(pilot):
+        await wait_until(pilot, lambda: app.model.state == "done", what="the replay")
+        from tui import Update
+
+        body = {**fixed.sample(1, run_id="NEXT"), "state": "prerendering", "prerender": {"done": 52, "total": 208}}
+        app.updates.put(Update("stats", body=body))
+        await wait_until(pilot, lambda: app.model.run_id == "NEXT", what="the next run")
+        await pilot.pause(0.3)
+        line = screen_lines(app)[1]
+        assert "NEXT  PRERENDERING" in line and "rendering 52/208 frames (25%)" in line and "frames/s" not in line, line
+        # the live bottleneck verdict goes on the pipeline pane's border
+        verdict = {"stage": "writer-0", "resource": "disk", "busy": 0.95, "text": "writer-0 bound by disk (95% busy)"}
+        app.updates.put(Update("stats", body={**fixed.sample(12, run_id="NEXT"), "bottleneck": verdict}))
+        await wait_until(pilot, lambda: app.model.last.get("bottleneck"), what="the verdict")
+        await pilot.pause(0.3)
+        assert "bottleneck: writer-0 (disk, 95% busy)" in screen_text(app)
+
+    drive(app, script)
+
+
 def test_each_run_has_its_own_alerts_and_log_and_earlier_runs_stay_reachable(tmp_path):
     app = ApplianceApp(_replay(tmp_path, speed=0))
 

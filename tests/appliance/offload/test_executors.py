@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import os
 import signal
 from pathlib import Path
@@ -104,6 +105,26 @@ def test_dask_executor_runs_jobs_on_a_local_cluster(tmp_path, jobs_plugin, dask_
     assert all(j.result["sha256"] == digest and j.attempts == 1 for j in jobs)
     assert all(read_marker(j.output_dir, j.key) for j in jobs)
     assert len(_lines(log)) == 4
+
+
+def test_dask_completions_wake_the_dispatcher_instead_of_the_tick(tmp_path, jobs_plugin, dask_offload_thread, no_leaked_threads):
+    """With a one-minute tick, jobs still start when submitted and the next ones when a slot's
+    future is done (its callback wakes the dispatcher): 6 jobs on 2 slots end long before the
+    first tick would have come round."""
+    src = tmp_path / "in.bin"
+    src.write_bytes(b"w" * 100)
+    log = tmp_path / "completions.log"
+    cfg = fast_config(executor="dask", tick_s=60.0)
+    orch = Orchestrator(cfg, tmp_path, scan=False, executor=DaskExecutor(2, processes=False, config=cfg))
+    orch.start()
+    try:
+        t0 = time.monotonic()
+        ids = [orch.submit("test-hash", {"path": str(src), "log": str(log), "n": i}).job.id for i in range(6)]
+        wait_for(lambda: all(orch.ledger.get(i).state == "succeeded" for i in ids), timeout=45, what="the jobs, before the tick")
+        took = time.monotonic() - t0
+    finally:
+        orch.stop(10)
+    assert took < 45 and len(_lines(log)) == 6
 
 
 def test_dask_lost_future_is_a_transient_failure_in_the_ledger(tmp_path, jobs_plugin, dask_offload_thread, no_leaked_threads):

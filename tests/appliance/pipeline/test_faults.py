@@ -77,9 +77,11 @@ def test_a_corrupt_frame_at_each_check_point_is_quarantined_and_the_run_complete
         cycle = int(quarantined[0].name.split("_cycle")[1].split("_")[0])
         bases, quals = folder.read_bcl(tile, cycle)
         assert (bases == 4).all() and (quals == 0).all(), "the lost tile-cycle is not all no-calls"
-    if kind == FrameKind.CALLS:
+        # the cycle's manifest names the tile and why (a final manifest tells downstream jobs)
         manifests = [json.loads(p.read_text()) for p in (tmp_path / RUN_ID).rglob("*.json") if "no_calls" in p.read_text()]
-        assert manifests and manifests[0]["no_calls"][0]["tile"] == tile and "checksum" in manifests[0]["no_calls"][0]["reason"]
+        assert [(m["cycle"], [n["tile"] for n in m["no_calls"]]) for m in manifests] == [(cycle, [tile])]
+        reason = manifests[0]["no_calls"][0]["reason"]
+        assert ("checksum" in reason) if kind == FrameKind.CALLS else ("incomplete upstream" in reason), reason
 
 
 def test_hang_timeout_is_derived_from_the_rings_ahead_and_the_frame_rate():

@@ -287,7 +287,7 @@ def test_pause_and_stop_while_the_source_starts_are_kept(tmp_path):
     assert not thread.is_alive(), "the stop was lost: the run went on"
     assert result["restarts"] == {}  # nothing was killed by an early request
     assert result["frames_acquired"] < 208 and result["frames_dropped"] == 0
-    assert sup.state == "done"
+    assert sup.state == "stopped_early"
 
 
 def test_a_stop_reaches_a_source_restarted_after_it(tmp_path):

@@ -195,8 +195,9 @@ def test_serve_starts_runs_on_command_and_drains_on_sigterm(tmp_path):
             # one exporter for the service's life: the offload and storage gauges are there
             port = int(args[-1].split("=")[1])
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-            assert 'appliance_jobs{class="realtime",state="succeeded"} 13.0' in metrics
-            assert 'appliance_storage_files{tier="warm"}' in metrics
+            # every series carries the instrument (run.instrument_id)
+            assert 'appliance_jobs{class="realtime",instrument="SIM01",state="succeeded"} 13.0' in metrics
+            assert 'appliance_storage_files{instrument="SIM01",tier="warm"}' in metrics
             client.request("start", run_id="S2", set=['source.rate_hz=10'])
             time.sleep(2)
         proc.send_signal(signal.SIGTERM)  # drains S2, then exits
