@@ -393,6 +393,7 @@ class PreprocessHandler(Handler):
         super().__init__(spec, stats)
         self.saturated = 0
         self.kept = 0
+        self._mask: np.ndarray | None = None  # the saturation test's buffer, reused: no per-frame allocation
 
     def snapshot(self) -> PreprocessState:
         return PreprocessState(self.saturated, self.kept)
@@ -404,7 +405,10 @@ class PreprocessHandler(Handler):
         h = slot.header
         tile, cycle, ch = int(h["tile"]), int(h["cycle"]), int(h["channel"])
         image = slot.array()
-        self.saturated += int(np.count_nonzero(image == 65535))
+        if self._mask is None or self._mask.shape != image.shape:
+            self._mask = np.empty(image.shape, bool)
+        np.equal(image, np.iinfo(image.dtype).max if image.dtype.kind == "u" else 65535, out=self._mask)
+        self.saturated += int(np.count_nonzero(self._mask))
         every = self.spec.config.output.keep_raw_every
         if every and self.spec.config.run.tiles.index(tile) % every == 0:
             path = self.spec.run_dir / "Raw" / f"s_{tile}_c{cycle}_ch{ch}.npy"

@@ -189,3 +189,34 @@ def test_epoch_checkpoints_are_kept_from_the_committed_epoch_on(tmp_path):
     assert epochs_on_disk(tmp_path) == {"kernel-0": [4, 5]}
     assert load_checkpoint(epoch_path(tmp_path, "kernel-0", 4)).handler == handlers.PreprocessState(4, 0)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_preprocess_allocates_nothing_per_frame_in_steady_state(harness):
+    """The hot path reuses its buffers: after a warm-up, handling a frame allocates no
+    frame-sized array (tracemalloc's peak over each frame stays far below one 256 x 256
+    boolean mask, 64 KiB) and the traced memory does not grow with the frames."""
+    import tracemalloc
+
+    from rt import FrameKind
+
+    h = harness("preprocess")
+    image = np.full((256, 256), 100, np.uint16)
+    image[:4, :4] = 65535
+    for i in range(8):  # warm-up: buffers, first-use caches
+        h.feed(FrameKind.IMAGE, 1101, 1 + i // 4, i % 4, image)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        worst = 0
+        for i in range(8, 208):
+            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            h.feed(FrameKind.IMAGE, 1101, 1 + i // 4, i % 4, image)
+            worst = max(worst, tracemalloc.get_traced_memory()[1] - before)
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert h.handler.saturated == 16 * 208
+    assert worst < 16 * 1024, f"a frame allocated {worst} bytes at its peak (a frame-sized buffer?)"
+    # what is left is the harness's own list of emitted keys (~100 bytes a frame)
+    assert grown < 200 * 512, f"traced memory grew {grown} bytes over 200 frames"
