@@ -250,6 +250,26 @@ class RecorderSection:
 
 
 @dataclass(frozen=True)
+class TracingSection:
+    """``[tracing]``: OpenTelemetry traces of the run (appliance/tracing.py, docs/root-cause.md)."""
+
+    enabled: bool = True
+    #: share of frames whose per-stage timings become spans (a frame with a checksum failure,
+    #: an incomplete cycle or an over-budget stage is always kept)
+    frame_sample: float = 0.01
+    #: OTLP/HTTP endpoint ("http://collector:4318/v1/traces"); "" = files in the run's state folder
+    otlp_endpoint: str = ""
+
+    def validate(self, key: str) -> None:
+        if not isinstance(self.enabled, bool):
+            raise _err(f"{key}.enabled", self.enabled, "true or false")
+        if isinstance(self.frame_sample, bool) or not isinstance(self.frame_sample, (int, float)) or not 0 <= self.frame_sample <= 1:
+            raise _err(f"{key}.frame_sample", self.frame_sample, "a number 0..1 (the share of frames traced)")
+        if not isinstance(self.otlp_endpoint, str) or (self.otlp_endpoint and not self.otlp_endpoint.startswith(("http://", "https://"))):
+            raise _err(f"{key}.otlp_endpoint", self.otlp_endpoint, '"" (files in the state folder) or an http(s):// OTLP endpoint')
+
+
+@dataclass(frozen=True)
 class SupervisorSection:
     max_restarts: int = 3
     backoff_s: float = 0.5
@@ -290,6 +310,7 @@ class RunConfig:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     alerts: object = None  #: appliance.alerts.AlertRules
     recorder: RecorderSection = field(default_factory=RecorderSection)
+    tracing: TracingSection = field(default_factory=TracingSection)
     control: ControlSection = field(default_factory=ControlSection)
     storage: object = None  #: appliance.storage.StorageSection
     offload: object = None  #: appliance.offload.OffloadConfig
@@ -420,6 +441,7 @@ def _from_dict(d: dict) -> RunConfig:
         metrics=_build(MetricsSection, d["metrics"], "metrics"),
         alerts=_alerts(d["alerts"]),
         recorder=_build(RecorderSection, d["recorder"], "recorder"),
+        tracing=_build(TracingSection, d["tracing"], "tracing"),
         control=_build(ControlSection, d["control"], "control"),
         storage=_storage(d["storage"]),
         offload=_offload(d["offload"]),

@@ -618,7 +618,7 @@ def collect(
                     b.add_file(f"{state_arc}/{t.name}", t, curve_dirs)
             b.parts["traces"] = "ok" if traces else "none"
             if not traces:
-                b.note_missing(f"{state_arc}/traces*", "none: the run left no traces (OpenTelemetry traces are not recorded yet)")
+                b.note_missing(f"{state_arc}/traces*", "none: the run left no trace files (tracing.enabled = false, or its spans went to tracing.otlp_endpoint)")
             from appliance.report import load_stats
 
             samples = load_stats(ref.state_dir / "stats.jsonl")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from appliance.configfile import ConfigError
 
-__all__ = ["LabInstrument", "LabSection", "collect", "fleet_rows", "format_fleet", "lab_section"]
+__all__ = ["LabInstrument", "LabSection", "collect", "fleet_rows", "format_fleet", "lab_section", "ledger_backlog"]
 
 CLASSES = ("realtime", "batch", "reprocess")
 
@@ -120,6 +120,25 @@ def format_fleet(rows: list[dict]) -> str:
         if r["error"]:
             lines.append(f"{r['instrument']}: {r['error']}")
     return "\n".join(lines)
+
+
+def ledger_backlog(config) -> Callable[[], dict[str, dict]]:
+    """The backlog per instrument of ``config``'s lab ledger (``offload.ledger``), as a callable
+    for :func:`collect`: opened on each call (an SQLite file not made yet has none)."""
+    from pathlib import Path
+
+    target = config.offload.ledger_target(Path(config.output.root))
+    is_pg = str(target).startswith(("postgresql://", "postgres://"))
+
+    def backlog() -> dict[str, dict]:
+        from appliance.offload import Ledger
+
+        if not is_pg and not Path(target).exists():
+            return {}
+        with Ledger(target, config=config.offload) as led:
+            return led.backlog_by_instrument()
+
+    return backlog
 
 
 def collect(lab: LabSection, backlog: Callable[[], dict[str, dict]] | None, *, timeout_s: float = 2.0,

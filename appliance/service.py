@@ -186,7 +186,7 @@ class Service:
                 from appliance.offload import Orchestrator
 
                 # jobs submitted here without a run (an operator's jobs.submit) carry this instrument too
-                self.orchestrator = Orchestrator(self.base.offload, root, on_event=self._offload_event,
+                self.orchestrator = Orchestrator(self.base.offload, root, on_event=self._offload_event, tracing=self.base.tracing,
                                                  instrument_id=self.base.run.instrument_id)
             if self.base.storage.enabled:
                 from appliance.storage import StorageManager

@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         try:
-            orch = Orchestrator(off, root, scan=args.scan)
+            orch = Orchestrator(off, root, scan=args.scan, tracing=config.tracing)
         except LedgerError as exc:
             print(f"appliance jobs: {exc}", file=sys.stderr)
             return EXIT_LEDGER

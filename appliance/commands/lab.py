@@ -130,7 +130,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from appliance.config import ConfigError, load_config
-    from appliance.lab import collect, format_fleet
+    from appliance.lab import collect, format_fleet, ledger_backlog
 
     if args.action == "simulate":
         return _simulate(args)
@@ -144,20 +144,11 @@ def run(args: argparse.Namespace) -> int:
         print("appliance lab: no instruments: name them in [lab.instruments.NAME] tables with connect = ... (appliance lab status --help)",
               file=sys.stderr)
         return 2
-    target = cfg.offload.ledger_target(Path(cfg.output.root))
-    is_pg = str(target).startswith(("postgresql://", "postgres://"))
-
-    def backlog():
-        from appliance.offload import Ledger
-
-        if not is_pg and not Path(target).exists():
-            return {}
-        with Ledger(target, config=cfg.offload) as led:
-            return led.backlog_by_instrument()
+    backlog = ledger_backlog(cfg)
 
     rows = collect(cfg.lab, backlog, timeout_s=args.timeout)
     if args.json:
-        print(json.dumps({"ledger": str(target), "instruments": rows}, indent=2, default=str))
+        print(json.dumps({"ledger": str(cfg.offload.ledger_target(Path(cfg.output.root))), "instruments": rows}, indent=2, default=str))
     else:
         print(format_fleet(rows))
     return 1 if any(r["error"] for r in rows) else 0

@@ -324,7 +324,8 @@ def _offload(config, sup) -> dict:
     wait = config.offload.run_wait_s
     print(f"offload: running the jobs of {sup.run_id} (up to {wait:g} s; --no-offload skips this) ...", flush=True)
     try:
-        orch = Orchestrator(config.offload, sup.run_dir.parent, runs=[sup.run_id], instrument_id=config.run.instrument_id)
+        orch = Orchestrator(config.offload, sup.run_dir.parent, runs=[sup.run_id], instrument_id=config.run.instrument_id,
+                            tracing=config.tracing)
         orch.start()
     except (OffloadError, OSError) as exc:
         print(f"warning: offload not run: {exc}; `appliance jobs work` runs the jobs later", file=sys.stderr)

@@ -84,6 +84,7 @@ class Orchestrator:
         algorithms: Callable[[Path], Any] | None = None,
         runs: "tuple[str, ...] | list[str] | None" = None,
         instrument_id: str = "",
+        tracing=None,
     ) -> None:
         self.config = config
         self.data_root = Path(data_root)
@@ -117,6 +118,10 @@ class Orchestrator:
         self.waiting: dict[int, str] = {}  #: job id -> why placement did not start it (pools)
         self._last_status = 0.0
         self._started = False
+        #: the config's [tracing]: every ended job becomes a span of its run's trace
+        #: (appliance.tracing; files under <data_root>/.offload/traces/ without an OTLP endpoint)
+        self.tracing = tracing
+        self.tracer = None
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -162,6 +167,7 @@ class Orchestrator:
                 return
             try:
                 load_plugins(self.config.plugins)
+                self._start_tracer()
                 self.executor.start(timeout)
                 self.policy = SchedulerPolicy(slots=max(1, self.executor.capacity), limits=dict(self.config.limits),
                                               shares=dict(self.config.share), reserved_realtime=self.config.reserved_realtime)
@@ -203,6 +209,9 @@ class Orchestrator:
                 self.ledger.release(job_id, self.owner, "released: orchestrator stopped before the attempt finished")
             self.executor.stop(max(1.0, deadline - time.monotonic()))
             self.ledger.close()
+            if self.tracer is not None:
+                self.tracer.close()
+                self.tracer = None
             self._started = False
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -237,6 +246,26 @@ class Orchestrator:
             self._heartbeat()
             return self._dispatch()
 
+    def _start_tracer(self) -> None:
+        if self.tracing is None or self.tracer is not None:
+            return
+        from appliance.tracing import make_tracer
+
+        try:
+            self.tracer = make_tracer(self.tracing, self.data_root / ".offload", f"offload-{os.getpid()}", None)
+        except Exception as exc:  # diagnostics never stop the dispatcher
+            log.warning("offload: tracing off: %s", exc)
+
+    def _trace(self, job_id: int) -> None:
+        if self.tracer is None:
+            return
+        try:
+            job = self.ledger.get(job_id)
+            if job.state in ("succeeded", "held", "cancelled"):
+                self.tracer.job(job)
+        except Exception as exc:
+            log.debug("offload: no span for job %s: %s", job_id, exc)
+
     def _collect(self) -> None:
         for o in self.executor.poll():
             if o.lost and o.extra.get("release"):
@@ -250,6 +279,7 @@ class Orchestrator:
                     self.ledger.fail(o.job_id, self.owner, o.error or "failed", o.transient)
             self._emit({"topic": "event", "event": "job_succeeded" if o.ok else "job_failed", "job": o.job_id,
                         "error": o.error, "reused": o.reused})
+            self._trace(o.job_id)
 
     def _heartbeat(self, force: bool = True) -> None:
         if getattr(self.executor, "records_itself", False):

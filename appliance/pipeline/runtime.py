@@ -40,6 +40,7 @@ from appliance.pipeline._checkpoint import (
     save_epoch,
     write_commit,
 )
+from appliance.config import STAGES
 from appliance.pipeline._flags import AnyFlag, SharedFlag
 from appliance.pipeline.histogram import LatencyHistogram
 from appliance.pipeline._spec import StageSpec, frame_key
@@ -50,6 +51,8 @@ log = logging.getLogger("appliance.stage")
 LIVE_REPORT_S = 1.0  #: how often a stage rewrites its summary file while running (read by the supervisor)
 #: the source's: its count is the run's frames acquired, which the supervisor samples at 2 Hz
 SOURCE_REPORT_S = 0.2
+#: the stages a frame passes, in the order of its trace stamps (appliance.tracing)
+_TRACE_STAGES = ("source", *STAGES)
 
 
 class Stopping(Exception):
@@ -325,7 +328,8 @@ def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFl
                 pass
             finished = True
         else:
-            finished = _consume(spec, handler, emitter, stats, ckpt.runtime if ckpt is not None else RuntimeState())
+            finished = _consume(spec, handler, emitter, stats, ckpt.runtime if ckpt is not None else RuntimeState(),
+                                tracer=_last_stage_tracer(spec))
         status = "finished" if finished else "stopped"
     except Stopping:
         status = "stopped"
@@ -336,7 +340,21 @@ def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFl
     log.info("%s: %d frames in, %d out", status, stats.frames_in, stats.frames_out)
 
 
-def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, restored: RuntimeState) -> bool:
+def _last_stage_tracer(spec: StageSpec):
+    """The last stage (the writer) turns what frames carry into spans (appliance.tracing):
+    sampled frames with their per-stage timings, and the cycles. None when tracing is off."""
+    if spec.stage != "writer":
+        return None
+    from appliance.tracing import make_tracer
+
+    try:
+        return make_tracer(spec.config.tracing, spec.state_dir, spec.name, spec.run_id, tiles=len(spec.config.run.tiles))
+    except Exception as exc:  # diagnostics must not stop the run
+        log.warning("tracing off for this stage: %s", exc)
+        return None
+
+
+def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, restored: RuntimeState, tracer=None) -> bool:
     consumers = [rt.Consumer(name) for name in spec.inputs]
     handler.heartbeat = lambda: [c.heartbeat() for c in consumers]
     emitter.on_wait = handler.heartbeat
@@ -427,9 +445,11 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, rest
                 stats.bytes_in += int(h["payload_bytes"])
                 if fault.get("corrupt_frame") == stats.frames_in:
                     slot.data[0] ^= 0xFF  # test hook: a bit flip in shared memory
+                failed = False
                 if (cycle, channel) <= watermarks.get((kind, tile), (-1, -1)):
                     stats.duplicates += 1
                 elif verify and not slot.verify():
+                    failed = True
                     stats.checksum_failures += 1
                     handler.until_space(f"the quarantine of {spec.name}", _quarantine, quarantine_dir, spec, slot, key)
                     stats.extra["quarantined"] = stats.extra.get("quarantined", 0) + 1
@@ -453,6 +473,9 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, rest
                     stats.latency.add(now_ns - left_previous)
                 if h["t_mono_ns"]:
                     stats.e2e.add(now_ns - int(h["t_mono_ns"]))
+                if tracer is not None:
+                    tracer.frame(h, now_ns, kind_calls=kind == rt.FrameKind.CALLS, stage_names=_TRACE_STAGES,
+                                 over_budget=bool(stats.budget_ms) and busy * 1e3 > stats.budget_ms, failed=failed)
                 if time.monotonic() >= next_report:
                     next_report = time.monotonic() + LIVE_REPORT_S
                     _write_summary(spec, stats, "running")
@@ -481,6 +504,11 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, rest
     finally:
         for c in consumers:
             c.close()
+        if tracer is not None:
+            try:
+                tracer.close()
+            except Exception as exc:
+                log.warning("traces not all written: %s", exc)
 
 
 def quarantine_dir_of(run_dir: Path) -> Path:

@@ -556,6 +556,16 @@ class Supervisor:
             raise
         t0 = time.monotonic()
         server = exporter = None
+        from appliance.tracing import make_tracer
+
+        try:  # the run is a trace (appliance.tracing); diagnostics never stop a run
+            tracer = make_tracer(cfg.tracing, self.state_dir, "supervisor", self.run_id)
+        except Exception as exc:
+            log.warning("tracing off for this run: %s", exc)
+            tracer = None
+        if tracer is not None:
+            tracer.start_run({"instrument": cfg.run.instrument_id, "cycles": cfg.run.cycles, "tiles": len(cfg.run.tiles),
+                              "resumed": self.resuming})
         try:  # from here on, whatever fails is undone in the finally (recorder, sockets, rings)
             server = self._start_control() if cfg.control.enabled else None
             if cfg.metrics.port:
@@ -576,8 +586,13 @@ class Supervisor:
         except BaseException as exc:
             self._terminate_all()
             self._write_completion(error=str(exc) or type(exc).__name__)
+            if tracer is not None:
+                tracer.end_run({"run.state": self.state, "error": str(exc) or type(exc).__name__})
             raise
         finally:
+            if tracer is not None:
+                tracer.end_run({"run.state": self.state, "frames.acquired": self.latest_stats.get("frames_acquired")})
+                tracer.close()
             if exporter is not None:
                 exporter.stop()
             if server is not None:
