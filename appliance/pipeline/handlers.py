@@ -91,12 +91,14 @@ class BasecallState:
 @dataclass(frozen=True)
 class WriterState:
     """Cycles complete through ``completed_through`` (they complete in order); the tiles
-    written of the cycles after it; the raw files' lengths (passthrough runs)."""
+    written of the cycles after it; the raw files' lengths (passthrough runs); ``interop``:
+    the cycles appended to the InterOp files and those files' lengths (a few ints)."""
 
     completed_through: int = 0
     cycle_tiles: dict = field(default_factory=dict)
     raw_bytes: int = 0
     raw_frames: int = 0
+    interop: tuple = (0, ())
 
 
 class Handler:
@@ -646,14 +648,19 @@ class WriterHandler(Handler):
         self._raw_fd = self._hdr_fd = None
         self.raw_bytes = 0
         self.raw_frames = 0
+        self.interop = (0, ())  # the InterOp files' state until the run folder's writer is open
 
     def snapshot(self) -> WriterState:
-        return WriterState(self.completed_through, {c: frozenset(t) for c, t in self.cycle_tiles.items()}, self.raw_bytes, self.raw_frames)
+        io = self._writer.interop_state() if self._writer is not None else self.interop
+        return WriterState(self.completed_through, {c: frozenset(t) for c, t in self.cycle_tiles.items()}, self.raw_bytes, self.raw_frames, io)
 
     def restore(self, state: WriterState) -> None:
         self.completed_through = state.completed_through
         self.cycle_tiles = {c: set(t) for c, t in state.cycle_tiles.items()}
         self.raw_bytes, self.raw_frames = state.raw_bytes, state.raw_frames
+        self.interop = tuple(getattr(state, "interop", (0, ())))
+        if self._writer is not None:  # cut the InterOp files back to the checkpoint's lengths
+            self._writer.resume_interop(*self.interop)
         if self._raw_fd is not None:  # reopened (and cut back to raw_bytes) on the next frame
             import os
 
@@ -662,19 +669,24 @@ class WriterHandler(Handler):
         self._raw_fd = self._hdr_fd = None
 
     def on_barrier(self, epoch: int) -> None:
-        # The run folder's files are fsynced as they are written; the raw files here.
+        # The run folder's files are fsynced as they are written; the raw and InterOp files here.
         if self._raw_fd is not None:
             import os
 
             os.fsync(self._raw_fd)
             os.fsync(self._hdr_fd)
+        if self._writer is not None:
+            self._writer.sync_interop()
 
     @property
     def writer(self):
         if self._writer is None:
             from appliance.runfolder import RunFolderWriter
 
-            self._writer = RunFolderWriter(self.spec.run_dir.parent, run_info(self.spec))
+            w = RunFolderWriter(self.spec.run_dir.parent, run_info(self.spec), interop=interop_options(self.spec.config))
+            # InterOp appends go on from the checkpoint's lengths (a fresh start: from nothing)
+            w.resume_interop(*self.interop)
+            self._writer = w
         return self._writer
 
     def on_frame(self, slot, out) -> None:
@@ -802,6 +814,50 @@ class WriterHandler(Handler):
             self.alert(f"run ended with {len(missing)} of {cfg.run.cycles} cycles incomplete; the run folder is left incomplete (no completion markers)")
             return
         self._retry(self.writer.complete)
+
+
+def interop_options(cfg):
+    """The run folder's InterOp settings (None for passthrough runs: raw frames only). The tile
+    size is the synthetic tile's, or the camera's configured width and height; synthetic
+    runs score their calls against the ground truth (ErrorMetricsOut.bin)."""
+    from appliance.runfolder import InterOpOptions
+
+    if cfg.stages["kernel"].algorithm == "passthrough":
+        return None
+    size = cfg.source.synthetic.tile_size
+    g = cfg.source.genicam
+    tile_px = (g.width or size, g.height or size) if cfg.source.kind == "genicam" else (size, size)
+    truth = _SyntheticTruth(cfg) if cfg.source.kind == "synthetic" else None
+    try:
+        from importlib.metadata import version
+
+        app_version = version("flowcell-appliance")
+    except Exception:  # noqa: BLE001 - not installed as a package: no version to name
+        app_version = ""
+    return InterOpOptions(tile_px=tile_px, truth=truth, version=app_version)
+
+
+class _SyntheticTruth:
+    """``(tile, locs) -> (sequences, matched)``: the true bases of the detected clusters, as
+    the run summary scores them (``appliance.pipeline.summary.score_against_truth``): a
+    cluster is matched to a true one within ``MATCH_RADIUS_PX``, in the reference frame or
+    cycle 1's, whichever matches more."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self._inst = None
+
+    def __call__(self, tile: int, locs):
+        from appliance.pipeline.summary import match_truth
+        from kernels.synthetic import SyntheticInstrument
+
+        if self._inst is None:
+            self._inst = SyntheticInstrument(synthetic_params(self.cfg), seed=self.cfg.run.seed)
+        truth = self._inst.truth(tile)
+        ok, idx = match_truth(truth, locs)
+        seqs = np.zeros((len(locs), truth.sequences.shape[1]), np.uint8)
+        seqs[ok] = truth.sequences[idx[ok]]
+        return seqs, ok
 
 
 def run_info(spec: StageSpec):

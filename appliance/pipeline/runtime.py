@@ -474,8 +474,13 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, rest
                 if h["t_mono_ns"]:
                     stats.e2e.add(now_ns - int(h["t_mono_ns"]))
                 if tracer is not None:
-                    tracer.frame(h, now_ns, kind_calls=kind == rt.FrameKind.CALLS, stage_names=_TRACE_STAGES,
-                                 over_budget=bool(stats.budget_ms) and busy * 1e3 > stats.budget_ms, failed=failed)
+                    try:
+                        tracer.frame(h, now_ns, kind_calls=kind == rt.FrameKind.CALLS, stage_names=_TRACE_STAGES,
+                                     over_budget=bool(stats.budget_ms) and busy * 1e3 > stats.budget_ms, failed=failed)
+                    except Exception as exc:  # diagnostics never stop the data path: tracing off
+                        log.warning("tracing off for the rest of this stage's run: %s", exc)
+                        tracer, dead = None, tracer
+                        dead.close()
                 if time.monotonic() >= next_report:
                     next_report = time.monotonic() + LIVE_REPORT_S
                     _write_summary(spec, stats, "running")

@@ -25,6 +25,21 @@ def _folder_bytes(path: Path) -> int:
     return total
 
 
+def match_truth(truth, locs) -> tuple[np.ndarray, np.ndarray]:
+    """``(matched, index)``: which detected clusters (``locs``) lie within ``MATCH_RADIUS_PX``
+    of a true one of the synthetic ``truth``, and which. Detected positions live in the
+    template frame: the reference frame and cycle 1's are tried, the one matching more wins."""
+    from scipy.spatial import cKDTree
+
+    best = None
+    for ref in (truth.positions, truth.frame_positions(1, 0)):
+        dist, idx = cKDTree(ref).query(locs, distance_upper_bound=MATCH_RADIUS_PX)
+        ok = np.isfinite(dist)
+        if best is None or ok.sum() > best[0].sum():
+            best = (ok, idx)
+    return best
+
+
 def score_against_truth(config: RunConfig, run_dir: Path) -> dict:
     """Match the run's clusters to the synthetic truth (within 1.5 px) and compare base calls.
 
@@ -33,7 +48,6 @@ def score_against_truth(config: RunConfig, run_dir: Path) -> dict:
     cycle by cycle (a list of ``{cycle, bases_called, no_calls, errors, error_rate}``), which
     the run report plots; errors typically grow with phasing towards the last cycles.
     """
-    from scipy.spatial import cKDTree
 
     from appliance.simparams import synthetic_params
     from appliance.runfolder import RunFolder
@@ -50,14 +64,7 @@ def score_against_truth(config: RunConfig, run_dir: Path) -> dict:
         pf = folder.read_filter(tile)
         detected += len(locs)
         truth_n += truth.n_clusters
-        best = None
-        # Detected positions live in the template frame; try the reference frame and cycle 1's.
-        for ref in (truth.positions, truth.frame_positions(1, 0)):
-            dist, idx = cKDTree(ref).query(locs, distance_upper_bound=MATCH_RADIUS_PX)
-            ok = np.isfinite(dist)
-            if best is None or ok.sum() > best[0].sum():
-                best = (ok, idx)
-        ok, idx = best
+        ok, idx = match_truth(truth, locs)
         matched += int(ok.sum())
         use = ok & pf
         pf_n += int(pf.sum())

@@ -2,7 +2,8 @@
 
 ``RunFolderWriter`` writes ``RunInfo.xml``, ``.locs``, ``.filter``, per-cycle ``.bcl``, the
 project's per-cycle intensities (``.npy``), the reference FASTA, a manifest with a CRC32C
-per file, and completion markers; every file atomically (temp name, fsync, rename). picard's
+per file, and completion markers; every file atomically (temp name, fsync, rename); and
+InterOp run metrics (``InterOp/*.bin``, appended cycle by cycle, and RunParameters.xml). picard's
 ``IlluminaBasecallsToFastq`` reads the result. ``RunFolder`` reads it back and verifies it.
 See docs/run-folder.md.
 """
@@ -30,6 +31,7 @@ from appliance.runfolder.formats import (
     encode_runinfo,
 )
 from appliance.runfolder.intensities import decode_intensities, encode_intensities
+from appliance.runfolder.interop import InterOpOptions
 from appliance.runfolder.layout import Layout
 from appliance.runfolder.manifest import FileEntry, Manifest
 from appliance.runfolder.runinfo import RunInfo
@@ -44,6 +46,7 @@ __all__ = [
     "read_completion",
     "write_completion",
     "FileEntry",
+    "InterOpOptions",
     "Layout",
     "Manifest",
     "RunFolder",

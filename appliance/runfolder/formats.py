@@ -179,8 +179,10 @@ def _layout_counts(tiles: tuple[int, ...]) -> tuple[int, int, int, str]:
     return 1, 1, len(tiles), ""
 
 
-def encode_runinfo(info: RunInfo) -> bytes:
-    """RunInfo.xml (version 2, as bcl-convert and InterOp read it); same bytes every time."""
+def encode_runinfo(info: RunInfo, channels: tuple[str, ...] = ()) -> bytes:
+    """RunInfo.xml (version 2, as bcl-convert and InterOp read it); same bytes every time.
+    ``channels`` (the imaging channels' names) adds ``<ImageChannels>``, as newer RunInfo.xml
+    files have it: InterOp needs the names to read the run's metrics."""
     root = ET.Element("RunInfo", Version="2")
     run = ET.SubElement(root, "Run", Id=info.run_id, Number=str(info.number))
     ET.SubElement(run, "Flowcell").text = info.flowcell
@@ -213,6 +215,10 @@ def encode_runinfo(info: RunInfo) -> bytes:
     tiles = ET.SubElement(tileset, "Tiles")
     for t in info.tiles:
         ET.SubElement(tiles, "Tile").text = f"{info.lane}_{t}"
+    if channels:
+        names = ET.SubElement(run, "ImageChannels")
+        for ch in channels:
+            ET.SubElement(names, "Name").text = ch
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
@@ -250,3 +256,47 @@ def decode_runinfo(data: bytes) -> RunInfo:
         raise
     except (ET.ParseError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise RunFolderError(f"RunInfo.xml: cannot be read as a run description ({e})") from e
+
+
+# -- RunParameters.xml ------------------------------------------------------------------------
+
+
+def encode_run_parameters(
+    info: RunInfo,
+    *,
+    tile_px: tuple[int, int],
+    pixel_um: float,
+    channels: tuple[str, ...] = ("A", "C", "G", "T"),
+    application: str = "Appliance",
+    version: str = "",
+) -> bytes:
+    """RunParameters.xml beside RunInfo.xml, in the common subset of Illumina's forms that
+    InterOp and lab tools read: ``Setup/ApplicationName`` (InterOp matches the instrument by
+    it; ours names no Illumina instrument), the run's ids, the planned reads, and our imaging
+    geometry (``ImageWidth``/``ImageHeight`` in pixels, ``PixelSizeUm``: the tile area the
+    InterOp cluster densities use). No clock is read: the same run gives the same bytes."""
+    root = ET.Element("RunParameters")
+    ET.SubElement(root, "RunParametersVersion").text = "Appliance_1"
+    setup = ET.SubElement(root, "Setup")
+    ET.SubElement(setup, "ApplicationName").text = application
+    ET.SubElement(setup, "ApplicationVersion").text = version or "0"
+    for i, (cycles, _ix) in enumerate(info.reads, 1):
+        ET.SubElement(setup, f"Read{i}").text = str(cycles)
+    ET.SubElement(root, "RunId").text = info.run_id
+    ET.SubElement(root, "RunNumber").text = str(info.number)
+    ET.SubElement(root, "InstrumentName").text = info.instrument
+    ET.SubElement(root, "FlowCellSerial").text = info.flowcell
+    if info.date:
+        ET.SubElement(root, "RunStartDate").text = info.date
+    planned = ET.SubElement(root, "PlannedReads")
+    for i, (cycles, is_index) in enumerate(info.reads, 1):
+        ET.SubElement(planned, "Read", ReadName=f"{'Index' if is_index else 'Read'}{i}", Cycles=str(cycles))
+    imaging = ET.SubElement(root, "ImagingParameters")
+    ET.SubElement(imaging, "ImageWidth").text = str(int(tile_px[0]))
+    ET.SubElement(imaging, "ImageHeight").text = str(int(tile_px[1]))
+    ET.SubElement(imaging, "PixelSizeUm").text = repr(float(pixel_um))
+    names = ET.SubElement(imaging, "ChannelNames")
+    for ch in channels:
+        ET.SubElement(names, "Name").text = ch
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"

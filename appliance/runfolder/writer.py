@@ -5,10 +5,16 @@ directory). Writing the same content twice gives the same bytes (no clock is rea
 already listed complete in the manifest is never changed: writing it again with the same
 content does nothing, with different content raises. Re-opening a folder (after a crash)
 checks it belongs to the same run, removes temp files of dead writers, and continues.
+
+The one exception: with ``interop=`` the per-cycle InterOp files (``InterOp/*MetricsOut.bin``)
+are appended, a cycle's records at a time, each append cut back first to the length recorded
+after the last whole cycle (:meth:`RunFolderWriter.interop_state`, kept by the caller's
+checkpoint, :meth:`RunFolderWriter.resume_interop`); see docs/run-folder.md, "InterOp".
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,12 +23,15 @@ import numpy as np
 
 from appliance.runfolder import formats
 from appliance.runfolder import intensities as _intens
+from appliance.runfolder import interop as _iop
 from appliance.runfolder import manifest as _manifest
 from appliance.runfolder._atomic import (
     Written,
     checksum_file,
     crc32c_hex,
     ensure_dir,
+    fsync_dir,
+    full_error,
     remove_stale_temps,
     write_atomic,
 )
@@ -49,7 +58,9 @@ class RunFolderWriter:
     ``channels`` names the intensity columns (recorded in the intensities index);
     ``intensities=False`` writes no intensities, and then cycles complete without them.
     Several writers (processes split by tile) may share one folder; whichever calls
-    :meth:`complete_cycle` checks that every tile's files are there.
+    :meth:`complete_cycle` checks that every tile's files are there. ``interop`` (an
+    :class:`~appliance.runfolder.InterOpOptions`) also writes the InterOp run metrics and
+    RunParameters.xml, and names the channels in RunInfo.xml.
     """
 
     def __init__(
@@ -59,6 +70,7 @@ class RunFolderWriter:
         *,
         channels: tuple[str, ...] = ("A", "C", "G", "T"),
         intensities: bool = True,
+        interop: _iop.InterOpOptions | None = None,
     ) -> None:
         if not isinstance(info, RunInfo):
             raise TypeError(f"info: expected a RunInfo, got {type(info).__name__}")
@@ -72,6 +84,14 @@ class RunFolderWriter:
         self._written: dict[str, Written] = {}
         self._clusters: dict[int, int] = {}
         self._no_calls: dict[int, dict[int, str]] = {}  # cycle -> tile -> reason
+        self.interop = interop
+        # InterOp (docs/run-folder.md): the per-cycle files' lengths as of the cycles appended
+        # (``_io_through``); an append starts by cutting its file back to that length
+        self._io_through = 0
+        self._io_len: dict[str, int] = {rel: 0 for rel in self._io_files()}
+        self._io_fds: dict[str, int] = {}
+        self._io_pf: dict[int, np.ndarray] = {}
+        self._io_truth: dict[int, tuple] = {}
 
         ensure_dir(self.path)
         runinfo = self.path / RUNINFO
@@ -94,7 +114,14 @@ class RunFolderWriter:
         }
         self._run_entries = {e.path: e for e in m.run_files}
         self._run_complete = m.complete
-        self._put(RUNINFO, lambda: [formats.encode_runinfo(info)])
+        # InterOp reads the channel names from RunInfo.xml (ImageChannels)
+        runinfo_xml = formats.encode_runinfo(info, self.channels if interop is not None else ())
+        self._put(RUNINFO, lambda: [runinfo_xml])
+        if interop is not None:
+            params = formats.encode_run_parameters(info, tile_px=interop.tile_px, pixel_um=interop.pixel_um,
+                                                   channels=self.channels, application=interop.application,
+                                                   version=interop.version)
+            self._put(_iop.RUN_PARAMETERS, lambda: [params])
         if intensities:
             self._put(INTENSITIES_INDEX, lambda: [_intens.encode_index(info, self.channels)])
 
@@ -113,6 +140,9 @@ class RunFolderWriter:
         data = formats.encode_filter(passed)
         self._count(tile, len(data) - 12, "filter")
         self._put(self.layout.filter(tile), lambda: [data])
+        if self.interop is not None:
+            self._io_pf.pop(tile, None)
+            self._write_tile_metrics()
 
     def write_bcl(self, tile: int, cycle: int, bases, quals) -> None:
         """Base calls of ``tile`` at ``cycle``: bases uint8 (N,) 0..3 = ACGT, 4 = no-call;
@@ -218,6 +248,7 @@ class RunFolderWriter:
             self._put(Layout.cycle_manifest(cycle), lambda: [data])
             self._complete_cycles[cycle] = {e.path: e for e in entries}
             self._no_calls.pop(cycle, None)  # in the manifest now
+        self._interop_append()
         # (also on a repeat: a crash may have come between the manifest and the marker)
         read = self.info.read_of_cycle(cycle)
         if all(c in self._complete_cycles for c in self.info.read_cycles(read)):
@@ -244,6 +275,7 @@ class RunFolderWriter:
                 f"the run cannot be completed: cycle(s) {_ranges(todo)} are not "
                 "complete; call complete_cycle() for each first"
             )
+        self._interop_append()
         run_files = [RUNINFO]
         for t in self.info.tiles:
             run_files += [self.layout.locs(t), self.layout.filter(t)]
@@ -256,13 +288,183 @@ class RunFolderWriter:
             run_files.append(INTENSITIES_INDEX)
         if (self.path / REFERENCE).is_file():
             run_files.append(REFERENCE)
+        if self.interop is not None:
+            self._write_tile_metrics()
+            if self._io_through < self.info.n_cycles:
+                raise RunFolderError(f"InterOp: cycles {self._io_through + 1}-{self.info.n_cycles} not appended")
+            self._interop_sync()
+            run_files += [_iop.RUN_PARAMETERS, _iop.TILE_METRICS, *self._io_files()]
         run_files += [Layout.cycle_manifest(c) for c in range(1, self.info.n_cycles + 1)]
         entries = [self._entry(p) for p in run_files]
         data = _manifest.encode_run(self.info.run_id, self.info.n_cycles, entries)
         self._put(RUN_MANIFEST, lambda: [data])
         self._run_entries = {e.path: e for e in entries}
         self._run_complete = True
+        self.close_interop()
         self._markers()
+
+    # -- InterOp (docs/run-folder.md, "InterOp") ---------------------------------------------
+
+    def _io_files(self) -> list[str]:
+        """The per-cycle InterOp files (appended cycle by cycle), in a fixed order."""
+        if self.interop is None:
+            return []
+        files = [_iop.Q_METRICS]
+        if self.intensities:
+            files.append(_iop.EXTRACTION_METRICS)
+        files.append(_iop.CORRECTED_INT_METRICS)
+        if self.interop.truth is not None:
+            files.append(_iop.ERROR_METRICS)
+        return files
+
+    def interop_state(self) -> tuple[int, tuple[int, ...]]:
+        """(cycles appended, the per-cycle files' byte lengths): what a checkpoint keeps;
+        ``(0, ())`` while nothing is appended."""
+        lengths = tuple(self._io_len[rel] for rel in self._io_files())
+        return (self._io_through, lengths) if self._io_through or any(lengths) else (0, ())
+
+    def resume_interop(self, through: int, lengths: tuple[int, ...]) -> None:
+        """Go on from a checkpoint's :meth:`interop_state`: each file is cut back to its
+        recorded length (records appended after the checkpoint are appended again, the same
+        bytes). A file shorter than recorded (lost writes) makes all of them start over."""
+        files = self._io_files()
+        if self.interop is None or not files:
+            return
+        self.close_interop()
+        if len(lengths) != len(files):
+            through, lengths = 0, (0,) * len(files)
+        for rel, n in zip(files, lengths):
+            path = self.path / rel
+            if n and (not path.is_file() or path.stat().st_size < n):
+                through, lengths = 0, (0,) * len(files)  # cannot be trusted: rebuild from cycle 1
+                break
+        self._io_through = int(through)
+        self._io_len = dict(zip(files, (int(n) for n in lengths)))
+        for rel in files:
+            path = self.path / rel
+            if path.is_file():
+                os.truncate(path, self._io_len[rel])
+
+    def close_interop(self) -> None:
+        for fd in self._io_fds.values():
+            os.close(fd)
+        self._io_fds.clear()
+
+    def sync_interop(self) -> None:
+        """fsync the per-cycle InterOp files (the writer stage does it on each barrier)."""
+        self._interop_sync()
+
+    def _interop_sync(self) -> None:
+        for fd in self._io_fds.values():
+            os.fsync(fd)
+
+    def _filter_pf(self, tile: int) -> np.ndarray | None:
+        pf = self._io_pf.get(tile)
+        if pf is None:
+            try:
+                pf = formats.decode_filter((self.path / self.layout.filter(tile)).read_bytes())
+            except FileNotFoundError:
+                return None
+            self._io_pf[tile] = pf
+        return pf
+
+    def _write_tile_metrics(self) -> None:
+        """TileMetricsOut.bin for every tile whose filter is written (rewritten atomically)."""
+        rows = []
+        for t in self.info.tiles:
+            pf = self._filter_pf(t)
+            if pf is not None:
+                rows.append((t, int(pf.size), int(np.count_nonzero(pf))))
+        data = _iop.encode_tile_metrics(self.info.lane, rows, self.interop.area_mm2)
+        self._put(_iop.TILE_METRICS, lambda: [data])
+
+    def _truth(self, tile: int) -> tuple:
+        got = self._io_truth.get(tile)
+        if got is None:
+            locs = formats.decode_locs((self.path / self.layout.locs(tile)).read_bytes())
+            seqs, matched = self.interop.truth(tile, locs)
+            got = self._io_truth[tile] = (np.asarray(seqs), np.asarray(matched, bool))
+        return got
+
+    def _interop_records(self, cycle: int) -> dict[str, bytes]:
+        """Every tile's records of ``cycle``, from that cycle's own files (and the tile's filter)."""
+        lane = self.info.lane
+        out = {rel: [] for rel in self._io_files()}
+        for t in self.info.tiles:
+            bases, quals = formats.decode_bcl((self.path / self.layout.bcl(t, cycle)).read_bytes())
+            intens = None
+            if self.intensities:
+                intens = _intens.decode_intensities((self.path / self.layout.intensities(t, cycle)).read_bytes())
+            pf = self._io_pf[t]
+            out[_iop.Q_METRICS].append(_iop.q_metrics_record(lane, t, cycle, _iop.q_histogram(bases[pf], quals[pf])))
+            if intens is not None:
+                means = (_iop.channel_means(intens) + [None] * 4)[:4]
+                out[_iop.EXTRACTION_METRICS].append(_iop.extraction_metrics_record(lane, t, cycle, means))
+            called, counts = _iop.called_figures(bases[pf], None if intens is None else intens[pf])
+            out[_iop.CORRECTED_INT_METRICS].append(_iop.corrected_int_metrics_record(lane, t, cycle, called, counts))
+            if self.interop.truth is not None:
+                seqs, matched = self._truth(t)
+                use = matched & pf
+                rate = _iop.error_rate(bases[use], seqs[use, cycle - 1])
+                out[_iop.ERROR_METRICS].append(_iop.error_metrics_record(lane, t, cycle, rate))
+        return {rel: b"".join(recs) for rel, recs in out.items()}
+
+    _IO_HEADERS = {
+        _iop.Q_METRICS: _iop.q_metrics_header,
+        _iop.EXTRACTION_METRICS: _iop.extraction_metrics_header,
+        _iop.CORRECTED_INT_METRICS: _iop.corrected_int_metrics_header,
+        _iop.ERROR_METRICS: _iop.error_metrics_header,
+    }
+
+    def _interop_append(self) -> None:
+        """Append the records of each complete cycle not appended yet, in order, once every
+        tile's filter is written (the Q, corrected-intensity and error figures are of PF
+        clusters). Each file is first cut back to its recorded length, so a retried append
+        (after a full disk) or one after a resume never leaves a partial or doubled record."""
+        if self.interop is None or self._run_complete:
+            return
+        while self._io_through + 1 in self._complete_cycles:
+            if any(self._filter_pf(t) is None for t in self.info.tiles):
+                return
+            cycle = self._io_through + 1
+            records = self._interop_records(cycle)
+            for rel, data in records.items():
+                if not self._io_len[rel]:
+                    data = self._IO_HEADERS[rel]() + data
+                self._append(rel, data)
+            for rel, data in records.items():
+                self._io_len[rel] += len(data) + (0 if self._io_len[rel] else len(self._IO_HEADERS[rel]()))
+            self._io_through = cycle
+
+    def _append(self, rel: str, data: bytes) -> None:
+        path = self.path / rel
+        try:
+            fd = self._io_fds.get(rel)
+            if fd is None:
+                ensure_dir(path.parent, path, len(data))
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+                self._io_fds[rel] = fd
+                fsync_dir(path.parent)
+            at = self._io_len[rel]
+            os.ftruncate(fd, at)  # a partial record of a failed try goes first
+            view = memoryview(data)
+            done = 0
+            while done < len(view):
+                n = os.pwrite(fd, view[done:], at + done)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "no progress writing", str(path))
+                done += n
+            os.fsync(fd)
+        except OSError as exc:
+            fd = self._io_fds.get(rel)
+            if fd is not None:  # no partial record stays while the caller waits for space
+                try:
+                    os.ftruncate(fd, self._io_len[rel])
+                except OSError:
+                    pass  # cut back on the next try, before it writes
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise full_error(path, len(data), exc) from exc
+            raise
 
     def _markers(self) -> None:
         # Markers last: their presence promises the run manifest is complete.
