@@ -129,6 +129,10 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value  # a record's own run_id/stage beats the process-wide one
                 continue
             out[f"extra_{key}" if key in out else key] = value
+        if isinstance(out.get("run_id"), str) and out["run_id"] and "trace_id" not in out:
+            from appliance.tracing import trace_hex
+
+            out["trace_id"] = trace_hex(out["run_id"])  # the run's trace (appliance.tracing)
         # json.dumps escapes newlines inside strings, so a record is always exactly one line
         line = json.dumps(out, ensure_ascii=False, default=repr)
         if self.syslog_prefix:
@@ -340,6 +344,10 @@ class JournalHandler(logging.Handler):
         for name, value in (("RUN_ID", run_id), ("STAGE", stage), ("ALERT", alert)):
             if value is not None:
                 out.append((name, value))
+        if isinstance(run_id, str) and run_id:
+            from appliance.tracing import trace_hex
+
+            out.append(("TRACE_ID", trace_hex(run_id)))  # journalctl TRACE_ID=... finds the run's trace
         taken = {name for name, _ in out}
         for key, value in extras.items():
             name = _journal_name(key)

@@ -23,6 +23,7 @@ in ``<state dir>/traces/`` (the SDK's ``ConsoleSpanExporter`` with a one-line fo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["RunTracer", "make_tracer", "read_spans", "span_id_for", "trace_id_for"]
+__all__ = ["RunTracer", "make_tracer", "read_spans", "span_id_for", "trace_hex", "trace_id_for"]
 
 TRACES_DIR = "traces"  #: in a run's state folder: one JSON-lines file per process
 
@@ -40,6 +41,14 @@ TRACES_DIR = "traces"  #: in a run's state folder: one JSON-lines file per proce
 def trace_id_for(run_id: str) -> int:
     """The run's 128-bit trace id (never 0), the same in every process."""
     return int.from_bytes(hashlib.sha256(f"trace:{run_id}".encode()).digest()[:16], "big") or 1
+
+
+@functools.lru_cache(maxsize=64)
+def trace_hex(run_id: str) -> str:
+    """The run's trace id as 32 hex digits (W3C traceparent form, what Jaeger and Tempo
+    search by): the ``trace_id`` of the JSON logs, ``TRACE_ID=`` in the journal, and the
+    ``trace_id`` of ``appliance jobs show`` for a job of the run."""
+    return f"{trace_id_for(run_id):032x}"
 
 
 def span_id_for(run_id: str, *parts: object) -> int:

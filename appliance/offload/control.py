@@ -72,7 +72,13 @@ def control_commands(target, data_root=None) -> dict:
 
     def show(args):
         job = _job(args)
-        return {"job": job.to_dict(), "events": ledger.events(job.id)}
+        d = job.to_dict()
+        run = (job.params or {}).get("run")
+        if run:  # the job is a span of its run's trace (appliance.tracing)
+            from appliance.tracing import trace_hex
+
+            d["trace_id"] = trace_hex(str(run))
+        return {"job": d, "events": ledger.events(job.id)}
 
     def submit(args):
         from appliance.offload.kinds import default_registry

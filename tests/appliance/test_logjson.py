@@ -238,6 +238,10 @@ def test_records_reach_the_journal_with_their_fields(journal, tmp_path, monkeypa
     assert _one(first, "MESSAGE") == "ring calls.0.0 78% full"
     assert _one(first, "PRIORITY") == "4"
     assert _one(first, "RUN_ID") == "261202_SIM01_0007_FC0001"
+    from appliance.tracing import trace_hex, trace_id_for
+
+    # a log line leads to its trace: the run's trace id, as every process computes it
+    assert _one(first, "TRACE_ID") == trace_hex("261202_SIM01_0007_FC0001") == f"{trace_id_for('261202_SIM01_0007_FC0001'):032x}"
     assert _one(first, "STAGE") == "basecall-0" and _one(first, "ALERT") == "ring_full"
     assert _one(first, "OCCUPANCY") == "0.78" and json.loads(_one(first, "TILES")) == [1101]
     assert _one(first, "LOGGER") == "appliance.test" and _one(first, "SYSLOG_IDENTIFIER") == "appliance"
@@ -276,6 +280,9 @@ def test_without_the_journal_socket_json_lines_stay(tmp_path, monkeypatch):
         logging.getLogger("appliance.test").info("kept", extra={"run_id": "R1"})
     line = stream.read_text()
     assert line.startswith("<6>{") and json.loads(line[3:])["run_id"] == "R1"
+    from appliance.tracing import trace_hex
+
+    assert json.loads(line[3:])["trace_id"] == trace_hex("R1")
 
 
 def test_run_id_reaches_a_spawned_process_through_the_environment(tmp_path):
