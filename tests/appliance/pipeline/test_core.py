@@ -39,7 +39,7 @@ def test_a_run_goes_starting_prerendering_acquiring_draining_done():
     core.handle(SourcePhase("acquiring"))  # repeated reports change nothing
     out = finish_all(core)
     assert out[-1] == Finish(RunState.DONE)
-    assert core.state is RunState.DONE and core.state.final
+    assert core.state is RunState.DONE and core.state.final and core.rejected == []
 
 
 def test_every_transition_the_core_makes_is_in_the_table():
@@ -198,3 +198,15 @@ def test_an_unknown_source_phase_is_refused_loudly():
     core = started()
     with pytest.raises(ValueError):
         core.handle(SourcePhase("warming-up"))
+
+
+def test_a_restarted_source_renders_again_and_a_bad_transition_never_ends_the_run():
+    core = started()
+    core.handle(SourcePhase("acquiring"))
+    core.handle(SourcePhase("prerendering"))  # the source crashed and its new instance renders
+    assert core.state is RunState.PRERENDERING and core.rejected == []
+    core.handle(SourcePhase("acquiring"))
+    assert core.state is RunState.ACQUIRING
+    # a transition the table does not have is refused and remembered, not raised
+    core._go(RunState.DONE)
+    assert core.state is RunState.ACQUIRING and core.rejected == [(RunState.ACQUIRING, RunState.DONE)]
