@@ -184,6 +184,21 @@ class JobFailure:
 
 
 @dataclass(frozen=True)
+class PoolRow:
+    """One compute pool of the orchestrator (``stats()["pools"]``): live slots (None when no
+    live figures), Slurm jobs asked for and not connected, the backlog it serves, and how long
+    it has had backlog but no workers (``pool_starved`` past the threshold)."""
+
+    name: str
+    kind: str
+    slots: int | None
+    used: int | None
+    pending_jobs: int | None
+    backlog: int
+    starved_s: float | None
+
+
+@dataclass(frozen=True)
 class JobsView:
     """What the jobs pane draws, from a ``jobs`` body (``Orchestrator.stats()``, or a bare
     ``Ledger.stats()``, which has no executor). :meth:`from_stats` refuses a malformed body."""
@@ -203,6 +218,7 @@ class JobsView:
     slots: int | None = None
     free: int | None = None
     errors: tuple[str, ...] = ()
+    pools: tuple[PoolRow, ...] = ()
 
     @classmethod
     def from_stats(cls, body: Any) -> "JobsView":
@@ -235,6 +251,16 @@ class JobsView:
         if not isinstance(errors, list):
             raise TypeError(f"jobs: 'errors' is a {type(errors).__name__}, not a list")
         message = bp.get("message")
+        pools = body.get("pools") or []
+        if not isinstance(pools, list):
+            raise TypeError(f"jobs: 'pools' is a {type(pools).__name__}, not a list")
+        rows = []
+        for r in pools:
+            if not isinstance(r, dict) or "pool" not in r:
+                raise TypeError("jobs: a pool row is not a map with 'pool'")
+            opt = lambda k: None if r.get(k) is None else _count(r, k, "jobs: pools")  # noqa: E731
+            rows.append(PoolRow(str(r["pool"]), str(r.get("kind") or "?"), opt("slots"), opt("used"), opt("pending_jobs"),
+                                _count(r, "backlog", "jobs: pools"), _opt_float(r, "starved_s", "jobs: pools")))
         return cls(
             classes=tuple(queues),
             depth=_count(body, "depth", "jobs") if "depth" in body else sum(q.depth for q in queues),
@@ -251,6 +277,7 @@ class JobsView:
             slots=None if ex.get("slots") is None else _count(ex, "slots", "jobs: executor"),
             free=None if ex.get("free") is None else _count(ex, "free", "jobs: executor"),
             errors=tuple(str(e) for e in errors),
+            pools=tuple(rows),
         )
 
     @property

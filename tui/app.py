@@ -825,6 +825,14 @@ class ApplianceApp(App[None]):
         else:
             t.append("backpressure off", style="green")
             t.append(f"  depth {j.depth}, oldest {format_age(j.oldest_s)}", style="dim")
+        for pl in j.pools:  # compute pools ([offload.pools]): used/slots, pending Slurm jobs, backlog
+            t.append(f"\npool {pl.name:<8} {pl.kind:<5} ")
+            t.append(f"{'-' if pl.used is None else pl.used}/{'-' if pl.slots is None else pl.slots} used")
+            if pl.pending_jobs:
+                t.append(f"  {pl.pending_jobs} pending", style="yellow")
+            t.append(f"  backlog {pl.backlog}", style="bold" if pl.backlog else "")
+            if pl.starved_s:
+                t.append(f"  no workers {format_age(pl.starved_s)}", style="bold red")
         return t
 
     @staticmethod

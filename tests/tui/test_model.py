@@ -156,6 +156,28 @@ def test_jobs_view_with_an_executor_and_backpressure():
     assert v.oldest_high_s == 3600.0 and v.errors == ("dispatch: ConnectionError",)
 
 
+def test_jobs_view_shows_each_compute_pool():
+    """The orchestrator's ``stats()["pools"]`` rows (appliance.offload.pools.pool_report's
+    keys) become the jobs pane's pool lines: used/slots, pending Slurm jobs, backlog, and how
+    long a pool with backlog has had no workers."""
+    from tui._model import JobsView
+    from tui.app import ApplianceApp
+
+    body = {"classes": {}, "backpressure": {"active": False}, "executor": {"name": "pools", "slots": 6, "free": 3},
+            "pools": [{"pool": "local", "kind": "local", "classes": ["realtime"], "slots": 2, "used": 1, "free": 1,
+                       "pending_jobs": None, "backlog": 0, "starved_s": None},
+                      {"pool": "hpc", "kind": "slurm", "classes": ["batch"], "slots": 0, "used": 0, "free": 0,
+                       "pending_jobs": 2, "backlog": 7, "starved_s": 640.0}]}
+    v = JobsView.from_stats(body)
+    assert [(p.name, p.kind, p.used, p.slots, p.pending_jobs, p.backlog) for p in v.pools] == [
+        ("local", "local", 1, 2, None, 0), ("hpc", "slurm", 0, 0, 2, 7)]
+    text = ApplianceApp._render_queues(v).plain
+    assert "pool local    local 1/2 used  backlog 0" in text
+    assert "pool hpc      slurm 0/0 used  2 pending  backlog 7  no workers" in text
+    with pytest.raises(TypeError, match="pool row"):
+        JobsView.from_stats({**body, "pools": [{"kind": "local"}]})
+
+
 def test_storage_view_of_a_real_manager(tmp_path):
     from tests.appliance.storage.conftest import manager, write_policy
     from tui._model import StorageView
