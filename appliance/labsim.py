@@ -27,7 +27,6 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -175,7 +174,7 @@ def summarize(jobs: Iterable[Mapping[str, Any]], runs: Mapping[str, list[Mapping
         params = j.get("params") or {}
         key = (params.get("run"), j["kind"], params.get("cycle"))
         have[key] = have.get(key, 0) + 1
-    missing, duplicated = [], []
+    missing = []
     for name in names:
         for r in runs[name]:
             for (kind, cycle), n in expected_jobs(r).items():
@@ -480,6 +479,3 @@ class LabSimulation:
         if not self.keep:
             shutil.rmtree(self.work, ignore_errors=True)
 
-
-def _env_ok() -> bool:  # pragma: no cover - a hook for callers that want to check first
-    return os.path.exists(sys.executable)

@@ -33,9 +33,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from rt import FrameFlags
+
 __all__ = ["RunTracer", "make_tracer", "read_spans", "span_id_for", "trace_hex", "trace_id_for"]
 
 TRACES_DIR = "traces"  #: in a run's state folder: one JSON-lines file per process
+_INCOMPLETE = int(FrameFlags.INCOMPLETE)
 
 
 def trace_id_for(run_id: str) -> int:
@@ -141,11 +144,9 @@ class RunTracer:
               failed: bool = False) -> None:
         """Account one frame at the last stage: a sampled (or notable) frame becomes a span with
         one child per stage; the last calls frame of a cycle ends the cycle's span."""
-        from rt import FrameFlags
-
         t_acq = int(header["t_mono_ns"])
         tile, cycle = int(header["tile"]), int(header["cycle"])
-        incomplete = bool(int(header["flags"]) & int(FrameFlags.INCOMPLETE))
+        incomplete = bool(int(header["flags"]) & _INCOMPLETE)
         if t_acq and kind_calls and cycle > 0:
             c = self._cycles.setdefault(cycle, [t_acq, 0])
             c[0] = min(c[0], t_acq)

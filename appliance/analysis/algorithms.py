@@ -365,13 +365,14 @@ class _PgStore:
     """The document as one row (``name``, jsonb ``doc``, ``revision``) of ``algorithm_registries``
     in the lab database. A change is one transaction: ``SELECT ... FOR UPDATE`` of the row (so
     every writer of the lab queues on it), the change, ``UPDATE``. Connections and transactions
-    are the offload ledger's :class:`~appliance.offload.PgBackend`."""
+    are the offload ledger's :class:`~appliance.offload.backend.PgBackend`."""
 
     backend = "postgresql"
     fix = _PG_FIX
 
     def __init__(self, dsn: str, name: str, connect_timeout_s: float) -> None:
-        from appliance.offload import PgBackend, Transient
+        # the leaf module, not the appliance.offload package: the orchestrator imports this one
+        from appliance.offload.backend import PgBackend, Transient
 
         self._transient = Transient
         self.name = name

@@ -5,7 +5,6 @@ See docs/offload.md. Nothing is imported at package import beyond these modules'
 standard-library imports; Dask is imported only when a :class:`DaskExecutor` starts.
 """
 
-from appliance.offload._backend import PgBackend, Transient  # the lab database's connections (the lab algorithm registry uses them)
 from appliance.offload.admission import Watermarks
 from appliance.offload.config import CLASSES, KindOverride, OffloadConfig, load_offload
 from appliance.offload.context import JobContext
@@ -34,5 +33,4 @@ __all__ = [
     "SchedulerState", "Submitted", "TransientJobError", "Watermarks", "default_registry", "is_transient", "job_key",
     "Placement", "PoolConfig", "PoolSet", "PoolState", "SlurmExecutor", "load_pools", "place",
     "control_commands", "job_summary", "load_offload", "output_dir_for", "plan", "read_marker", "register_kind", "run_attempt", "run_inputs",
-    "PgBackend", "Transient",
 ]

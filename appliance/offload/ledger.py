@@ -1,6 +1,6 @@
 """The job ledger: the durable system of record of every offload job.
 
-One ledger, two backends (appliance/offload/_backend.py): a SQLite file (WAL mode, the embedded
+One ledger, two backends (appliance/offload/backend.py): a SQLite file (WAL mode, the embedded
 default of one instrument) or a PostgreSQL database (``offload.ledger = "postgresql://..."``, the
 lab ledger many instruments and orchestrators share, docs/lab.md). The logic below is written
 once; the backend supplies the connection, the placeholders and the locking.
@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from appliance.offload._backend import Transient, open_backend, retry_delay
+from appliance.offload.backend import Transient, open_backend, retry_delay
 from appliance.offload.admission import ALERT_RULE, Watermarks, admits, over_watermark
 from appliance.offload.config import CLASSES, OffloadConfig
 from appliance.offload.errors import AdmissionRefused, LedgerError, OffloadError

@@ -292,9 +292,6 @@ class SupervisorCore:
             return
         self.state = to
 
-    def _active(self) -> RunState:
-        return self.source_phase
-
     def waiting_to_restart(self, name: str) -> bool:
         return name in self.pending
 
@@ -398,7 +395,7 @@ class SupervisorCore:
         del self.paused_by["operator"]
         if self.paused_by:
             return [Publish("event", f"operator resume: acquisition stays paused for a full disk ({', '.join(sorted(self.paused_by))} waiting for space)")]
-        self._go(self._active())
+        self._go(self.source_phase)  # back to what the source does
         return [SetPause(False), Publish("event", "acquisition resumed")]
 
     def _on_DiskFull(self, ev: DiskFull) -> list[Instruction]:
@@ -416,5 +413,5 @@ class SupervisorCore:
         del self.paused_by[ev.who]
         if self.paused_by or self.state is not RunState.PAUSED:
             return []
-        self._go(self._active())
+        self._go(self.source_phase)  # back to what the source does
         return [SetPause(False), Publish("event", "acquisition resumed: space freed", (("rule", "disk_full"),))]

@@ -621,21 +621,6 @@ class BasecallHandler(Handler):
             self._emit_calls(tile, caller.finish(), out, self.last_header[tile])
 
 
-def _pwrite_all(fd: int, data, offset: int) -> None:
-    """``pwrite`` all of ``data`` at ``offset``: a disk filling mid-frame returns a short count
-    before it raises ENOSPC, and a short write taken as whole would leave a hole in the file."""
-    import errno
-    import os
-
-    view = memoryview(data).cast("B")
-    done = 0
-    while done < len(view):
-        n = os.pwrite(fd, view[done:], offset + done)
-        if n <= 0:
-            raise OSError(errno.ENOSPC, "no progress writing", str(fd))
-        done += n
-
-
 class WriterHandler(Handler):
     """Writes the run folder (or discards, in null mode) and measures end-to-end latency."""
 
@@ -755,12 +740,14 @@ class WriterHandler(Handler):
             self._hdr_fd = os.open(raw / "headers.bin", os.O_WRONLY | os.O_CREAT, 0o644)
             os.ftruncate(self._raw_fd, self.raw_bytes)
             os.ftruncate(self._hdr_fd, self.raw_frames * 256)
+        from appliance.runfolder import pwrite_all
+
         payload = slot.payload
         path = self.spec.run_dir / "Raw" / "frames.bin"
         try:
-            _pwrite_all(self._raw_fd, payload, self.raw_bytes)
+            pwrite_all(self._raw_fd, payload, self.raw_bytes)
             path = path.with_name("headers.bin")
-            _pwrite_all(self._hdr_fd, slot.header.tobytes(), self.raw_frames * 256)
+            pwrite_all(self._hdr_fd, slot.header.tobytes(), self.raw_frames * 256)
         except OSError as exc:
             import errno
 

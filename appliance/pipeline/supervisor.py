@@ -780,7 +780,8 @@ class Supervisor:
                     continue
                 if proc.is_alive():
                     age = self._heartbeat_age(name)
-                    if age is not None and age > hb_timeouts[name]:
+                    # once per hung pid: it may live on a moment after the kill
+                    if age is not None and age > hb_timeouts[name] and self.core.hang_killed.get(name) != proc.pid:
                         self._handle(HeartbeatStale(name, proc.pid, age, hb_timeouts[name]))
                     continue
                 proc.join()
@@ -842,8 +843,10 @@ class Supervisor:
             live = self._summary_of(name)
             if name == "source-0" and live.get("status") == "running" and live.get("phase") in ("prerendering", "acquiring"):
                 # the source reports what it does: the run state follows (starting ->
-                # prerendering -> acquiring), with the pre-render's progress
-                self._handle(SourcePhase(live["phase"]))
+                # prerendering -> acquiring), with the pre-render's progress; the core (and
+                # the recorder) hear of a change, not of every sample
+                if live["phase"] != self.core.source_phase.value:
+                    self._handle(SourcePhase(live["phase"]))
                 if live["phase"] == "prerendering":
                     prerender = {"done": int(live.get("prerender_done") or 0), "total": int(live.get("prerender_total") or 0)}
             stages[name] = {

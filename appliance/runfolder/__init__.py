@@ -8,7 +8,7 @@ InterOp run metrics (``InterOp/*.bin``, appended cycle by cycle, and RunParamete
 See docs/run-folder.md.
 """
 
-from appliance.runfolder._atomic import Written, checksum_file, ensure_dir, fsync_dir, full_error, is_temp_name, write_atomic
+from appliance.runfolder._atomic import Written, checksum_file, ensure_dir, fsync_dir, full_error, is_temp_name, pwrite_all, write_atomic
 from appliance.runfolder.completion import (
     COMPLETION_STATUS,
     RunCompletion,
@@ -70,5 +70,6 @@ __all__ = [
     "fsync_dir",
     "full_error",
     "is_temp_name",
+    "pwrite_all",
     "write_atomic",
 ]

@@ -89,6 +89,18 @@ def remove_stale_temps(root: Path) -> list[Path]:
     return removed
 
 
+def pwrite_all(fd: int, data, offset: int, what: str = "") -> None:
+    """``pwrite`` all of ``data`` at ``offset``: a disk filling mid-write returns a short count
+    before it raises ENOSPC, and a short write taken as whole would leave a hole in the file."""
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        n = os.pwrite(fd, view[done:], offset + done)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "no progress writing", what or str(fd))
+        done += n
+
+
 def fsync_dir(path: Path) -> None:
     """fsync a directory so the names created, renamed or removed in it are durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

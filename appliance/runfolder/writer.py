@@ -32,6 +32,7 @@ from appliance.runfolder._atomic import (
     ensure_dir,
     fsync_dir,
     full_error,
+    pwrite_all,
     remove_stale_temps,
     write_atomic,
 )
@@ -447,13 +448,7 @@ class RunFolderWriter:
                 fsync_dir(path.parent)
             at = self._io_len[rel]
             os.ftruncate(fd, at)  # a partial record of a failed try goes first
-            view = memoryview(data)
-            done = 0
-            while done < len(view):
-                n = os.pwrite(fd, view[done:], at + done)
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, "no progress writing", str(path))
-                done += n
+            pwrite_all(fd, data, at, str(path))
             os.fsync(fd)
         except OSError as exc:
             fd = self._io_fds.get(rel)

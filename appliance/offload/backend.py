@@ -14,6 +14,9 @@ portable expressions; a backend runs it:
   new connection with backoff.
 
 The schema version lives in ``PRAGMA user_version`` (SQLite) or the ``ledger_schema`` table (PG).
+
+A public leaf module (it imports nothing of the project): the lab algorithm registry
+(appliance.analysis.algorithms) keeps its document on a :class:`PgBackend` too.
 """
 
 from __future__ import annotations
