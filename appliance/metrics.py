@@ -28,6 +28,7 @@ __all__ = [
     "STAGE_STATES",
     "StatsCollector",
     "StorageCollector",
+    "TransferCollector",
     "alerts_raised",
     "run_state",
     "stage_process_state",
@@ -189,12 +190,64 @@ class StorageCollector:
         yield from (size, files, free, marks, pending, corrupt, held, failures)
 
 
+class TransferCollector:
+    """Transfer figures from the transfer journal (``appliance.transfer``; the file at ``path``,
+    default ``<data root>/.offload/transfers.sqlite``), read-only at scrape time with one
+    aggregate query: bytes sent, bytes re-read for verification and egress bytes (re-reads and
+    pulls from an object store, billed apart), transfers by state, attempts; each by direction
+    (push, publish, pull). No journal file: no samples (nothing was ever transferred)."""
+
+    #: the states a transfer row can be in, each exported (0 when none)
+    STATES = ("running", "verified", "waiting", "failed")
+
+    def __init__(self, path) -> None:
+        from pathlib import Path
+
+        self.path = Path(path)
+
+    def collect(self):
+        from appliance.transfer import read_totals
+
+        rows = read_totals(self.path)
+        if not rows:
+            return
+        sent = CounterMetricFamily("appliance_transfer_bytes_sent", "Bytes sent to destinations (every attempt)", labels=["direction"])
+        reread = CounterMetricFamily("appliance_transfer_bytes_reread", "Bytes read back from destinations to verify them", labels=["direction"])
+        egress = CounterMetricFamily("appliance_transfer_egress_bytes", "Bytes read out of an object store (verification re-reads, pulls): billed as egress", labels=["direction"])
+        attempts = CounterMetricFamily("appliance_transfer_attempts", "Attempts of transfers (a resumed transfer counts one more)", labels=["direction"])
+        seconds = CounterMetricFamily("appliance_transfer_seconds", "Time spent transferring", labels=["direction"])
+        states = GaugeMetricFamily("appliance_transfers", "Transfers in the journal by direction and state", labels=["direction", "state"])
+        by_dir: dict[str, dict[str, float]] = {}
+        by_state: dict[tuple[str, str], int] = {}
+        for r in rows:
+            d = by_dir.setdefault(r["direction"], {"bytes_sent": 0, "bytes_reread": 0, "egress_bytes": 0, "attempts": 0, "duration_s": 0.0})
+            for k in d:
+                d[k] += r[k] or 0
+            by_state[(r["direction"], r["state"])] = r["transfers"]
+        for direction, d in sorted(by_dir.items()):
+            sent.add_metric([direction], d["bytes_sent"])
+            reread.add_metric([direction], d["bytes_reread"])
+            egress.add_metric([direction], d["egress_bytes"])
+            attempts.add_metric([direction], d["attempts"])
+            seconds.add_metric([direction], d["duration_s"])
+            for state in sorted({*self.STATES, *(s for (dd, s) in by_state if dd == direction)}):
+                states.add_metric([direction, state], by_state.get((direction, state), 0))
+        yield from (sent, reread, egress, attempts, seconds, states)
+
+
 class JobsCollector:
     """Offload gauges over ``stats()`` of an ``appliance.offload.Orchestrator`` (or a Ledger):
-    jobs per class and state, queue depth and oldest waiting age per class, backpressure."""
+    jobs per class and state, queue depth and oldest waiting age per class, backpressure; and
+    the transfer figures (:class:`TransferCollector`) of ``transfers``, the transfer journal,
+    by default the orchestrator's data root's (``<data root>/.offload/transfers.sqlite``)."""
 
-    def __init__(self, stats: Callable[[], dict]) -> None:
+    def __init__(self, stats: Callable[[], dict], *, transfers=None) -> None:
         self._stats = stats
+        if transfers is None and getattr(getattr(stats, "__self__", None), "data_root", None) is not None:
+            from appliance.transfer import default_journal_path
+
+            transfers = default_journal_path(stats.__self__.data_root)
+        self._transfers = TransferCollector(transfers) if transfers is not None else None
 
     def collect(self):
         s = self._stats()
@@ -219,6 +272,16 @@ class JobsCollector:
                 for pool, v in sorted(values.items()):
                     g.add_metric([pool], v)
                 yield g
+        if s.get("burst"):  # cloud pools' burst policy (docs/burst.md)
+            from appliance.offload.pools import burst_metrics
+
+            for name, doc, labels, values in burst_metrics(s["burst"]):
+                g = GaugeMetricFamily(name, doc, labels=labels)
+                for key, v in sorted(values.items()):
+                    g.add_metric(list(key), v)
+                yield g
+        if self._transfers is not None:
+            yield from self._transfers.collect()
 
 
 class LabelledRegistry(CollectorRegistry):

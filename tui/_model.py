@@ -199,6 +199,19 @@ class PoolRow:
 
 
 @dataclass(frozen=True)
+class BurstRow:
+    """A cloud pool's burst policy (``stats()["burst"]``): the classes that may burst, the slots
+    it grants, the day's spend against the budget, and the reason of its last decision."""
+
+    pool: str
+    classes: tuple[str, ...]
+    slots: int
+    spent: float
+    budget: float
+    reason: str
+
+
+@dataclass(frozen=True)
 class JobsView:
     """What the jobs pane draws, from a ``jobs`` body (``Orchestrator.stats()``, or a bare
     ``Ledger.stats()``, which has no executor). :meth:`from_stats` refuses a malformed body."""
@@ -219,6 +232,7 @@ class JobsView:
     free: int | None = None
     errors: tuple[str, ...] = ()
     pools: tuple[PoolRow, ...] = ()
+    burst: tuple[BurstRow, ...] = ()
 
     @classmethod
     def from_stats(cls, body: Any) -> "JobsView":
@@ -261,7 +275,14 @@ class JobsView:
             opt = lambda k: None if r.get(k) is None else _count(r, k, "jobs: pools")  # noqa: E731
             rows.append(PoolRow(str(r["pool"]), str(r.get("kind") or "?"), opt("slots"), opt("used"), opt("pending_jobs"),
                                 _count(r, "backlog", "jobs: pools"), _opt_float(r, "starved_s", "jobs: pools")))
+        burst = body.get("burst") or []
+        if not isinstance(burst, list) or not all(isinstance(r, dict) and "pool" in r for r in burst):
+            raise TypeError("jobs: 'burst' is not a list of maps with 'pool'")
+        bursts = tuple(BurstRow(str(r["pool"]), tuple(str(c) for c in r.get("classes") or ()), _count(r, "slots", "jobs: burst"),
+                                _opt_float(r, "spent_today", "jobs: burst") or 0.0, _opt_float(r, "daily_budget", "jobs: burst") or 0.0,
+                                str(r.get("reason") or "")) for r in burst)
         return cls(
+            burst=bursts,
             classes=tuple(queues),
             depth=_count(body, "depth", "jobs") if "depth" in body else sum(q.depth for q in queues),
             oldest_s=_opt_float(body, "oldest_queued_age_s", "jobs"),

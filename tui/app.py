@@ -833,6 +833,14 @@ class ApplianceApp(App[None]):
             t.append(f"  backlog {pl.backlog}", style="bold" if pl.backlog else "")
             if pl.starved_s:
                 t.append(f"  no workers {format_age(pl.starved_s)}", style="bold red")
+        for b in j.burst:  # the cloud pools' burst policy: what may burst, its slots, the day's spend
+            t.append(f"\nburst {b.pool:<8} ")
+            if b.classes:
+                t.append(f"BURSTING {','.join(b.classes)} {b.slots} slot(s)", style="bold yellow")
+            else:
+                t.append("not bursting", style="green")
+            over = b.budget > 0 and b.spent >= b.budget
+            t.append(f"  spent {b.spent:.2f}/{b.budget:g}", style="bold red" if over else "dim")
         return t
 
     @staticmethod

@@ -7,10 +7,12 @@ Registered by ``appliance/commands/jobs.py`` (the ``burst`` verb); see docs/burs
       and its reason
   appliance jobs burst trace [--instruments N] [--hours H] [--seed S] > day.json
       a synthetic load trace: N instruments running back to back over H hours
-  appliance jobs burst simulate TRACE [--policy FILE] [--decision-log FILE]
+  appliance jobs burst simulate TRACE [--policy FILE] [--decision-log FILE] [--plot FILE.png]
       replay TRACE (JSON, as `trace` writes it) through the policy, and through the two
       baselines (never burst, burst at once); print SLO misses, cloud core-hours, egress and
-      cost of each. The policy's decisions go to the decision log (--explain reads it).
+      cost of each. The simulated decisions go to <root>/.offload/burst-simulation.jsonl (or
+      --decision-log), never into the live decision log; --plot draws the waiting jobs, the
+      cloud slots held and the spend over the trace for the three.
 
 --policy FILE is a TOML file with a [burst] table (slo_s, daily_budget, core_hour_price,
 egress_per_gb, slot_cores, max_slots, enter_ratio, exit_ratio, min_dwell_s, allow_reprocess,
@@ -33,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("burst (appliance jobs burst --explain | trace | simulate TRACE; docs/burst.md)")
     g.add_argument("--explain", action="store_true", help="burst: print the decision log, each decision with its inputs and reason")
     g.add_argument("--policy", type=Path, help="burst: a TOML file with a [burst] table (default: the built-in policy)")
-    g.add_argument("--decision-log", type=Path, help="burst: the decision log (default <root>/.offload/burst-decisions.jsonl)")
+    g.add_argument("--decision-log", type=Path, help="burst: the decision log (default: the live one, <root>/.offload/"
+                   "burst-decisions.jsonl; for simulate, <root>/.offload/burst-simulation.jsonl)")
+    g.add_argument("--plot", type=Path, help="burst simulate: also draw the simulation into this PNG")
     g.add_argument("--instruments", type=int, default=4, help="burst trace: instruments (default 4)")
     g.add_argument("--hours", type=float, default=24.0, help="burst trace: hours (default 24)")
     g.add_argument("--seed", type=int, default=0, help="burst trace: random seed (default 0)")
@@ -51,7 +55,7 @@ def _policy(path: Path | None):
     return load_burst(doc.get("burst", {}))
 
 
-def _log_path(args) -> Path:
+def _log_path(args, name: str = "burst-decisions.jsonl") -> Path:
     if args.decision_log:
         return args.decision_log
     root = args.root
@@ -59,7 +63,39 @@ def _log_path(args) -> Path:
         from appliance.config import load_config
 
         root = Path(load_config(args.config, args.overrides).output.root)
-    return Path(root) / ".offload" / "burst-decisions.jsonl"
+    return Path(root) / ".offload" / name
+
+
+def plot(timelines: dict, result: dict, path: Path, title: str) -> None:
+    """Three panels over the trace's time: jobs waiting (realtime and batch) under the policy and
+    never bursting; cloud slots held under the policy and bursting at once; money spent."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 7.5), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(3, 1, sharex=True)
+    style = {"policy": "-", "never": ":", "at_once": "--"}
+    for mode in ("policy", "never"):
+        tl = timelines[mode]
+        h = [p["t"] / 3600 for p in tl]
+        for cls, colour in (("realtime", "tab:red"), ("batch", "tab:blue")):
+            axes[0].plot(h, [p["waiting"][cls] for p in tl], style[mode], color=colour,
+                         label=f"{cls}, {mode} ({result[mode]['slo_misses'][cls]} SLO misses)")
+    axes[0].set_ylabel("jobs waiting")
+    axes[0].legend(fontsize=7, loc="upper left")
+    for mode in ("policy", "at_once"):
+        tl = timelines[mode]
+        axes[1].step([p["t"] / 3600 for p in tl], [p["slots"] for p in tl], style[mode], where="post", label=mode)
+        axes[2].plot([p["t"] / 3600 for p in tl], [p["spent"] for p in tl], style[mode], label=f"{mode} ({result[mode]['cost']:.2f})")
+    axes[1].set_ylabel("cloud slots held")
+    axes[1].legend(fontsize=7, loc="upper left")
+    axes[2].set_ylabel("spent (cumulative)")
+    axes[2].set_xlabel("hours into the trace")
+    axes[2].legend(fontsize=7, loc="upper left")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
 
 
 def _table(name: str, r: dict) -> str:
@@ -108,8 +144,13 @@ def run_burst(args: argparse.Namespace) -> int:
                 raise ValueError(f"trace {args.args[1]}: {exc}") from None
             cfg = _policy(args.policy)
             log: list[dict] = []
-            result = compare(trace, cfg, log)
-            path = _log_path(args)
+            timelines: dict = {}
+            result = compare(trace, cfg, log, timelines)
+            if args.plot:
+                plot(timelines, result, args.plot, f"{Path(args.args[1]).name}: {sum(result['never']['jobs'].values())} jobs, "
+                     f"budget {cfg.daily_budget:g}/day")
+                result["plot"] = str(args.plot)
+            path = _log_path(args, "burst-simulation.jsonl")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("")
             for rec in log:
@@ -126,6 +167,8 @@ def run_burst(args: argparse.Namespace) -> int:
             for name in ("policy", "never", "at_once"):
                 print(_table(name, result[name]))
             print(f"{len(log)} decisions in {path} (appliance jobs burst --explain --decision-log {path})")
+            if args.plot:
+                print(f"plot: {args.plot}")
             return EXIT_OK
         raise ValueError("burst needs --explain, `trace` or `simulate TRACE` (appliance jobs --help)")
     except (ValueError, ConfigError) as exc:

@@ -350,7 +350,8 @@ def _validate_trace(trace: dict) -> None:
             raise ValueError(f"trace job {i}: class {j['class']!r} is not one of {', '.join(CLASSES)}")
 
 
-def simulate(trace: dict, cfg: BurstConfig, mode: str = "policy", log: list | None = None) -> dict:
+def simulate(trace: dict, cfg: BurstConfig, mode: str = "policy", log: list | None = None,
+             timeline: list | None = None, every_s: float = 600.0) -> dict:
     """Replay ``trace`` with ``mode`` = ``policy`` | ``never`` | ``at_once``; returns the outcome.
 
     Model: the local and HPC pools are one pool of their total cores running the highest class
@@ -358,7 +359,10 @@ def simulate(trace: dict, cfg: BurstConfig, mode: str = "policy", log: list | No
     come up ``startup_s`` after they are asked for, are billed per core-hour while held, and run
     the jobs the policy chose; each job sent costs its inputs' egress. A job misses its SLO when
     it finishes later than its class's SLO after its submission. ``at_once`` bursts every
-    burstable job as soon as it waits (budget not applied, to show what that costs)."""
+    burstable job as soon as it waits (budget not applied, to show what that costs).
+
+    ``timeline``, if given, gets one point every ``every_s`` of simulated time: ``{"t", "waiting"
+    (jobs per class), "slots" (cloud slots held), "spent"}``, what ``--plot`` draws."""
     if mode not in ("policy", "never", "at_once"):
         raise ValueError(f"mode {mode!r}: allowed policy, never, at_once")
     _validate_trace(trace)
@@ -430,6 +434,9 @@ def simulate(trace: dict, cfg: BurstConfig, mode: str = "policy", log: list | No
             eg = j.input_bytes / GB
             egress += eg
             spent += eg * cfg.egress_per_gb
+        if timeline is not None and (not timeline or t - timeline[-1]["t"] >= every_s):
+            timeline.append({"t": t, "waiting": {c: sum(1 for j in waiting if j.cls == c) for c in CLASSES},
+                             "slots": len(slots_ready), "spent": round(spent, 4)})
         held = len(slots_ready) * cfg.slot_cores * step / 3600
         core_h += held
         spent += held * cfg.core_hour_price
@@ -453,7 +460,11 @@ def simulate(trace: dict, cfg: BurstConfig, mode: str = "policy", log: list | No
             "cost": round(spent, 2), "cloud_jobs": sum(1 for j in jobs if j.where == "cloud")}
 
 
-def compare(trace: dict, cfg: BurstConfig, log: list | None = None) -> dict:
-    """The policy against never-burst and burst-at-once on the same trace."""
-    return {"config": asdict(cfg), "policy": simulate(trace, cfg, "policy", log), "never": simulate(trace, cfg, "never"),
-            "at_once": simulate(trace, cfg, "at_once")}
+def compare(trace: dict, cfg: BurstConfig, log: list | None = None, timelines: dict | None = None) -> dict:
+    """The policy against never-burst and burst-at-once on the same trace (``timelines``: a dict
+    that gets each mode's :func:`simulate` timeline)."""
+    out: dict[str, Any] = {"config": asdict(cfg)}
+    for mode in ("policy", "never", "at_once"):
+        tl = None if timelines is None else timelines.setdefault(mode, [])
+        out[mode] = simulate(trace, cfg, mode, log if mode == "policy" else None, tl)
+    return out

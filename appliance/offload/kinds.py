@@ -35,7 +35,12 @@ class JobKind:
     cores: int = 1  #: what one attempt needs on a pool slot (placement: appliance.offload.scheduler.place)
     memory_mb: int = 1024
     gpu: bool = False  #: needs a GPU (placed only on a pool with gpus >= 1)
-    inputs: tuple[str, ...] = ("hot",)  #: data locations its inputs are read from: hot, warm, object (any one)
+    #: data locations its inputs can be read from: hot, warm, object (any one). "object": a cloud
+    #: pool can stage them through the object store (appliance.offload.cloud.stage_plan)
+    inputs: tuple[str, ...] = ("hot",)
+    #: seconds one attempt takes on one slot: the burst policy's estimate until it has observed
+    #: the kind's attempts on this instrument's pools (then their running average)
+    expected_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.priority not in CLASSES:
@@ -44,6 +49,8 @@ class JobKind:
             raise ValueError(f"job kind {self.name!r}: target {self.target!r} must be 'module:function'")
         if self.max_attempts < 1:
             raise ValueError(f"job kind {self.name!r}: max_attempts must be >= 1")
+        if self.expected_s <= 0:
+            raise ValueError(f"job kind {self.name!r}: expected_s must be > 0")
         if self.cores < 0 or self.memory_mb < 0:
             raise ValueError(f"job kind {self.name!r}: cores and memory_mb must be >= 0")
         bad = [i for i in self.inputs if i not in ("hot", "warm", "object")]
@@ -60,15 +67,16 @@ class JobKind:
 #: The kinds the appliance ships (their functions live in appliance.analysis).
 BUILTIN_KINDS = (
     JobKind("cycle-qc", "appliance.analysis.cycle_qc:run_job", "realtime", 3, 1.0, 30.0, 600.0,
-            "per-cycle quality figures as a run's cycles complete", memory_mb=512),
+            "per-cycle quality figures as a run's cycles complete", memory_mb=512, expected_s=10.0),
     JobKind("fastq", "appliance.analysis.fastq:run_job", "realtime", 3, 5.0, 300.0, 3600.0,
-            "gzipped FASTQ per lane from a completed run folder", memory_mb=1024),
+            "gzipped FASTQ per lane from a completed run folder", memory_mb=1024, inputs=("hot", "object"), expected_s=300.0),
     JobKind("align-qc", "appliance.analysis.align_qc:run_job", "batch", 3, 5.0, 300.0, 7200.0,
-            "align the FASTQ to the run's reference (minimap2): % aligned, per-cycle error rate", memory_mb=2048),
+            "align the FASTQ to the run's reference (minimap2): % aligned, per-cycle error rate", memory_mb=2048,
+            inputs=("hot", "object"), expected_s=600.0),
     JobKind("reprocess", "appliance.analysis.reprocess:run_job", "reprocess", 2, 30.0, 600.0, 14400.0,
-            "re-run the kernel chain on a run's raw frames with a named algorithm version", memory_mb=4096),
+            "re-run the kernel chain on a run's raw frames with a named algorithm version", memory_mb=4096, expected_s=3600.0),
     JobKind("compare", "appliance.analysis.compare:run_job", "reprocess", 2, 10.0, 300.0, 3600.0,
-            "compare a candidate algorithm's output with production: promote or roll back"),
+            "compare a candidate algorithm's output with production: promote or roll back", expected_s=300.0),
 )
 
 

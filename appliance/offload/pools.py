@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = ["KINDS", "LOCATIONS", "POOL_STARVED", "PoolConfig", "PoolSet", "backlog_for", "default_pool", "load_pools",
-           "pool_metrics", "pool_report", "pools_view", "read_status", "slurm_walltime", "starved", "status_path", "write_status"]
+           "burst_metrics", "pool_metrics", "pool_report", "pools_view", "read_status", "slurm_walltime", "starved", "status_path", "write_status"]
 
 log = logging.getLogger(__name__)
 
-KINDS = ("local", "dask", "slurm")
+KINDS = ("local", "dask", "slurm", "cloud")
 LOCATIONS = ("hot", "warm", "object")
 #: the alert raised while a pool has backlog but no workers (runbook: docs/runbook.md#pool_starved)
 POOL_STARVED = "pool_starved"
@@ -65,6 +65,18 @@ class PoolConfig:
     local_directory: str = ""  #: worker scratch (node-local); "" = dask-jobqueue's default
     log_directory: str = ""  #: where the Slurm jobs' stdout/stderr go; "" = the submit folder
     starved_s: float = 600.0  #: pool_starved after this long with backlog and no workers
+    # cloud (appliance.offload.cloud): workers that see only the object store
+    store: str = ""  #: cloud: where inputs go and outputs come from: "s3://bucket/prefix" (or a shared path)
+    endpoint_url: str = ""  #: cloud: an S3-compatible endpoint; "" = AWS (credentials: the standard AWS chain)
+    region: str = ""  #: cloud: the store's region; "" = the AWS chain's default
+    refused_backoff_s: float = 60.0  #: cloud: no new job for this long after the store refused a write
+    #: cloud: the burst policy (appliance.offload.burst.BurstConfig); None = no policy, every slot usable
+    burst: Any = None
+
+    def storage_options(self) -> dict:
+        """s3fs options for the cloud pool's store (no credentials: the AWS chain supplies them)."""
+        kw = {k: v for k, v in (("endpoint_url", self.endpoint_url), ("region_name", self.region)) if v}
+        return {"client_kwargs": kw, "default_cache_type": "none", "skip_instance_cache": True} if kw or self.store.startswith("s3://") else {}
 
     @property
     def capacity_max(self) -> int:
@@ -163,7 +175,7 @@ def load_pools(d: Any, *, classes: Sequence[str], executor: str = "local", worke
                           ("min_jobs", 0, 10000), ("max_jobs", 1, 10000)):
             if k in t:
                 kw[k] = _int(t, k, lo, hi, key)
-        for k, lo, hi in (("cost", 0.0, 1e6), ("starved_s", 1.0, 86400.0 * 7)):
+        for k, lo, hi in (("cost", 0.0, 1e6), ("starved_s", 1.0, 86400.0 * 7), ("refused_backoff_s", 0.0, 86400.0)):
             if k in t:
                 kw[k] = _float(t, k, lo, hi, key)
         if "classes" in t:
@@ -173,8 +185,10 @@ def load_pools(d: Any, *, classes: Sequence[str], executor: str = "local", worke
         for k in ("job_extra", "prologue"):
             if k in t:
                 kw[k] = _strs(t, k, key)
+        if kind == "cloud" and "reads" not in t:
+            kw["reads"] = ("object",)
         for k in ("address", "partition", "account", "qos", "python", "interface", "scheduler_host",
-                  "local_directory", "log_directory"):
+                  "local_directory", "log_directory", "store", "endpoint_url", "region"):
             if k in t:
                 if not isinstance(t[k], str):
                     raise _err(f"{key}.{k}", t[k], "a string")
@@ -187,8 +201,13 @@ def load_pools(d: Any, *, classes: Sequence[str], executor: str = "local", worke
                       if k in t]
         if kind != "slurm" and slurm_only:
             raise _err(f"{key}.{slurm_only[0]}", t[slurm_only[0]], 'only in a pool of kind = "slurm"')
-        if kind != "dask" and pool.address:
-            raise _err(f"{key}.address", pool.address, 'only in a pool of kind = "dask"')
+        if kind not in ("dask", "cloud") and pool.address:
+            raise _err(f"{key}.address", pool.address, 'only in a pool of kind = "dask" or "cloud"')
+        cloud_only = [k for k in ("store", "endpoint_url", "region", "refused_backoff_s", "burst") if k in t]
+        if kind != "cloud" and cloud_only:
+            raise _err(f"{key}.{cloud_only[0]}", t[cloud_only[0]], 'only in a pool of kind = "cloud"')
+        if kind == "cloud":
+            pool = _cloud(pool, t, key)
         if kind == "slurm":
             if pool.walltime_s <= 0:
                 raise _err(f"{key}.walltime_s", t.get("walltime_s"), 'the Slurm jobs\' walltime, e.g. "04:00:00" (required for kind = "slurm")')
@@ -201,6 +220,34 @@ def load_pools(d: Any, *, classes: Sequence[str], executor: str = "local", worke
     if "realtime" in classes and not any("realtime" in p.classes for p in out.values()):
         raise _err("offload.pools", sorted(out), "at least one pool whose classes include realtime (the instrument's real-time jobs must run)")
     return out
+
+
+def _cloud(pool: PoolConfig, t: dict, key: str) -> PoolConfig:
+    """A cloud pool's own checks: a scheduler address, a store, reads only the object store, and
+    its burst policy (``[offload.pools.NAME.burst]``; ``burst = false``: none)."""
+    import dataclasses
+
+    from appliance.offload.burst import load_burst
+
+    if not pool.address:
+        raise _err(f"{key}.address", pool.address, 'the cloud cluster\'s Dask scheduler, e.g. "tls://scheduler.example:8786" '
+                   '(required for kind = "cloud"; docs/burst.md)')
+    if not pool.store or not (pool.store.startswith(("s3://", "file://", "/"))):
+        raise _err(f"{key}.store", pool.store, '"s3://BUCKET/PREFIX" (or a shared path) the workers read and write (required for kind = "cloud")')
+    if pool.reads != ("object",):
+        raise _err(f"{key}.reads", list(pool.reads), '["object"]: a cloud pool\'s workers read only the object store')
+    b = t.get("burst", {})
+    if b is False:
+        return pool
+    if not isinstance(b, dict):
+        raise _err(f"{key}.burst", b, "a table of the burst policy's keys (docs/burst.md), or false for no policy")
+    from appliance.configfile import ConfigError
+
+    try:
+        cfg = load_burst(b)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("config key burst.", f"config key {key}.burst.")) from None
+    return dataclasses.replace(pool, burst=cfg)
 
 
 # -- pure figures -----------------------------------------------------------------------------
@@ -244,12 +291,16 @@ class PoolSet:
     name = "pools"
     records_itself = False  #: per pool: see :meth:`records_itself_for`
 
-    def __init__(self, pools: Mapping[str, PoolConfig], executors: Mapping[str, Any]) -> None:
+    def __init__(self, pools: Mapping[str, PoolConfig], executors: Mapping[str, Any],
+                 burst: Mapping[str, Any] | None = None) -> None:
         if set(pools) != set(executors) or not pools:
             raise ValueError("PoolSet: one executor per pool")
         self.pools = dict(pools)
         self.executors = dict(executors)
+        #: cloud pool -> its :class:`~appliance.offload.cloud.BurstController` (pools with a burst policy)
+        self.burst = dict(burst or {})
         self._where: dict[int, str] = {}
+        self._began: dict[int, tuple[str, float]] = {}  #: job -> (kind, when submitted): observed durations
         self._starved_since: dict[str, float | None] = {n: None for n in pools}
         self._firing: dict[str, bool] = {n: False for n in pools}
 
@@ -310,16 +361,75 @@ class PoolSet:
     def submit_to(self, pool: str, spec) -> None:
         self.executors[pool].submit(spec)
         self._where[spec.job_id] = pool
+        self._began[spec.job_id] = (spec.kind, time.monotonic())
 
     def poll(self) -> list:
         out = []
-        for ex in self.executors.values():
+        now = time.monotonic()
+        for name, ex in self.executors.items():
             for o in ex.poll():
                 self._where.pop(o.job_id, None)
+                began = self._began.pop(o.job_id, None)
+                if began is not None and o.ok and not o.reused and self.pools[name].kind != "cloud":
+                    for ctl in self.burst.values():  # the local and HPC pools' observed rate
+                        ctl.observe(began[0], now - began[1])
                 out.append(o)
         return out
 
+    # -- the burst policy (cloud pools) ---------------------------------------------------------
+    def burst_step(self, ready: Sequence[Any], kind_of, data_root, now: float | None = None) -> list[dict]:
+        """Run each cloud pool's burst policy over the ready jobs (``kind_of``: kind name ->
+        JobKind) and grant the pool its slots; returns the alerts the decisions raise or clear."""
+        if not self.burst:
+            return []
+        now = time.time() if now is None else now
+        mono = time.monotonic()
+        local_cores = 0.0
+        running_ch = 0.0
+        estimate = next(iter(self.burst.values())).expected_s  # every controller learns the same durations
+        for name, p in self.pools.items():
+            if p.kind == "cloud":
+                continue
+            ex = self.executors[name]
+            local_cores += max(0, ex.capacity) * max(1, p.cores)
+            for jid, spec in ex.running().items():
+                try:
+                    kind = kind_of(spec.kind)
+                except KeyError:
+                    continue
+                elapsed = mono - self._began.get(jid, (spec.kind, mono))[1]
+                running_ch += max(0.0, estimate(kind) - elapsed) * max(1, kind.cores) / 3600.0
+        alerts = []
+        for name, ctl in self.burst.items():
+            ex = self.executors[name]
+            alerts += ctl.step(now, ready, kind_of, Path(data_root), local_cores=local_cores, running_core_hours=running_ch,
+                               cloud_running=len(ex.running()), usage=dict(ex.usage))
+            ex.grant(ctl.decision.slots if ctl.decision is not None else 0)
+        return alerts
+
+    def gate(self, candidates: Sequence[Any]) -> list:
+        """With a burst policy, only the jobs it chose may go to a cloud pool: they read the
+        object store (their inputs are staged there); the others keep their other inputs."""
+        if not self.burst:
+            return list(candidates)
+        import dataclasses
+
+        allowed = frozenset().union(*(ctl.allowed for ctl in self.burst.values()))
+        out = []
+        for c in candidates:
+            if c.id in allowed:
+                out.append(c if "object" in c.inputs else dataclasses.replace(c, inputs=c.inputs + ("object",)))
+            elif "object" in c.inputs and len(c.inputs) > 1:
+                out.append(dataclasses.replace(c, inputs=tuple(i for i in c.inputs if i != "object")))
+            else:
+                out.append(c)
+        return out
+
+    def burst_report(self) -> list[dict]:
+        return [ctl.report() for ctl in self.burst.values()]
+
     def cancel(self, job_id: int) -> bool:
+        self._began.pop(job_id, None)
         pool = self._where.pop(job_id, None)
         if pool is not None:
             return self.executors[pool].cancel(job_id)
@@ -336,8 +446,12 @@ class PoolSet:
             run = {c: 0 for c in p.classes}
             for spec in ex.running().values():
                 run[spec.priority] = run.get(spec.priority, 0) + 1
+            classes = p.classes
+            ctl = self.burst.get(name)
+            if ctl is not None:  # the classes the burst policy lets go now
+                classes = tuple(c for c in p.classes if ctl.decision is not None and c in ctl.decision.classes)
             out.append(PoolState(name=name, slots=max(0, ex.capacity), free_time_left=free_left, running=run,
-                                 classes=p.classes, reads=p.reads, cores=p.cores, memory_mb=p.memory_mb, gpus=p.gpus,
+                                 classes=classes, reads=p.reads, cores=p.cores, memory_mb=p.memory_mb, gpus=p.gpus,
                                  cost=p.cost, walltime_s=p.walltime_s))
         return out
 
@@ -447,3 +561,22 @@ def pool_metrics(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, dict
     """Per-pool gauges from ``stats()["pools"]``: ``[(name, help, {pool: value})]`` (a
     Prometheus collector turns each into a gauge family labelled ``pool``)."""
     return [(name, doc, {str(r["pool"]): float(r.get(field) or 0) for r in rows}) for name, doc, field in POOL_GAUGES]
+
+
+def burst_metrics(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, list[str], dict[tuple[str, ...], float]]]:
+    """The burst policy's gauges from ``stats()["burst"]`` (one row per cloud pool):
+    ``[(name, help, label names, {label values: value})]``."""
+    from appliance.offload.config import CLASSES
+
+    slots = {(str(r["pool"]),): float(r.get("slots") or 0) for r in rows}
+    jobs = {(str(r["pool"]),): float(r.get("jobs") or 0) for r in rows}
+    spent = {(str(r["pool"]),): float(r.get("spent_today") or 0) for r in rows}
+    budget = {(str(r["pool"]),): float(r.get("daily_budget") or 0) for r in rows}
+    bursting = {(str(r["pool"]), c): 1.0 if c in (r.get("classes") or ()) else 0.0 for r in rows for c in CLASSES}
+    return [
+        ("appliance_burst_slots", "Cloud slots the burst policy grants the pool now", ["pool"], slots),
+        ("appliance_burst_jobs_chosen", "Ready jobs the burst policy lets go to the pool now", ["pool"], jobs),
+        ("appliance_burst_bursting", "1 while the class may burst to the pool", ["pool", "class"], bursting),
+        ("appliance_burst_spent_today", "Money spent on the pool today (compute and transfer, the policy's prices)", ["pool"], spent),
+        ("appliance_burst_daily_budget", "The pool's daily burst budget", ["pool"], budget),
+    ]

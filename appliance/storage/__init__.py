@@ -11,7 +11,7 @@ from appliance.storage.admission import StorageThrottled, admission_check
 from appliance.storage.catalog import Catalog, CatalogError
 from appliance.storage.control import control_commands
 from appliance.storage.manager import ALERTS, Action, StorageError, StorageManager
-from appliance.storage.mover import Mover, MoveError, SourceCorrupt, TokenBucket, VerifyFailed
+from appliance.storage.mover import Mover, MoveError, SharedTokenBucket, SourceCorrupt, TokenBucket, VerifyFailed, shared_bandwidth
 from appliance.storage.policy import CLASSES, STATES, TIERS, Policy, PolicyError, StorageSection, classify, load_policy
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Mover",
     "Policy",
     "PolicyError",
+    "SharedTokenBucket",
     "SourceCorrupt",
     "StorageError",
     "StorageManager",
@@ -38,4 +39,5 @@ __all__ = [
     "classify",
     "control_commands",
     "load_policy",
+    "shared_bandwidth",
 ]

@@ -15,11 +15,13 @@ validated with ``bagit`` (``Bag.validate``) and re-read for CRC32C before the re
 
 from __future__ import annotations
 
+import contextvars
 import fcntl
 import logging
 import os
 import secrets
 import shutil
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +33,8 @@ from appliance.storage.catalog import Catalog, CopyRow, FileRow
 
 import crc32c as _crc32c
 
-__all__ = ["Mover", "MoveError", "MoveInterrupted", "SourceCorrupt", "VerifyFailed", "TokenBucket", "MoverLock", "TIER_PREFERENCE"]
+__all__ = ["BANDWIDTH_FILE", "Mover", "MoveError", "MoveInterrupted", "SourceCorrupt", "VerifyFailed", "SharedTokenBucket",
+           "TokenBucket", "MoverLock", "TIER_PREFERENCE", "shared_bandwidth"]
 
 log = logging.getLogger("appliance.storage")
 #: where a good copy is read from, best first
@@ -82,6 +85,109 @@ class TokenBucket:
                 stop.wait(wait)
             else:
                 time.sleep(wait)
+
+
+#: the shared bandwidth limit's state file, in the hot tier's ``.storage/`` folder
+BANDWIDTH_FILE = "bandwidth.bucket"
+_STATE = struct.Struct("<ddd")  # rate (bytes/s), tokens (bytes), when (CLOCK_MONOTONIC s)
+
+
+class SharedTokenBucket:
+    """A :class:`TokenBucket` shared by every process on this host that opens the same ``path``:
+    the storage mover in ``appliance serve`` and the transfers of an offload worker draw on one
+    limit, so offload never takes the bandwidth the hot tier's eviction needs.
+
+    The state (rate, tokens, the time they were counted) is 24 bytes in ``path``, read and
+    written under an exclusive ``flock`` held only for that read-modify-write; the sleep that
+    pays a debt happens after the lock is released, so a slow or stopped process never holds
+    it. The kernel releases a flock when its holder dies (SIGKILL included), and the state is
+    written with one ``pwrite``, so a killed holder neither blocks the others nor leaves a
+    torn state; at worst the bytes it took and did not move are lost to the limit once.
+    Times are ``CLOCK_MONOTONIC``, which is one clock for every process of the host.
+
+    ``rate`` in bytes/s (``<= 0``: unlimited) is written into the file: the process that owns
+    the setting (the mover, from ``mover.bandwidth_mb_s``) passes it; one that only draws on
+    the limit (a transfer) passes ``rate=None`` and follows the file's (unlimited while no
+    file exists yet)."""
+
+    def __init__(self, path: str | Path, rate: float | None = None, burst: float | None = None) -> None:
+        self.path = Path(path)
+        self._burst = burst
+        self._threads = threading.Lock()  # flock excludes processes; this, the threads of one process
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.rate = 0.0
+        with self._threads:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                state = self._read()
+                if rate is not None:
+                    now = time.monotonic()
+                    state = (float(rate), self._cap(float(rate)) if state is None or state[0] != rate else state[1], now)
+                    self._write(state)
+                self.rate = state[0] if state is not None else 0.0
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _cap(self, rate: float) -> float:
+        return float(self._burst if self._burst is not None else max(64 << 10, rate * 0.25))
+
+    @property
+    def burst(self) -> float:
+        return self._cap(self.rate)
+
+    @property
+    def chunk(self) -> int:
+        """Bytes to move between two takes (as :attr:`TokenBucket.chunk`), from the last rate seen."""
+        return CHUNK if self.rate <= 0 else int(min(CHUNK, max(64 << 10, self.rate / 10)))
+
+    def _read(self) -> tuple[float, float, float] | None:
+        raw = os.pread(self._fd, _STATE.size, 0)
+        return _STATE.unpack(raw) if len(raw) == _STATE.size else None
+
+    def _write(self, state: tuple[float, float, float]) -> None:
+        os.pwrite(self._fd, _STATE.pack(*state), 0)
+
+    def take(self, n: int, stop: threading.Event | None = None) -> None:
+        """Take ``n`` bytes; sleep (outside the lock) until the shared rate allows them."""
+        with self._threads:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                state = self._read()
+                if state is None or state[0] <= 0:
+                    self.rate = 0.0
+                    return
+                rate, tokens, t = state
+                now = time.monotonic()
+                tokens = min(self._cap(rate), tokens + max(0.0, now - t) * rate) - n
+                self._write((rate, tokens, now))
+                self.rate = rate
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if tokens < 0:
+            wait = -tokens / rate
+            if stop is not None:
+                stop.wait(wait)
+            else:
+                time.sleep(wait)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def shared_bandwidth(hot_root: str | Path, rate: float | None = None) -> SharedTokenBucket:
+    """The host's shared bandwidth limit of the hot tier ``hot_root`` (the data root): the one
+    the storage mover sets from ``mover.bandwidth_mb_s``; pass it as ``bucket=`` to
+    :func:`appliance.transfer.push` (``rate=None``: follow the mover's setting)."""
+    return SharedTokenBucket(Path(hot_root) / ".storage" / BANDWIDTH_FILE, rate)
 
 
 class MoverLock:
@@ -150,11 +256,13 @@ class Mover:
     def __init__(self, catalog: Catalog, stores: dict[str, Store], *, verified_copies: int = 2,
                  bandwidth_mb_s: float = 0.0, stop: threading.Event | None = None,
                  report: Callable[..., None] | None = None, after_copy: Callable[[Store, str], None] | None = None,
-                 staging: Path | None = None) -> None:
+                 staging: Path | None = None, bucket: "TokenBucket | SharedTokenBucket | None" = None) -> None:
         self.catalog = catalog
         self.stores = stores
         self.verified_copies = verified_copies
-        self.bucket = TokenBucket(bandwidth_mb_s * 1e6)
+        #: the bandwidth limit: ``bucket`` (the manager's :class:`SharedTokenBucket`, shared with
+        #: transfers in other processes), else this process's own at ``bandwidth_mb_s``
+        self.bucket = bucket if bucket is not None else TokenBucket(bandwidth_mb_s * 1e6)
         self.stop = stop or threading.Event()
         self._report = report
         self.after_copy = after_copy
@@ -268,8 +376,10 @@ class Mover:
 
         if streams <= 1 or len(items) <= 1:
             return [one(it) for it in items]
+        # each copy runs in the caller's context (its current span: log lines carry its ids)
+        ctxs = [contextvars.copy_context() for _ in items]
         with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="storage-copy") as pool:
-            return list(pool.map(one, items))
+            return list(pool.map(lambda ctx, item: ctx.run(one, item), ctxs, items))
 
     # -- cold: a BagIt package per run and class -------------------------------------------
     def archive(self, run: str, data_class: str, files: list[FileRow]) -> str:
@@ -427,3 +537,11 @@ class Mover:
         if self.staging.is_dir():
             shutil.rmtree(self.staging, ignore_errors=True)
         return {"temps_removed": removed, "deletes_finished": finished}
+
+
+def move_outcome(moved: int, ok: int, failed: int, error: str) -> dict:
+    """A move span's figures: bytes and files copied and verified (each copy is re-read at
+    its destination before it counts), how many failed, and the outcome."""
+    return {"storage.bytes": moved, "storage.files": ok, "storage.files_failed": failed,
+            "storage.verified": failed == 0 and ok > 0,
+            "storage.outcome": "ok" if not failed else f"failed: {failed} of {ok + failed} files ({error})"}

@@ -5,7 +5,7 @@ recorded in a transfer journal (bytes, egress, duration, verification, attempts)
 completion marker per destination. See docs/burst.md.
 """
 
-from appliance.transfer._journal import Journal
+from appliance.transfer._journal import Journal, default_journal_path, read_totals, read_transfers
 from appliance.transfer.errors import DestinationRefused, SourceMismatch, TransferError, TransferVerifyFailed
 from appliance.transfer.handoff import (
     ALERT_RULE,
@@ -14,6 +14,7 @@ from appliance.transfer.handoff import (
     Destination,
     TransferReport,
     entries_of_dir,
+    fetch_file,
     inputs_verified,
     publish_outputs,
     pull_into_staging,
@@ -24,6 +25,7 @@ from appliance.transfer.handoff import (
 
 __all__ = [
     "ALERT_RULE", "COMPLETE_MARKER", "DestinationRefused", "Destination", "Journal", "OUTPUTS_MANIFEST", "SourceMismatch",
-    "TransferError", "TransferReport", "TransferVerifyFailed", "entries_of_dir", "inputs_verified",
-    "publish_outputs", "pull_into_staging", "pull_outputs", "push", "run_entries",
+    "TransferError", "TransferReport", "TransferVerifyFailed", "default_journal_path", "entries_of_dir", "fetch_file",
+    "inputs_verified",
+    "publish_outputs", "pull_into_staging", "pull_outputs", "push", "read_totals", "read_transfers", "run_entries",
 ]

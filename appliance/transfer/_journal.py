@@ -13,6 +13,7 @@ acknowledged it, so a killed transfer resumes from exactly the parts recorded.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +23,61 @@ from appliance._sqlite import connect_wal, migrate, transaction
 from appliance.transfer.errors import TransferError
 
 _WHAT = "the transfer journal"
+JOURNAL_FILE = "transfers.sqlite"
+#: what ``appliance jobs show`` and the metrics show of a transfer row
+SHOWN = ("direction", "destination", "subject", "state", "files", "bytes_total", "bytes_sent", "bytes_reread",
+         "egress_bytes", "duration_s", "verification", "attempts", "error", "updated_at")
+
+
+def default_journal_path(data_root: str | Path) -> Path:
+    """The transfer journal of a data root: ``<data_root>/.offload/transfers.sqlite``."""
+    return Path(data_root) / ".offload" / JOURNAL_FILE
+
+
+def _read_only(path: Path) -> sqlite3.Connection | None:
+    """A read-only connection to an existing journal (never creates one, never migrates), or
+    None when there is no journal file: nothing has been transferred from this data root."""
+    if not path.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        conn.row_factory = sqlite3.Row
+        conn.execute("SELECT 1 FROM transfers LIMIT 1")
+    except sqlite3.Error as exc:
+        raise TransferError(f"cannot read {_WHAT} {path}: {exc}; check its permissions, or move it aside "
+                            "if it is not a transfer journal") from None
+    return conn
+
+
+def read_transfers(path: str | Path, *, job_id: int | None = None, limit: int = 100) -> list[dict]:
+    """A job's transfers (or every transfer), newest first, read-only: ``[]`` when the journal
+    does not exist. Each row has the :data:`SHOWN` fields."""
+    conn = _read_only(Path(path))
+    if conn is None:
+        return []
+    try:
+        sql, args = f"SELECT {', '.join(SHOWN)} FROM transfers", ()
+        if job_id is not None:
+            sql, args = sql + " WHERE job_id = ?", (job_id,)
+        return [dict(r) for r in conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))]
+    finally:
+        conn.close()
+
+
+def read_totals(path: str | Path) -> list[dict]:
+    """Per (direction, state): transfers, attempts, bytes sent, re-read and egress, over the
+    whole journal (one aggregate query, read-only; ``[]`` when there is no journal): the
+    figures of the transfer metrics."""
+    conn = _read_only(Path(path))
+    if conn is None:
+        return []
+    try:
+        return [dict(r) for r in conn.execute(
+            "SELECT direction, state, COUNT(*) AS transfers, SUM(attempts) AS attempts, SUM(bytes_sent) AS bytes_sent, "
+            "SUM(bytes_reread) AS bytes_reread, SUM(egress_bytes) AS egress_bytes, SUM(duration_s) AS duration_s "
+            "FROM transfers GROUP BY direction, state ORDER BY direction, state")]
+    finally:
+        conn.close()
 
 _M1 = """
 CREATE TABLE transfers (
@@ -179,16 +235,25 @@ class Journal:
 
     def set_file(self, tid: int, rel: str, state: str, *, upload_id: str | None = None, etag: str | None = None,
                  mtime_ns: int | None = None, error: str | None = None, attempt: bool = False,
-                 clear_parts: bool = False) -> None:
+                 clear_parts: bool = False, reread: int = 0, egress: int = 0) -> None:
+        """A file's new state; ``reread``/``egress``: bytes its verification read back, counted
+        in the same transaction (one durable write per verified file, not two)."""
         with self._tx() as c:
             if clear_parts:
                 c.execute("DELETE FROM parts WHERE transfer_id = ? AND rel = ?", (tid, rel))
+            if reread or egress:
+                c.execute("UPDATE transfers SET bytes_reread = bytes_reread + ?, egress_bytes = egress_bytes + ?, "
+                          "updated_at = ? WHERE id = ?", (reread, egress, time.time(), tid))
             c.execute("UPDATE files SET state = ?, upload_id = ?, etag = ?, mtime_ns = ?, error = ?, "
                       "attempts = attempts + ? WHERE transfer_id = ? AND rel = ?",
                       (state, upload_id, etag, mtime_ns, error, 1 if attempt else 0, tid, rel))
 
-    def add_part(self, tid: int, rel: str, upload_id: str, part: PartRow) -> None:
+    def add_part(self, tid: int, rel: str, upload_id: str, part: PartRow, *, sent: int = 0) -> None:
+        """Record a part the store acknowledged (and ``sent`` bytes, in the same transaction)."""
         with self._tx() as c:
+            if sent:
+                c.execute("UPDATE transfers SET bytes_sent = bytes_sent + ?, updated_at = ? WHERE id = ?",
+                          (sent, time.time(), tid))
             c.execute("INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (tid, rel, upload_id, part.number, part.offset, part.size, part.etag, part.crc32c, part.attempt))
 

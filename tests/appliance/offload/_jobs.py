@@ -60,3 +60,15 @@ def record(params: dict, ctx: JobContext) -> dict:
     doc = {"params": params, "kind": ctx.kind, "algorithm": ctx.algorithm, "version": ctx.algorithm_version}
     (ctx.staging_dir / "params.json").write_text(__import__("json").dumps(doc, sort_keys=True))
     return {"kind": ctx.kind}
+
+
+def sleep_job(params: dict, ctx: JobContext) -> dict:
+    """Stands in for compute-bound work in burst tests: sleeps ``seconds``, writes who ran it."""
+    time.sleep(float(params.get("seconds", 1.0)))
+    (ctx.staging_dir / "done.txt").write_text(f"{params.get('n', 0)}\n")
+    return {"n": params.get("n", 0), "worker": str(ctx.extra.get("worker", "local"))}
+
+
+# inputs hot or object: a cloud pool may take it (it reads nothing; nothing is staged)
+register_kind(JobKind("test-sleep", f"{__name__}:sleep_job", "batch", max_attempts=3, inputs=("hot", "object"), expected_s=4.0,
+                      **FAST), replace=True)

@@ -170,3 +170,31 @@ def test_cli_trace_simulate_and_explain(tmp_path, capsys):
     policy.write_text("[burst]\nmax_slots = -3\n")
     assert main(["jobs", "burst", "simulate", str(path), "--policy", str(policy), "--decision-log", str(log)]) == 2
     assert "burst.max_slots" in capsys.readouterr().err
+
+
+def test_simulate_draws_its_plot_and_keeps_the_live_decision_log(tmp_path, capsys):
+    """``--plot`` writes a PNG of the three modes' timelines; a simulation without
+    ``--decision-log`` writes burst-simulation.jsonl and leaves the live decision log alone."""
+    from appliance.cli import main
+    from appliance.offload.burst import BurstConfig, compare, synthetic_trace
+
+    trace = synthetic_trace(2, 6.0, seed=1)
+    timelines: dict = {}
+    result = compare(trace, BurstConfig(), None, timelines)
+    assert set(timelines) == {"policy", "never", "at_once"}
+    for mode, tl in timelines.items():
+        assert tl[0]["t"] == 0 and all(b["t"] - a["t"] >= 600 for a, b in zip(tl, tl[1:]))
+        assert tl[-1]["spent"] == pytest.approx(result[mode]["cost"], abs=0.5)
+    assert max(p["slots"] for p in timelines["never"]) == 0
+    path = tmp_path / "day.json"
+    path.write_text(json.dumps(trace))
+    live = tmp_path / ".offload" / "burst-decisions.jsonl"
+    live.parent.mkdir()
+    live.write_text('{"live": 1}\n')
+    png = tmp_path / "sim.png"
+    assert main(["jobs", "burst", "simulate", str(path), "--root", str(tmp_path), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert f"plot: {png}" in out and "burst-simulation.jsonl" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert live.read_text() == '{"live": 1}\n'
+    assert (tmp_path / ".offload" / "burst-simulation.jsonl").stat().st_size > 0

@@ -148,7 +148,10 @@ def test_one_unconstrained_pool_places_like_plan():
 def test_builtin_kinds_declare_their_needs():
     for k in BUILTIN_KINDS:
         c = k.candidate(1)
-        assert c.cores >= 1 and c.memory_mb > 0 and c.inputs == ("hot",) and c.timeout_s == k.timeout_s and not c.gpu
+        assert c.cores >= 1 and c.memory_mb > 0 and c.inputs[0] == "hot" and c.timeout_s == k.timeout_s and not c.gpu
+        # the kinds a cloud pool can stage (a complete run folder, a job output) also read the object store
+        assert ("object" in c.inputs) == (k.name in ("fastq", "align-qc")), k
+        assert k.expected_s > 0
 
 
 # -- pool config ---------------------------------------------------------------------------------

@@ -130,7 +130,7 @@ entries = [FileEntry(p, int(s), c) for p, s, c in (x.split(":") for x in sys.arg
 opts = {"client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}} if url.startswith("s3://") else None
 with Journal(journal) as j:
     push(src, entries, Destination(url, opts), j, subject="job", part_size=5 << 20,
-         bucket=TokenBucket(4e6), on_part=lambda rel, n: print(rel, n, flush=True))
+         bucket=TokenBucket(8e6), on_part=lambda rel, n: print(rel, n, flush=True))
 """
 
 
@@ -164,8 +164,9 @@ def test_a_transfer_killed_mid_file_resumes_without_resending_verified_parts(whe
     sent_again = []
     with Journal(jpath) as j:
         tid = j.transfer(f"push:{dest.url}:job")["id"]
-        first = {p.number for p in j.all_parts(tid, "big.bin")}
-        assert {1, 2} <= first and len(first) < 5
+        recorded = j.all_parts(tid, "big.bin")
+        first = {p.number for p in recorded}  # parts go in parallel: any of them, not only the first ones
+        assert 2 <= len(first) < 5
         rep = push(src, entries, dest, j, subject="job", part_size=5 << 20,
                    on_part=lambda rel, n: sent_again.append((rel, n)))
         assert j.transfer(f"push:{dest.url}:job")["attempts"] == 2
@@ -173,7 +174,7 @@ def test_a_transfer_killed_mid_file_resumes_without_resending_verified_parts(whe
     assert {n for rel, n in sent_again if rel == "big.bin"} == set(range(1, n_parts + 1)) - first
     assert rep.parts_reused == len(first)
     big_resent = rep.bytes_sent - (entries[1].size if "small.txt" in rep.sent else 0)
-    assert big_resent == entries[0].size - len(first) * (5 << 20)
+    assert big_resent == entries[0].size - sum(p.size for p in recorded)
     assert inputs_verified(dest, "job", entries)
     want = hashlib.sha256((src / "big.bin").read_bytes()).hexdigest()
     if where == "s3":
