@@ -93,7 +93,9 @@ class JsonFormatter(logging.Formatter):
     Keys: ``ts`` (ISO-8601 UTC, microseconds), ``level``, ``logger``, ``msg`` (the formatted
     message), ``pid``, ``process`` (the process name, e.g. a stage's), ``thread``; ``exc_type``
     and ``exc`` (the traceback) when the record carries an exception; ``stack`` for
-    ``stack_info=True``; then every ``extra=`` field. An extra whose name collides with one of
+    ``stack_info=True``; then every ``extra=`` field; then ``trace_id`` and ``span_id`` (W3C
+    hex) of the OpenTelemetry span active where the record was written, or outside a span the
+    run's ``trace_id`` alone (appliance.tracing). An extra whose name collides with one of
     these keys is kept as ``extra_<name>``. Values JSON cannot encode are written with ``repr``.
     ``syslog_prefix=True`` starts each line with ``<N>`` (the record's syslog priority) for
     journald.
@@ -129,15 +131,34 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value  # a record's own run_id/stage beats the process-wide one
                 continue
             out[f"extra_{key}" if key in out else key] = value
-        if isinstance(out.get("run_id"), str) and out["run_id"] and "trace_id" not in out:
-            from appliance.tracing import trace_hex
-
-            out["trace_id"] = trace_hex(out["run_id"])  # the run's trace (appliance.tracing)
+        if "trace_id" not in out and "span_id" not in out:
+            trace_id, span_id = _trace_ids(out.get("run_id"))
+            if trace_id:
+                out["trace_id"] = trace_id
+            if span_id:
+                out["span_id"] = span_id
         # json.dumps escapes newlines inside strings, so a record is always exactly one line
         line = json.dumps(out, ensure_ascii=False, default=repr)
         if self.syslog_prefix:
             return f"<{_syslog_priority(record.levelno)}>{line}"
         return line
+
+
+def _trace_ids(run_id: Any) -> tuple[str | None, str | None]:
+    """(trace id, span id) of a record: the active OpenTelemetry span's when there is one,
+    else the run's trace (no span), else neither (appliance.tracing). Costs a dict lookup
+    when nothing in the process traces (``opentelemetry.trace`` never imported)."""
+    if "opentelemetry.trace" in sys.modules:
+        from appliance.tracing import current_span_ids
+
+        ids = current_span_ids()
+        if ids is not None:
+            return ids
+    if isinstance(run_id, str) and run_id:
+        from appliance.tracing import trace_hex
+
+        return trace_hex(run_id), None
+    return None, None
 
 
 def _syslog_priority(levelno: int) -> int:
@@ -295,7 +316,8 @@ class JournalHandler(logging.Handler):
     ``THREAD_NAME``, ``CODE_FILE``/``CODE_LINE``/``CODE_FUNC``, ``EXC_TYPE``; ``RUN_ID`` and
     ``STAGE`` (the record's ``run_id``/``stage`` extras, else the process-wide
     :func:`set_log_fields`, else the process name for ``STAGE`` in a stage process);
-    ``ALERT`` (the ``alert`` or ``rule`` extra); then every other ``extra=`` key upper-cased
+    ``ALERT`` (the ``alert`` or ``rule`` extra); ``TRACE_ID`` and ``SPAN_ID`` (as the JSON
+    lines' ``trace_id``/``span_id``); then every other ``extra=`` key upper-cased
     (lists and dicts JSON-encoded). Sent with ``systemd.journal.sendv`` when that module is
     importable, else as a datagram to ``socket_path``; a record too big for a datagram goes
     through a sealed memfd passed with ``SCM_RIGHTS``, as the protocol documents. A failed
@@ -344,10 +366,11 @@ class JournalHandler(logging.Handler):
         for name, value in (("RUN_ID", run_id), ("STAGE", stage), ("ALERT", alert)):
             if value is not None:
                 out.append((name, value))
-        if isinstance(run_id, str) and run_id:
-            from appliance.tracing import trace_hex
-
-            out.append(("TRACE_ID", trace_hex(run_id)))  # journalctl TRACE_ID=... finds the run's trace
+        trace_id, span_id = _trace_ids(run_id)
+        if trace_id:  # journalctl TRACE_ID=... finds the run's trace, SPAN_ID=... the span
+            out.append(("TRACE_ID", trace_id))
+        if span_id:
+            out.append(("SPAN_ID", span_id))
         taken = {name for name, _ in out}
         for key, value in extras.items():
             name = _journal_name(key)

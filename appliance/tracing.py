@@ -13,7 +13,17 @@ passed between them and a resumed run goes on in the same trace:
   but the last stage's bookkeeping. ``tracing.frame_sample`` of the frames are kept, and
   every frame with a checksum failure, an incomplete cycle or an over-budget stage;
 - an **offload job** (the orchestrator's, when its outcome is collected) is a child of the
-  run span of the run it reads (``params["run"]``), with its queue wait and its attempt.
+  run span of the run it reads (``params["run"]``), with its queue wait and one span per
+  attempt. An attempt's span id is ``attempt_span_id(run_id, job_id, attempt)``, so the
+  ledger writes it, with the trace id, on the attempt's history entries (lease, start, end)
+  before the span exists: ``appliance jobs show`` leads from a history line to its span;
+- a **storage move** (a run's files copied to a tier, or a class bagged to cold) and a
+  **storage verification** (``appliance storage verify``, a scrub's re-reads of a run) are
+  children of the run span too (:meth:`RunTracer.storage`), current while they work, so the
+  log lines they write carry their span id.
+
+A log record written inside an active span carries that span's ``trace_id`` and ``span_id``
+(:func:`current_span_ids`, read by appliance.logjson); outside one, the run's ``trace_id``.
 
 Spans go through the SDK's ``BatchSpanProcessor`` (a background thread, off the hot path) to
 OTLP/HTTP when ``tracing.otlp_endpoint`` is set, or else to JSON lines, one file per process,
@@ -26,8 +36,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import contextlib
 import os
 import random
+import sys
 import threading
 import time
 from pathlib import Path
@@ -35,7 +47,8 @@ from typing import Any, Iterator
 
 from rt import FrameFlags
 
-__all__ = ["RunTracer", "make_tracer", "read_spans", "span_id_for", "trace_hex", "trace_id_for"]
+__all__ = ["RunTracer", "attempt_ids", "attempt_span_id", "current_span_ids", "make_tracer", "read_spans", "span_id_for",
+           "storage_span", "trace_hex", "trace_id_for"]
 
 TRACES_DIR = "traces"  #: in a run's state folder: one JSON-lines file per process
 _INCOMPLETE = int(FrameFlags.INCOMPLETE)
@@ -58,6 +71,31 @@ def span_id_for(run_id: str, *parts: object) -> int:
     """A deterministic 64-bit span id (never 0) for the run's span named by ``parts``."""
     key = ":".join(str(p) for p in (run_id, *parts))
     return int.from_bytes(hashlib.sha256(f"span:{key}".encode()).digest()[:8], "big") or 1
+
+
+def attempt_span_id(run_id: str, job_id: int, attempt: int) -> int:
+    """The span id of attempt ``attempt`` of offload job ``job_id`` of run ``run_id``."""
+    return span_id_for(run_id, "job", int(job_id), "attempt", int(attempt))
+
+
+def attempt_ids(run_id: str | None, job_id: int, attempt: int) -> tuple[str | None, str | None]:
+    """(trace id, span id) in hex of a job's attempt, as the ledger's history records them;
+    (None, None) for a job that reads no run (it has no trace) or before its first attempt."""
+    if not run_id or attempt < 1:
+        return None, None
+    return trace_hex(str(run_id)), f"{attempt_span_id(str(run_id), job_id, attempt):016x}"
+
+
+def current_span_ids() -> tuple[str, str] | None:
+    """(trace id, span id) in hex of the OpenTelemetry span active in this thread, or None.
+    Cheap when nothing traces: without ``opentelemetry.trace`` imported no span can be active."""
+    otel = sys.modules.get("opentelemetry.trace")
+    if otel is None:
+        return None
+    ctx = otel.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
 
 
 class _Ids:
@@ -189,27 +227,65 @@ class RunTracer:
         span.end(end_time=_ns_wall(now_ns, self._offset))
 
     # -- offload jobs (the orchestrator) -------------------------------------------------------
-    def job(self, job) -> None:
+    def job(self, job, events: list[dict] | None = None) -> None:
         """An ended offload job (a ledger ``Job``): a span under its run's span, with its queue
-        wait and its (last) attempt as children."""
+        wait and one span per attempt as children. ``events`` (the job's ledger history) give
+        each attempt its times (from its history entries, which carry the attempt's span id);
+        without them, only the last attempt, from ``started_at`` to ``finished_at``."""
         run = (job.params or {}).get("run")
         if not run or not job.finished_at:
             return
+        run = str(run)
         ns = lambda t: int(float(t) * 1e9)  # noqa: E731 - ledger times are wall-clock seconds
-        parent = self._parent(str(run), span_id_for(str(run), "run"))
+        parent = self._parent(run, span_id_for(run, "run"))
         attrs = {"job.id": job.id, "job.kind": job.kind, "job.class": job.priority, "job.state": job.state,
-                 "job.attempts": job.attempts, "run.id": str(run), "instrument": job.instrument_id or ""}
+                 "job.attempts": job.attempts, "run.id": run, "instrument": job.instrument_id or ""}
         if "cycle" in job.params:
             attrs["cycle"] = int(job.params["cycle"])
-        span = self.tracer.start_span(f"job {job.kind}", context=parent, start_time=ns(job.created_at), attributes=attrs)
+        with self.ids.fixed(None, span_id_for(run, "job", job.id)):
+            span = self.tracer.start_span(f"job {job.kind}", context=parent, start_time=ns(job.created_at), attributes=attrs)
         from opentelemetry import trace
 
         ctx = trace.set_span_in_context(span)
-        started = job.started_at or job.finished_at
+        attempts = []  # (attempt, start, end, error)
+        for n in range(1, job.attempts + 1):
+            sid = f"{attempt_span_id(run, job.id, n):016x}"
+            mine = [e for e in events or () if e.get("span_id") == sid]
+            if mine:
+                began = next((e["at"] for e in mine if e["to_state"] == "running"), mine[0]["at"])
+                last = mine[-1]
+                attempts.append((n, began, last["at"], last["reason"] if last["to_state"] in ("retrying", "held") else ""))
+            elif n == job.attempts:  # a history from before schema 4, or none given
+                attempts.append((n, job.started_at or job.finished_at, job.finished_at, job.error or ""))
+        started = attempts[0][1] if attempts else (job.started_at or job.finished_at)
         self.tracer.start_span("queue wait", context=ctx, start_time=ns(job.created_at)).end(end_time=ns(started))
-        a = self.tracer.start_span(f"attempt {job.attempts}", context=ctx, start_time=ns(started), attributes={"error": job.error or ""})
-        a.end(end_time=ns(job.finished_at))
+        for n, began, ended, error in attempts:
+            with self.ids.fixed(None, attempt_span_id(run, job.id, n)):
+                a = self.tracer.start_span(f"attempt {n}", context=ctx, start_time=ns(began),
+                                           attributes={"attempt": n, "error": error})
+            a.end(end_time=ns(max(ended, began)))
         span.end(end_time=ns(job.finished_at))
+
+    # -- storage moves and verifications (the storage manager) ---------------------------------
+    @contextlib.contextmanager
+    def storage(self, name: str, run: str, attributes: dict):
+        """A storage move or verification of ``run``: a span under the run's span, current while
+        the body runs (its log lines carry its ids). The body sets ``storage.outcome`` and the
+        figures on the span it is given; an exception ends it as ``error: ...``."""
+        from opentelemetry import trace
+        from opentelemetry.trace import Status, StatusCode
+
+        span = self.tracer.start_span(name, context=self._parent(run, span_id_for(run, "run")),
+                                      attributes={"run.id": run, **attributes})
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                yield span
+        except BaseException as exc:
+            span.set_attribute("storage.outcome", f"error: {type(exc).__name__}: {exc}")
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            raise
+        finally:
+            span.end()
 
     def close(self) -> None:
         self.end_run()
@@ -221,19 +297,43 @@ class RunTracer:
                 self._out = None
 
 
-def make_tracer(tracing, folder: Path | str, process: str, run_id: str | None, *, tiles: int = 1) -> RunTracer | None:
+class _NoSpan:
+    """What :func:`storage_span` gives when tracing is off: takes attributes, keeps nothing."""
+
+    def set_attribute(self, key: str, value: object) -> None:
+        pass
+
+    def set_attributes(self, attributes: dict) -> None:
+        pass
+
+
+def storage_span(tracer: RunTracer | None, name: str, run: str, attributes: dict):
+    """:meth:`RunTracer.storage`, or (no tracer: tracing off) a span that keeps nothing."""
+    if tracer is None:
+        return contextlib.nullcontext(_NoSpan())
+    return tracer.storage(name, run, attributes)
+
+
+def make_tracer(tracing, folder: Path | str, process: str, run_id: str | None, *, tiles: int = 1,
+                exporter=None) -> RunTracer | None:
     """A tracer for ``process`` (``tracing`` is the config's ``[tracing]``; None when it is
-    off): spans to ``tracing.otlp_endpoint``, or to ``folder/traces/<process>.jsonl``."""
+    off): spans to ``tracing.otlp_endpoint``, or to ``folder/traces/<process>.jsonl``.
+    ``exporter`` (an SDK ``SpanExporter``, such as the tests' ``InMemorySpanExporter``)
+    replaces both and gets each span as it ends."""
     if tracing is None or not tracing.enabled:
         return None
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 
     ids = _Ids()
     provider = TracerProvider(resource=Resource.create({"service.name": "appliance", "service.instance.id": process}),
                               id_generator=ids)
     out = None
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        return RunTracer(provider, ids, run_id, frame_sample=tracing.frame_sample, tiles=tiles,
+                         seed=int.from_bytes(os.urandom(4), "big"))
     if tracing.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

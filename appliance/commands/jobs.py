@@ -19,7 +19,8 @@ See docs/offload.md.
 
 verbs:
   ls       jobs, newest first (--state, --kind, --class, --run, --limit)
-  show     one job with its history (every state change, when and why)
+  show     one job with its history (every state change, when and why) and its transfers (from
+           <root>/.offload/transfers.sqlite: direction, destination, state, bytes, verification)
   submit   submit a job: KIND [key=value ...] (idempotent: the same job twice returns the first)
   retry    run a retrying job now, or give a held job one more attempt
   requeue  held or cancelled -> queued, attempts reset
@@ -96,9 +97,38 @@ def _print(args, result) -> None:
             print(f"{k:<16} {v}")
         print("history:")
         for e in result["events"]:
-            print(f"  {e['at']:.3f} {e['from_state'] or '-':>9} -> {e['to_state']:<9} {e['owner'] or '':<20} {e['reason']}")
+            span = f"  trace {e['trace_id']} span {e['span_id']}" if e.get("span_id") else ""
+            print(f"  {e['at']:.3f} {e['from_state'] or '-':>9} -> {e['to_state']:<9} {e['owner'] or '':<20} {e['reason']}{span}")
+        if result.get("transfers"):
+            print("transfers:")
+            for t in result["transfers"]:
+                print(_transfer_line(t))
     else:
         print(json.dumps(result, indent=2, default=str))
+
+
+def _mb(n) -> str:
+    return f"{(n or 0) / 1e6:.1f} MB"
+
+
+def _transfer_line(t: dict) -> str:
+    """One transfer of ``jobs show``: direction, destination, state, bytes, time, verification."""
+    line = (f"  {t['direction']:<7} {t['destination']}/{t['subject']}  {t['state']:<8} sent {_mb(t['bytes_sent'])}"
+            f"  re-read {_mb(t['bytes_reread'])}  egress {_mb(t['egress_bytes'])}  {t['duration_s']:.1f} s"
+            f"  {t['verification'] or '-'}  attempts {t['attempts']}")
+    return line + (f"\n          error: {t['error']}" if t.get("error") else "")
+
+
+def _job_transfers(root: Path, job_id: int) -> list[dict]:
+    """The job's transfers from the data root's transfer journal (appliance.transfer), read-only;
+    none when nothing was ever transferred (no journal file)."""
+    from appliance.transfer import TransferError, default_journal_path, read_transfers
+
+    try:
+        return read_transfers(default_journal_path(root), job_id=job_id)
+    except TransferError as exc:  # the job is still shown; the journal's problem is said
+        print(f"appliance jobs: {exc}", file=sys.stderr)
+        return []
 
 
 def _pools(args, off, root: Path, ledger) -> int:
@@ -223,6 +253,8 @@ def run(args: argparse.Namespace) -> int:
             cmd = commands[f"jobs.{args.verb}"]
             cmd.validate(a)
             result = cmd(a)
+            if args.verb == "show":
+                result["transfers"] = _job_transfers(root, a["id"])
         except ValueError as exc:
             print(f"appliance jobs: {exc}", file=sys.stderr)
             return EXIT_USAGE

@@ -7,6 +7,11 @@ catalogues what the manifests list as complete, ``plan()`` says what the policy 
 the TUI pane and the metrics. ``start()``/``stop()`` run the tierer: a thread that calls
 ``gc()`` every ``mover.interval_s`` and ``scrub()`` every ``scrub.interval``.
 
+With ``[tracing]`` on, each move (a run's files copied from one tier to another, a class
+bagged to cold, a repair, a restore) and each verification (``verify()``, a scrub's re-reads
+of one run) is a span of the run's trace (appliance.tracing), written to
+``<catalog folder>/traces/`` or the OTLP endpoint.
+
 A thread, not a process: the work is file I/O and CRC32C (both release the GIL), paced by the
 bandwidth limit, in the service process whose data path lives in its own stage processes; a
 thread shares the catalog connection and stops promptly between chunks. ``appliance storage
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +35,7 @@ from appliance.runfolder.layout import COPY_COMPLETE, RUN_MANIFEST, RUNINFO
 from appliance.storage._fs import Store
 from appliance.storage.errors import StorageError
 from appliance.storage.catalog import Catalog, CopyRow, FileRow
-from appliance.storage.mover import MoveError, Mover, MoverLock
+from appliance.storage.mover import BANDWIDTH_FILE, MoveError, Mover, MoverLock, move_outcome, shared_bandwidth
 from appliance.storage.policy import NEVER, TIERS, Policy, classify
 
 __all__ = ["StorageManager", "StorageError", "Action", "ALERTS"]
@@ -70,7 +76,8 @@ class StorageManager:
     """
 
     def __init__(self, root: str | Path, policy: Policy, catalog_path: str | Path | None = None, *,
-                 on_alert: Callable[..., None] | None = None, after_copy=None, clock: Callable[[], float] = time.time) -> None:
+                 on_alert: Callable[..., None] | None = None, after_copy=None, clock: Callable[[], float] = time.time,
+                 tracing=None, tracer=None) -> None:
         if policy.tiers.get("hot") and "://" in policy.tiers["hot"] and not policy.tiers["hot"].startswith("file://"):
             raise StorageError(f"tiers.hot = {policy.tiers['hot']!r}: the hot tier is the instrument's local disk; give a path or \"\" (the data root)")
         hot = policy.tiers.get("hot", "").removeprefix("file://")
@@ -86,24 +93,70 @@ class StorageManager:
         self.clock = clock
         self._stop = threading.Event()
         self._wake = threading.Event()  #: an early pass (a run just completed)
+        try:  # one limit for the mover and the host's transfers (appliance.transfer, other processes)
+            bucket = shared_bandwidth(self.root, policy.bandwidth_mb_s * 1e6)
+        except OSError as exc:
+            log.warning("storage: the bandwidth limit is this process's only (cannot open %s: %s)",
+                        self.root / ".storage" / BANDWIDTH_FILE, exc)
+            bucket = None
         self.mover = Mover(self.catalog, self.stores, verified_copies=policy.verified_copies,
                            bandwidth_mb_s=policy.bandwidth_mb_s, stop=self._stop, report=self._mover_report,
-                           after_copy=after_copy, staging=self.catalog_path.parent / "staging")
+                           after_copy=after_copy, staging=self.catalog_path.parent / "staging", bucket=bucket)
         self.lock = MoverLock(self.catalog_path)
         self._thread: threading.Thread | None = None
         self._level = "ok"
         self._last: dict = {"gc": None, "scrub": None, "pending": 0, "errors": 0}
         self.alerts: list[dict] = []
+        #: the config's [tracing] (a tracer is made at the first span), or a ready RunTracer
+        #: (``tracer``, closed by its owner): moves and verifications become spans of their run
+        self.tracing = tracing
+        self._tracer = tracer
+        self._own_tracer = False
+        self._tracer_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config, **kw) -> "StorageManager":
         """The manager of a run config's ``output.root`` and ``[storage]`` section."""
         st = config.storage
+        kw.setdefault("tracing", getattr(config, "tracing", None))
         return cls(config.output.root, st.policy, st.catalog or None, **kw)
 
     def close(self) -> None:
         self.stop()
         self.catalog.close()
+        with self._tracer_lock:
+            tracer, self._tracer = (self._tracer, None) if self._own_tracer else (None, self._tracer)
+        if tracer is not None:
+            tracer.close()
+
+    # -- spans ------------------------------------------------------------------------------
+    def span(self, name: str, run: str, **attributes):
+        """A span of ``run``'s trace around a move or a verification (a no-op span when
+        tracing is off): ``with manager.span("storage verify", run, ...) as s: s.set_attribute(...)``."""
+        from appliance.tracing import storage_span
+
+        tracer = self._tracer
+        if tracer is None and self.tracing is not None:
+            with self._tracer_lock:
+                if self._tracer is None and self.tracing is not None:
+                    from appliance.tracing import make_tracer
+
+                    try:
+                        self._tracer = make_tracer(self.tracing, self.catalog_path.parent, f"storage-{os.getpid()}", None)
+                        self._own_tracer = True
+                    except Exception as exc:  # diagnostics never stop the tierer
+                        log.warning("storage: tracing off: %s", exc)
+                    if self._tracer is None:
+                        self.tracing = None
+                tracer = self._tracer
+        return storage_span(tracer, name, run, attributes)
+
+    def move_span(self, run: str, src: str, dst: str, **attributes):
+        """:meth:`span` of a move of ``run``'s files from tier ``src`` to ``dst``."""
+        return self.span(f"storage move {src}->{dst}", run, **{"storage.from_tier": src, "storage.to_tier": dst, **attributes})
+        close = getattr(self.mover.bucket, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> "StorageManager":
         return self
@@ -325,12 +378,25 @@ class StorageManager:
                     continue
                 items.append((f, src, a.tier))
                 by_rel[f.rel] = a
-            for f, exc in self.mover.copy_many(items, self.policy.streams):
-                if exc is None:
-                    done.append(by_rel[f.rel])
-                else:
-                    errors.append(f"copy {by_rel[f.rel].tier} {f.rel}: {exc}")
-                    log.warning("%s", errors[-1])
+            groups: dict[tuple[str, str, str], list] = {}  # one move (span) per run and tiers
+            for it in items:
+                groups.setdefault((it[0].run, it[1], it[2]), []).append(it)
+            for (run, src, dst), group in groups.items():
+                if self._stop.is_set():
+                    break
+                with self.move_span(run, src, dst, **{"storage.reason": "policy"}) as span:
+                    ok = failed = 0
+                    moved = 0
+                    for f, exc in self.mover.copy_many(group, self.policy.streams):
+                        if exc is None:
+                            done.append(by_rel[f.rel])
+                            ok += 1
+                            moved += f.size
+                        else:
+                            errors.append(f"copy {by_rel[f.rel].tier} {f.rel}: {exc}")
+                            log.warning("%s", errors[-1])
+                            failed += 1
+                    span.set_attributes(move_outcome(moved, ok, failed, errors[-1] if failed else ""))
         for a in acts:
             if self._stop.is_set():
                 break
@@ -352,7 +418,11 @@ class StorageManager:
                 raise MoveError(f"{f.rel}: no verified copy to read")
             self.mover.copy(f, src, a.tier)
         elif a.op == "archive":
-            self.mover.archive(a.run, a.data_class, fs)
+            copies = self.catalog.all_copies(a.run)
+            src = ",".join(sorted({self.mover.best_source(f, copies.get(f.id, {}), exclude=("cold",)) or "none" for f in fs}))
+            with self.move_span(a.run, src, "cold", **{"storage.reason": "policy", "storage.data_class": a.data_class}) as span:
+                self.mover.archive(a.run, a.data_class, fs)  # validated with bagit and re-read before it counts
+                span.set_attributes(move_outcome(a.bytes, len(fs), 0, ""))
         elif a.op == "delete":
             self.mover.delete(fs[0], a.tier)
 
@@ -417,7 +487,17 @@ class StorageManager:
         """Bring ``run`` back to ``to`` from its best verified copies (see :mod:`.restore`)."""
         from appliance.storage.restore import restore
 
-        return self._locked(lambda: restore(self, run, to))
+        def traced():
+            src = ",".join(t for t in ("hot", "warm", "cold") if t != to and t in self.stores)
+            with self.move_span(run, src, to, **{"storage.reason": "restore"}) as span:
+                res = restore(self, run, to)
+                bad = len(res["failed"]) + len(res["mismatched"])
+                span.set_attributes({"storage.bytes": res["bytes"], "storage.files": res["restored"],
+                                     "storage.files_failed": bad, "storage.verified": res["ok"],
+                                     "storage.outcome": "ok" if res["ok"] else f"failed: {bad} files, {len(res['folder_problems'])} run folder problems"})
+                return res
+
+        return self._locked(traced)
 
     # -- views ------------------------------------------------------------------------------
     def ls(self, run: str | None = None) -> list[dict]:
@@ -538,3 +618,4 @@ class StorageManager:
     @property
     def stop_event(self) -> threading.Event:
         return self._stop
+

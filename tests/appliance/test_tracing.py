@@ -72,8 +72,17 @@ def test_an_offload_job_of_the_run_is_a_span_of_its_trace(traced, tmp_path):
     (span,) = [s for s in spans if s["name"] == "job cycle-qc" and s["attributes"]["job.id"] == job.id]
     assert span["context"]["trace_id"] == _hex(trace_id_for(RUN_ID), 32)
     assert span["parent_id"] == _hex(span_id_for(RUN_ID, "run"), 16)
-    kids = {s["name"] for s in spans if s["parent_id"] == span["context"]["span_id"]}
-    assert kids == {"queue wait", "attempt 1"}
+    kids = {s["name"]: s for s in spans if s["parent_id"] == span["context"]["span_id"]}
+    assert set(kids) == {"queue wait", "attempt 1"}
+    # the ledger's history names the attempt's span: a history line leads to it
+    from appliance.offload import Ledger
+
+    with Ledger(orch.ledger_path) as led:
+        history = led.events(job.id)
+    attempt = kids["attempt 1"]
+    ids = {(e["trace_id"], e["span_id"]) for e in history if e["to_state"] != "queued"}
+    assert ids == {(attempt["context"]["trace_id"][2:], attempt["context"]["span_id"][2:])}
+    assert [e["to_state"] for e in history if e["span_id"]] == ["leased", "running", "succeeded"]
 
 
 def test_tracing_settings_are_validated():
