@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 __all__ = ["SimSettings", "LabSimulation", "SimulationError", "expected_jobs", "format_result", "instrument_ids",
-           "instrument_overrides", "summarize", "write_report"]
+           "instrument_overrides", "parse_weight", "summarize", "worker_overrides", "write_report"]
 
 log = logging.getLogger("appliance.labsim")
 
@@ -64,6 +64,8 @@ class SimSettings:
     drain_s: float = 180.0  #: how long to wait for the jobs after the last run
     restart_ledger_at_s: float | None = None  #: restart the private PostgreSQL server this long in
     ledger_down_s: float = 0.0  #: ... and keep it down this long first (0: pg_ctl restart)
+    #: ``--weight SIM01=2``: the pool's ``offload.instrument_weights`` (instrument, weight); () = equal
+    weights: tuple[tuple[str, float], ...] = ()
 
     def check(self) -> None:
         """Refuse settings that cannot run, naming the option."""
@@ -83,6 +85,27 @@ class SimSettings:
             raise ValueError(f"--restart-ledger-at {self.restart_ledger_at_s}: within the simulation (0 to {self.minutes * 60:g} s)")
         if not 0 <= self.ledger_down_s <= 600 or (self.ledger_down_s and self.restart_ledger_at_s is None):
             raise ValueError(f"--ledger-down {self.ledger_down_s}: 0 to 600 s, with --restart-ledger-at")
+        names = instrument_ids(self.instruments)
+        for name, w in self.weights:
+            if name not in names:
+                raise ValueError(f"--weight {name}={w:g}: no such instrument; allowed {', '.join(names)}")
+            if not 0 < w <= 1000:
+                raise ValueError(f"--weight {name}={w:g}: allowed a weight more than 0, up to 1000 (1 is the default)")
+
+    def weight(self, name: str) -> float:
+        """The instrument's weight in the pool's fair share (1.0 unless --weight names it)."""
+        return dict(self.weights).get(name, 1.0)
+
+
+def parse_weight(text: str) -> tuple[str, float]:
+    """``--weight SIM01=2`` -> ("SIM01", 2.0)."""
+    name, sep, w = text.partition("=")
+    try:
+        if sep:
+            return name.strip(), float(w)
+    except ValueError:
+        pass
+    raise ValueError(f"--weight {text}: give INSTRUMENT=WEIGHT, e.g. --weight SIM01=2")
 
 
 def instrument_ids(n: int) -> list[str]:
@@ -107,8 +130,9 @@ def instrument_overrides(s: SimSettings, name: str, lab_root: Path, work: Path, 
 def worker_overrides(s: SimSettings, lab_root: Path, ledger: str) -> list[str]:
     """The one pool's ``appliance jobs work`` overrides."""
     reserved = 1 if s.workers > 1 else 0
+    weights = [f"offload.instrument_weights={{{', '.join(f'{n} = {w!r}' for n, w in s.weights)}}}"] if s.weights else []
     return [f'output.root="{lab_root}"', f'offload.ledger="{ledger}"', f"offload.workers={s.workers}",
-            f"offload.reserved_realtime={reserved}", "storage.enabled=false"]
+            f"offload.reserved_realtime={reserved}", "storage.enabled=false", *weights]
 
 
 # -- the figures (pure) ---------------------------------------------------------------------------
@@ -142,8 +166,10 @@ def summarize(jobs: Iterable[Mapping[str, Any]], runs: Mapping[str, list[Mapping
 
     Throughput counts the jobs of each instrument that succeeded by the end of the drain (all
     of them, when the pool kept up) over the window plus the drain it took. Waits are
-    ``started_at - created_at`` per class, of every job that started. Fairness is max / min
-    of the instruments' throughput (1.0 is fair; None with an instrument that did nothing)."""
+    ``started_at - created_at`` per class, of every job that started. Each instrument's share
+    is its part of the jobs done; fairness is max / min of the instruments' throughput per unit
+    of weight (``settings.weights``, 1.0 each by default: 1.0 is fair; None with an instrument
+    that did nothing)."""
     jobs = list(jobs)
     names = sorted(runs)
     end = max([float(j["finished_at"]) for j in jobs if j.get("finished_at")] + [t1])
@@ -161,12 +187,16 @@ def summarize(jobs: Iterable[Mapping[str, Any]], runs: Mapping[str, list[Mapping
             "jobs_not_done": sum(1 for j in mine if j["state"] not in ("succeeded", "held", "cancelled")),
             "jobs_held": sum(1 for j in mine if j["state"] == "held"),
             "jobs_per_s": len(done) / span,
+            "weight": settings.weight(name) if settings is not None else 1.0,
         }
     waits: dict[str, list[float]] = {c: [] for c in CLASSES}
     for j in jobs:
         if j.get("started_at") and j.get("priority") in waits:
             waits[j["priority"]].append(max(0.0, float(j["started_at"]) - float(j["created_at"])))
-    rates = [p["jobs_per_s"] for p in per.values()]
+    total_done = sum(p["jobs_succeeded"] for p in per.values())
+    for p in per.values():
+        p["share"] = p["jobs_succeeded"] / total_done if total_done else None
+    rates = [p["jobs_per_s"] / p["weight"] for p in per.values()]
     fairness = (max(rates) / min(rates)) if rates and min(rates) > 0 else None
     # exactly once: every job a run calls for is in the ledger once (idempotency keys), none missing
     have: dict[tuple, int] = {}
@@ -182,7 +212,6 @@ def summarize(jobs: Iterable[Mapping[str, Any]], runs: Mapping[str, list[Mapping
                 if got < n:
                     missing.append(f"{r['run_id']} {kind}" + (f" cycle {cycle}" if cycle else ""))
     duplicated = [f"{run} {kind}" + (f" cycle {cycle}" if cycle else "") for (run, kind, cycle), n in have.items() if n > 1]
-    total_done = sum(p["jobs_succeeded"] for p in per.values())
     return {
         "settings": asdict(settings) if settings is not None else None,
         "window_s": round(t1 - t0, 3), "span_s": round(span, 3),
@@ -201,14 +230,18 @@ def summarize(jobs: Iterable[Mapping[str, Any]], runs: Mapping[str, list[Mapping
 
 def format_result(r: Mapping[str, Any]) -> str:
     """The result as the operator reads it: one row per instrument, the totals, the waits."""
-    lines = [f"{'INSTRUMENT':<10} {'RUNS':>5} {'FRAMES':>7} {'DROPS':>5} {'JOBS':>5} {'DONE':>5} {'JOBS/S':>7}"]
+    lines = [f"{'INSTRUMENT':<10} {'RUNS':>5} {'FRAMES':>7} {'DROPS':>5} {'JOBS':>5} {'DONE':>5} {'JOBS/S':>7} "
+             f"{'WEIGHT':>6} {'SHARE':>6}"]
     for name, p in r["instruments"].items():
+        share = f"{p['share']:>6.1%}" if p.get("share") is not None else f"{'-':>6}"
         lines.append(f"{name:<10} {p['runs']:>5} {p['frames_acquired']:>7} {p['frames_dropped']:>5} {p['jobs']:>5} "
-                     f"{p['jobs_succeeded']:>5} {p['jobs_per_s']:>7.3f}")
+                     f"{p['jobs_succeeded']:>5} {p['jobs_per_s']:>7.3f} {p.get('weight', 1.0):>6g} {share}")
     t = r["total"]
     lines.append(f"{'total':<10} {'':>5} {'':>7} {t['frames_dropped']:>5} {t['jobs']:>5} {t['jobs_succeeded']:>5} {t['jobs_per_s']:>7.3f}")
     fair = r.get("fairness")
-    lines.append(f"fairness (max/min jobs/s): {fair:.2f}" if fair is not None else "fairness: n/a (an instrument finished no job)")
+    weighted = any(p.get("weight", 1.0) != 1.0 for p in r["instruments"].values())
+    label = "fairness (max/min jobs/s per unit of weight)" if weighted else "fairness (max/min jobs/s)"
+    lines.append(f"{label}: {fair:.2f}" if fair is not None else "fairness: n/a (an instrument finished no job)")
     for c, w in r["wait_s"].items():
         if w["n"]:
             lines.append(f"queue wait {c:<9} p50 {w['p50']:.2f} s  p99 {w['p99']:.2f} s  ({w['n']} jobs)")

@@ -46,6 +46,10 @@ the jobs (--drain-s) and reports, from the ledger and the runs' summaries:
   reprocess), fairness (max / min of the instruments' jobs/s: 1.0 is fair), frames acquired
   and dropped, and whether every job the runs call for was submitted exactly once.
 
+--weight SIM01=2 gives an instrument twice the pool's fair share (offload.instrument_weights;
+default 1 each); the table shows each instrument's weight and share of the jobs done, and
+fairness is then per unit of weight. Weights show only when the pool is the bottleneck
+(few --workers for the instruments' work).
 --restart-ledger-at S restarts the private PostgreSQL server S seconds in (--ledger-down D:
 it stays down D seconds first): the instruments go on acquiring, their submissions wait in
 their outboxes and arrive once it is back.
@@ -57,6 +61,7 @@ examples:
   appliance lab simulate --instruments 2 --minutes 1 --report /tmp/lab-report
   appliance lab simulate --instruments 4 --workers 4 --json result.json
   appliance lab simulate --instruments 2 --restart-ledger-at 30 --ledger-down 10
+  appliance lab simulate --instruments 2 --workers 1 --weight SIM01=2
 Exit status: 0 done, every job submitted exactly once and no frame dropped; 1 the simulation
 ran but a job was missing or duplicated, or a frame was dropped, or jobs were left undone;
 2 bad options; 3 it could not run (no PostgreSQL, an instrument that would not start).
@@ -83,6 +88,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--restart-ledger-at", type=float, metavar="S", help="restart the private PostgreSQL server S seconds in")
     p.add_argument("--ledger-down", type=float, default=0.0, metavar="D",
                    help="with --restart-ledger-at: keep the server down D seconds (default 0: a plain restart)")
+    p.add_argument("--weight", action="append", default=[], metavar="INSTRUMENT=W",
+                   help="the pool's fair-share weight of an instrument (offload.instrument_weights; repeatable; default 1)")
     p.add_argument("--ledger", help="a PostgreSQL URL to use instead of a private server (its tables are used as they are)")
     p.add_argument("--report", type=Path, metavar="DIR", help="write index.html (with plots) and result.json here")
     p.add_argument("--workdir", type=Path, help="where the lab's data root and logs go (default: a temporary folder)")
@@ -92,15 +99,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from appliance.labsim import LabSimulation, SimSettings, SimulationError, format_result, write_report
+    from appliance.labsim import LabSimulation, SimSettings, SimulationError, format_result, parse_weight, write_report
 
     if args.ledger and not args.ledger.startswith(("postgresql://", "postgres://")):
         print(f"appliance lab simulate: --ledger {args.ledger!r}: give a PostgreSQL URL (postgresql://USER@HOST/DB)", file=sys.stderr)
         return 2
-    settings = SimSettings(instruments=args.instruments, minutes=args.minutes, workers=args.workers, tile_size=args.tile_size,
-                           rate_hz=args.rate, cycles=args.cycles, drain_s=args.drain_s, restart_ledger_at_s=args.restart_ledger_at,
-                           ledger_down_s=args.ledger_down)
     try:
+        settings = SimSettings(instruments=args.instruments, minutes=args.minutes, workers=args.workers,
+                               tile_size=args.tile_size, rate_hz=args.rate, cycles=args.cycles, drain_s=args.drain_s,
+                               restart_ledger_at_s=args.restart_ledger_at, ledger_down_s=args.ledger_down,
+                               weights=tuple(parse_weight(w) for w in args.weight))
         sim = LabSimulation(settings, ledger=args.ledger, workdir=args.workdir, keep=args.keep, config=args.config,
                             overrides=args.overrides)
     except ValueError as exc:

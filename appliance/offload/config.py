@@ -58,6 +58,9 @@ class OffloadConfig:
     run_wait_s: float = 600.0
     plugins: tuple[str, ...] = ()
     kinds: dict[str, KindOverride] = field(default_factory=dict)
+    #: ``[offload.instrument_weights]``: instrument id -> its weight in the fair share within a
+    #: class (appliance.offload.scheduler); empty = equal weights, an instrument not named weighs 1.0
+    instrument_weights: dict[str, float] = field(default_factory=dict)
     #: ``[offload.pools.NAME]`` compute pools (appliance.offload.pools); empty = one pool from executor/workers
     pools: dict = field(default_factory=dict)
 
@@ -91,6 +94,28 @@ def _num(d: dict, k: str, lo: float, hi: float, *, integer: bool = False, key: s
     if not ok:
         raise _err(f"{key}.{k}", v, f"{'an integer' if integer else 'a number'} {lo}..{hi}")
     return v if integer else float(v)
+
+
+#: the largest ratio of two instruments' weights that is meaningful (and the bounds of one weight)
+MAX_WEIGHT = 1000.0
+
+
+def _instrument_weights(table: Any) -> dict[str, float]:
+    key = "offload.instrument_weights"
+    if isinstance(table, (list, tuple)) and not table:  # defaults.toml's [] (no table): equal weights
+        return {}
+    if not isinstance(table, dict):
+        raise _err(key, table, 'a table of instrument id -> weight, e.g. { NB501234 = 2.0, NB501235 = 1.0 }')
+    out = {}
+    for inst, w in table.items():
+        if not isinstance(inst, str) or not inst:
+            raise _err(f"{key}.{inst!r}", w, "a non-empty instrument id (RunInfo's Instrument) as the key")
+        ok = not isinstance(w, bool) and isinstance(w, (int, float)) and 0 < w <= MAX_WEIGHT
+        if not ok:
+            raise _err(f"{key}.{inst}", w, f"a number more than 0, up to {MAX_WEIGHT:g} (1.0 is the default weight; "
+                       "2.0 gets twice the share of 1.0; to stop an instrument's work, hold or cancel its jobs)")
+        out[inst] = float(w)
+    return out
 
 
 def load_offload(d: dict | None) -> OffloadConfig:
@@ -180,6 +205,7 @@ def load_offload(d: dict | None) -> OffloadConfig:
         run_wait_s=_num(full, "run_wait_s", 0, 86400),
         plugins=tuple(plugins),
         kinds=kinds,
+        instrument_weights=_instrument_weights(full["instrument_weights"]),
         pools=load_pools(full["pools"], classes=CLASSES, executor=full["executor"], workers=workers,
                          dask_address=full["dask_address"]),
     )

@@ -45,6 +45,7 @@ from appliance.offload.config import CLASSES, OffloadConfig
 from appliance.offload.errors import AdmissionRefused, LedgerError, OffloadError
 
 __all__ = [
+    "InFlightRow",
     "Job",
     "Ledger",
     "RetryPolicy",
@@ -105,6 +106,16 @@ def run_inputs(run_dir: str | Path, cycle: int | None = None) -> dict[str, str]:
         raise OffloadError(f"{path}: cannot read the manifest a job depends on ({exc.strerror}); "
                            "submit the job once the run (or cycle) is complete") from None
     return {rel: hashlib.sha256(data).hexdigest()}
+
+
+@dataclass(frozen=True)
+class InFlightRow:
+    """Leased and running jobs of one class, lease owner and instrument (:meth:`Ledger.in_flight`)."""
+
+    priority: str
+    lease_owner: str
+    instrument_id: str
+    n: int
 
 
 @dataclass(frozen=True)
@@ -192,8 +203,14 @@ def _m3(c: sqlite3.Connection) -> None:
     c.execute("CREATE INDEX jobs_instrument ON jobs(instrument_id, state)")
 
 
+def _m4(c: sqlite3.Connection) -> None:
+    # the trace and span of the attempt an entry belongs to (appliance.tracing.attempt_ids)
+    c.execute("ALTER TABLE events ADD COLUMN trace_id TEXT")
+    c.execute("ALTER TABLE events ADD COLUMN span_id TEXT")
+
+
 #: ordered migrations: MIGRATIONS[i] takes a file from version i to version i + 1
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_m1, _m2, _m3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_m1, _m2, _m3, _m4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: the same schema versions on PostgreSQL (statements per version; ``ledger_schema`` holds it)
@@ -229,6 +246,8 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
      "SELECT id, created_at, NULL, state, 'history starts at migration to schema 2' FROM jobs"),
     ("ALTER TABLE jobs ADD COLUMN instrument_id TEXT NOT NULL DEFAULT ''",
      "CREATE INDEX jobs_instrument ON jobs(instrument_id, state)"),
+    ("ALTER TABLE events ADD COLUMN trace_id TEXT",
+     "ALTER TABLE events ADD COLUMN span_id TEXT"),
 )
 assert len(PG_MIGRATIONS) == SCHEMA_VERSION, "every schema version exists on both backends"
 
@@ -375,9 +394,17 @@ class Ledger:
         """End a :meth:`wait_for_change` in another thread now."""
         self._db.wake()
 
-    def _event(self, c, job_id: int, frm: str | None, to: str, reason: str, owner: str | None, now: float) -> None:
-        c.execute("INSERT INTO events(job_id, at, from_state, to_state, owner, reason) VALUES (?,?,?,?,?,?)",
-                  (job_id, now, frm, to, owner, reason))
+    def _event(self, c, job_id: int, frm: str | None, to: str, reason: str, owner: str | None, now: float,
+               attempt_of: Job | None = None) -> None:
+        """One history entry. ``attempt_of``: the job as its current attempt sees it; the entry
+        then carries that attempt's trace and span ids (appliance.tracing.attempt_ids)."""
+        trace_id = span_id = None
+        if attempt_of is not None:
+            from appliance.tracing import attempt_ids
+
+            trace_id, span_id = attempt_ids((attempt_of.params or {}).get("run"), attempt_of.id, attempt_of.attempts)
+        c.execute("INSERT INTO events(job_id, at, from_state, to_state, owner, reason, trace_id, span_id) "
+                  "VALUES (?,?,?,?,?,?,?,?)", (job_id, now, frm, to, owner, reason, trace_id, span_id))
 
     def _get(self, c, job_id: int, lock: bool = False) -> Job | None:
         row = c.execute("SELECT * FROM jobs WHERE id = ?" + (self._db.lock_rows if lock else ""), (job_id,)).fetchone()
@@ -653,6 +680,13 @@ class Ledger:
         return out
 
     @_transient
+    def in_flight(self) -> list["InFlightRow"]:
+        """Leased and running jobs counted per class, lease owner and instrument (one query:
+        what the dispatcher needs each tick for its own limits and the instruments' weights)."""
+        rows = self._read("SELECT priority, COALESCE(lease_owner, ''), instrument_id, COUNT(*) FROM jobs "
+                          "WHERE state IN ('leased','running') GROUP BY priority, lease_owner, instrument_id")
+        return [InFlightRow(str(r[0]), str(r[1]), str(r[2] or ""), int(r[3])) for r in rows]
+
     def running_by_class(self) -> dict[str, int]:
         """Leased and running jobs per class (every owner)."""
         counts = {c: 0 for c in CLASSES}
@@ -674,7 +708,7 @@ class Ledger:
             if cur.rowcount != 1:
                 return None
             job = self._get(c, job_id)
-            self._event(c, job_id, None, "leased", f"attempt {job.attempts} of {job.max_attempts}", owner, now)
+            self._event(c, job_id, None, "leased", f"attempt {job.attempts} of {job.max_attempts}", owner, now, job)
             return job
 
     # the same fair share as ready(): the instrument with the fewest in flight, then the oldest
@@ -702,7 +736,7 @@ class Ledger:
                 if row is None:
                     continue
                 job = _row_to_job(row)
-                self._event(c, job.id, None, "leased", f"attempt {job.attempts} of {job.max_attempts}", owner, now)
+                self._event(c, job.id, None, "leased", f"attempt {job.attempts} of {job.max_attempts}", owner, now, job)
                 return job
         return None
 
@@ -716,7 +750,7 @@ class Ledger:
                 "lease_expires=COALESCE(?, lease_expires) WHERE id=? AND state='leased' AND lease_owner=?",
                 (now, now, None if lease_s is None else now + lease_s, job_id, owner))
             if cur.rowcount == 1:
-                self._event(c, job_id, "leased", "running", "", owner, now)
+                self._event(c, job_id, "leased", "running", "", owner, now, self._get(c, job_id))
             return cur.rowcount == 1
 
     @_transient
@@ -742,7 +776,7 @@ class Ledger:
             c.execute("UPDATE jobs SET state='succeeded', result=?, finished_at=?, lease_owner=NULL, "
                       "lease_expires=NULL, error=NULL, error_transient=NULL WHERE id=?", (result_json, now, job_id))
             reason = "completed" if job.lease_owner == owner else f"completed by {owner} (lease had been lost)"
-            self._event(c, job_id, job.state, "succeeded", reason, owner, now)
+            self._event(c, job_id, job.state, "succeeded", reason, owner, now, job)
             self._db.notify(c, "complete")
             return True
 
@@ -752,12 +786,12 @@ class Ledger:
             delay = backoff_delay(job.attempts, pol.backoff_s, pol.backoff_cap_s, self._rng)
             c.execute("UPDATE jobs SET state='retrying', next_attempt_at=?, error=?, error_transient=1, "
                       "lease_owner=NULL, lease_expires=NULL WHERE id=?", (now + delay, error, job.id))
-            self._event(c, job.id, job.state, "retrying", f"{error} (retry in {delay:.1f} s)", owner, now)
+            self._event(c, job.id, job.state, "retrying", f"{error} (retry in {delay:.1f} s)", owner, now, job)
         else:
             why = "attempts used up" if transient else "permanent error"
             c.execute("UPDATE jobs SET state='held', error=?, error_transient=?, finished_at=?, lease_owner=NULL, "
                       "lease_expires=NULL WHERE id=?", (error, int(transient), now, job.id))
-            self._event(c, job.id, job.state, "held", f"{why}: {error}", owner, now)
+            self._event(c, job.id, job.state, "held", f"{why}: {error}", owner, now, job)
         return self._get(c, job.id)
 
     @_transient
@@ -781,7 +815,7 @@ class Ledger:
                 return False
             c.execute("UPDATE jobs SET state='queued', attempts=CASE WHEN attempts > 0 THEN attempts-1 ELSE 0 END, lease_owner=NULL, "
                       "lease_expires=NULL, next_attempt_at=? WHERE id=?", (now, job_id))
-            self._event(c, job_id, job.state, "queued", reason, owner, now)
+            self._event(c, job_id, job.state, "queued", reason, owner, now, job)
             return True
 
     @_transient
@@ -878,7 +912,7 @@ class Ledger:
                 raise LedgerError(f"job {job_id} is {job.state}: nothing to cancel")
             c.execute("UPDATE jobs SET state='cancelled', lease_owner=NULL, lease_expires=NULL, finished_at=? "
                       "WHERE id=?", (now, job_id))
-            self._event(c, job_id, job.state, "cancelled", reason, job.lease_owner, now)
+            self._event(c, job_id, job.state, "cancelled", reason, job.lease_owner, now, job if job.state in ACTIVE else None)
             return self._get(c, job_id)
 
     # -- figures ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ output is not run again, see :func:`~appliance.offload.executors.run_attempt`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -33,7 +34,7 @@ from appliance.offload.executors import AttemptSpec, DaskExecutor, LocalExecutor
 from appliance.offload.kinds import KindRegistry, default_registry, load_plugins
 from appliance.offload.ledger import Job, Ledger, RetryPolicy, Submitted, run_inputs
 from appliance.offload.pools import POOL_STARVED, PoolConfig, PoolSet, status_path, write_status
-from appliance.offload.scheduler import Candidate, SchedulerPolicy, SchedulerState, place, plan
+from appliance.offload.scheduler import Candidate, SchedulerPolicy, SchedulerState, in_flight_of, place, plan
 
 __all__ = ["ENDED", "Orchestrator", "output_dir_for", "run_jobs_summary"]
 
@@ -43,8 +44,13 @@ ENDED = frozenset({"succeeded", "held", "cancelled"})
 log = logging.getLogger(__name__)
 
 
-def _pool_executor(pool: PoolConfig, config: OffloadConfig):
+def _pool_executor(pool: PoolConfig, config: OffloadConfig, data_root: Path | None = None, *, instrument_id: str = "",
+                   on_alert: Callable[[dict], None] | None = None):
     """The executor behind one compute pool."""
+    if pool.kind == "cloud":
+        from appliance.offload.cloud import CloudExecutor
+
+        return CloudExecutor(pool, data_root, namespace=instrument_id, config=config, on_alert=on_alert)
     if pool.kind == "slurm":
         from appliance.offload.slurm import SlurmExecutor
 
@@ -101,10 +107,12 @@ class Orchestrator:
         outbox = config.outbox_path(self.data_root) if config.ledger_is_postgres else None
         self.ledger = Ledger(self.ledger_path, config=config, policy=self._policy, on_alert=self._alert,
                              instrument_id=instrument_id, outbox=outbox)
+        self.instrument_id = instrument_id
         self.executor = executor or (self._make_executor() if config.dispatch else NoExecutor())
         self._wire_completions(self.executor)
         self.policy = SchedulerPolicy(slots=self.executor.capacity, limits=dict(config.limits),
-                                      shares=dict(config.share), reserved_realtime=config.reserved_realtime)
+                                      shares=dict(config.share), reserved_realtime=config.reserved_realtime,
+                                      instrument_weights=dict(config.instrument_weights))
         self._sched = SchedulerState()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -134,7 +142,13 @@ class Orchestrator:
 
     def _make_executor(self):
         if self.config.pools:
-            return PoolSet(self.config.pools, {n: _pool_executor(p, self.config) for n, p in self.config.pools.items()})
+            from appliance.offload.cloud import BurstController
+
+            executors = {n: _pool_executor(p, self.config, self.data_root, instrument_id=self.instrument_id, on_alert=self._alert)
+                         for n, p in self.config.pools.items()}
+            burst = {n: BurstController(p, self.data_root / ".offload", interval_s=max(self.config.tick_s, 1.0))
+                     for n, p in self.config.pools.items() if p.kind == "cloud" and p.burst is not None}
+            return PoolSet(self.config.pools, executors, burst)
         if self.config.executor == "dask":
             return DaskExecutor(self.config.workers, self.config.dask_address, config=self.config)
         return LocalExecutor(self.config.workers, config=self.config)
@@ -170,7 +184,8 @@ class Orchestrator:
                 self._start_tracer()
                 self.executor.start(timeout)
                 self.policy = SchedulerPolicy(slots=max(1, self.executor.capacity), limits=dict(self.config.limits),
-                                              shares=dict(self.config.share), reserved_realtime=self.config.reserved_realtime)
+                                              shares=dict(self.config.share), reserved_realtime=self.config.reserved_realtime,
+                                              instrument_weights=dict(self.config.instrument_weights))
                 if self.policy.slots == 1 and self.config.reserved_realtime > 0 and self.config.dispatch:
                     log.warning("offload: the executor has 1 slot, so none can be reserved for real-time jobs "
                                 "(offload.reserved_realtime): a running batch or reprocess job delays cycle-qc until "
@@ -262,7 +277,8 @@ class Orchestrator:
         try:
             job = self.ledger.get(job_id)
             if job.state in ("succeeded", "held", "cancelled"):
-                self.tracer.job(job)
+                # its history entries carry each attempt's span id: one span per attempt
+                self.tracer.job(job, self.ledger.events(job_id))
         except Exception as exc:
             log.debug("offload: no span for job %s: %s", job_id, exc)
 
@@ -294,6 +310,22 @@ class Orchestrator:
                 log.warning("job %s: lease lost (cancelled?): stopping its attempt", job_id)
                 self.executor.cancel(job_id)
 
+    def _flight(self) -> list:
+        """Leased and running jobs of every owner (the lab ledger's, with other orchestrators'),
+        counted per class, owner and instrument."""
+        return self.ledger.in_flight()
+
+    def _mine(self, flight: list) -> dict[str, int]:
+        """This orchestrator's attempts per class: its limits, slots and reserved slots are its own."""
+        return {c: sum(r.n for r in flight if r.priority == c and r.lease_owner == self.owner) for c in CLASSES}
+
+    def _in_flight(self, flight: list | None = None):
+        """Leased and running jobs per class and instrument, for ``offload.instrument_weights``
+        (None without weights: the ledger's order is the equal-weight fair share)."""
+        if not self.policy.instrument_weights:
+            return None
+        return in_flight_of(self._flight() if flight is None else flight)
+
     def _dispatch(self) -> list[int]:
         if isinstance(self.executor, PoolSet):
             return self._dispatch_pools()
@@ -301,8 +333,11 @@ class Orchestrator:
         if free <= 0:
             return []
         ready = self.ledger.ready(per_class=max(8, free * 2))
-        decision = plan([Candidate(j.id, j.priority) for j in ready], self.ledger.running_by_class(), free,
-                        self.policy, self._sched)
+        # plan's slots, reserved slots and limits are this executor's: count only this
+        # orchestrator's attempts (another orchestrator on a lab ledger has slots of its own)
+        flight = self._flight()
+        decision = plan([Candidate(j.id, j.priority, instrument=j.instrument_id) for j in ready],
+                        self._mine(flight), free, self.policy, self._sched, self._in_flight(flight))
         self._sched = decision.state
         return self._start_jobs(ready, [(j, None) for j in decision.start], decision.reasons)
 
@@ -325,7 +360,13 @@ class Orchestrator:
                 cands.append(self.registry.get(j.kind, self.config).candidate(j.id, j.priority))
             except KeyError:
                 cands.append(Candidate(j.id, j.priority))  # leased and failed with the reason below
-        placement = place(cands, self.ledger.running_by_class(), pools.states(), self.policy, self._sched)
+        if pools.burst:  # the cloud pools' burst policy: their slots, and which jobs may go there
+            for alert in pools.burst_step(ready, lambda name: self.registry.get(name, self.config), self.data_root):
+                self._alert(alert)
+            cands = pools.gate(cands)
+        cands = [dataclasses.replace(c, instrument=j.instrument_id) for c, j in zip(cands, ready)]
+        flight = self._flight()
+        placement = place(cands, self._mine(flight), pools.states(), self.policy, self._sched, self._in_flight(flight))
         self._sched = placement.state
         self.waiting = dict(placement.waiting)
         now = time.monotonic()
@@ -508,6 +549,8 @@ class Orchestrator:
                          "running_here": sorted(self.executor.running())}
         if isinstance(self.executor, PoolSet):
             s["pools"] = self.executor.report(self.ready_by_class)
+            if self.executor.burst:
+                s["burst"] = self.executor.burst_report()
         s["alerts"] = list(self.alerts[-10:])
         s["errors"] = list(self.errors[-5:])
         return s

@@ -18,18 +18,28 @@ Rules, in order:
    ``ceil(1 / share[c]) - 1`` consecutive dispatches gets the next one it is eligible for, so
    batch and reprocess are not starved by a steady real-time stream.
 4. Otherwise strict priority: realtime > batch > reprocess; oldest first within a class.
+
+Within a class the jobs come in the ledger's fair-share order (``Ledger.ready``: the
+instruments with the fewest of the class in flight first, round robin, then the oldest), which
+is the fair share with equal weights. With ``offload.instrument_weights`` the same rule is
+weighted (weighted least-served-first): each next job of a class comes from the instrument with
+the least ``(in flight + started by this call) / weight``, ties in the ledger's order, oldest
+first within an instrument. Two backlogged instruments of weights 2 and 1 therefore hold 2:1 of
+the class's slots and, with jobs of equal length, get 2:1 of its starts. An instrument with
+nothing of the class in flight has load 0 and goes first whatever the weights, so another
+instrument's backlog still delays its real-time job by at most the reserved-slot bound.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from appliance.offload.classes import CLASSES
 
-__all__ = ["Candidate", "Decision", "Placement", "PoolState", "SchedulerPolicy", "SchedulerState", "dependency_action",
-           "place", "plan", "unplaceable"]
+__all__ = ["Candidate", "Decision", "InFlight", "Placement", "PoolState", "SchedulerPolicy", "SchedulerState", "dependency_action",
+           "in_flight_of", "place", "plan", "unplaceable"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class Candidate:
     gpu: bool = False
     inputs: tuple[str, ...] = ("hot",)  #: data locations its inputs are on (any one will do)
     timeout_s: float = 0.0  #: the kind's attempt limit: a worker must have this much walltime left
+    instrument: str = ""  #: the instrument that submitted it (``Job.instrument_id``): the fair share's unit
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,12 @@ class SchedulerPolicy:
     limits: Mapping[str, int] = field(default_factory=lambda: {"realtime": 2, "batch": 2, "reprocess": 1})
     shares: Mapping[str, float] = field(default_factory=lambda: {"batch": 0.2, "reprocess": 0.1})
     reserved_realtime: int = 1
+    #: ``offload.instrument_weights``: instrument -> its weight in the fair share within a class
+    #: (empty: equal weights, the ledger's order is kept); an instrument not named weighs 1.0
+    instrument_weights: Mapping[str, float] = field(default_factory=dict)
+
+    def weight(self, instrument: str) -> float:
+        return float(self.instrument_weights.get(instrument, 1.0))
 
     def starve_after(self, cls: str) -> int | None:
         """Passed-over dispatches after which ``cls`` gets the next one (None: no guarantee)."""
@@ -86,15 +103,52 @@ def _eligible(cls: str, running: dict[str, int], policy: SchedulerPolicy) -> boo
     return True
 
 
+InFlight = Mapping[str, Mapping[str, int]]  #: class -> instrument -> jobs leased or running (every owner)
+
+
+def in_flight_of(jobs: Iterable) -> dict[str, dict[str, int]]:
+    """:data:`InFlight` from the ledger's leased and running jobs (anything with ``priority``
+    and ``instrument_id``; a row with ``n`` counts that many, as ``Ledger.in_flight()`` gives)."""
+    out: dict[str, dict[str, int]] = {c: {} for c in CLASSES}
+    for j in jobs:
+        row = out.setdefault(j.priority, {})
+        row[j.instrument_id] = row.get(j.instrument_id, 0) + int(getattr(j, "n", 1))
+    return out
+
+
+class _Served:
+    """Per class and instrument: jobs in flight plus those this call started (the weighted load)."""
+
+    def __init__(self, in_flight: InFlight | None, policy: SchedulerPolicy) -> None:
+        self.policy = policy
+        self.n = {c: {i: int(v) for i, v in (in_flight or {}).get(c, {}).items()} for c in CLASSES}
+
+    def order(self, queue: Sequence[Candidate], cls: str) -> list[int]:
+        """Indices into ``queue`` in the order to take them for the next start of ``cls``: the
+        least loaded instrument first (stable: ties and each instrument's jobs stay in ``queue``'s
+        order). Without weights the order is ``queue``'s own (the ledger's equal-weight share)."""
+        idx = list(range(len(queue)))
+        if not self.policy.instrument_weights:
+            return idx
+        load = self.n[cls]
+        return sorted(idx, key=lambda i: load.get(queue[i].instrument, 0) / self.policy.weight(queue[i].instrument))
+
+    def started(self, cand: Candidate) -> None:
+        row = self.n[cand.priority]
+        row[cand.instrument] = row.get(cand.instrument, 0) + 1
+
+
 def plan(ready: Sequence[Candidate], running: Mapping[str, int], free_slots: int,
-         policy: SchedulerPolicy, state: SchedulerState | None = None) -> Decision:
-    """Pick the jobs to start now from ``ready`` (oldest first within each class)."""
+         policy: SchedulerPolicy, state: SchedulerState | None = None, in_flight: InFlight | None = None) -> Decision:
+    """Pick the jobs to start now from ``ready`` (oldest first within each class; across
+    instruments weighted by ``policy.instrument_weights`` given ``in_flight``)."""
     state = state or SchedulerState()
-    queues: dict[str, list[int]] = {c: [] for c in CLASSES}
+    served = _Served(in_flight, policy)
+    queues: dict[str, list[Candidate]] = {c: [] for c in CLASSES}
     for cand in ready:
         if cand.priority not in queues:
             raise ValueError(f"job {cand.id}: unknown priority class {cand.priority!r}")
-        queues[cand.priority].append(cand.id)
+        queues[cand.priority].append(cand)
     run = {c: int(running.get(c, 0)) for c in CLASSES}
     passed = {c: int(state.passed_over.get(c, 0)) for c in CLASSES}
     # free_slots is what the executor can take now; slots is its size. A caller with fewer free
@@ -114,7 +168,9 @@ def plan(ready: Sequence[Candidate], running: Mapping[str, int], free_slots: int
         else:
             chosen = eligible[0]
             why = "priority"
-        start.append(queues[chosen].pop(0))
+        cand = queues[chosen].pop(served.order(queues[chosen], chosen)[0])
+        served.started(cand)
+        start.append(cand.id)
         reasons.append(why)
         run[chosen] += 1
         budget -= 1
@@ -188,9 +244,10 @@ def _slot_now(cand: Candidate, pool: PoolState, free: list[float], run: dict[str
 
 
 def place(ready: Sequence[Candidate], running: Mapping[str, int], pools: Sequence[PoolState],
-          policy: SchedulerPolicy, state: SchedulerState | None = None) -> Placement:
+          policy: SchedulerPolicy, state: SchedulerState | None = None, in_flight: InFlight | None = None) -> Placement:
     """Pick the jobs to start now and the pool of each (the module's rules, across pools)."""
     state = state or SchedulerState()
+    served = _Served(in_flight, policy)
     queues: dict[str, list[Candidate]] = {c: [] for c in CLASSES}
     for cand in ready:
         if cand.priority not in queues:
@@ -220,7 +277,8 @@ def place(ready: Sequence[Candidate], running: Mapping[str, int], pools: Sequenc
         for c in CLASSES:
             if not queues[c] or run[c] >= policy.limits.get(c, 0):
                 continue
-            for qi, cand in enumerate(queues[c]):
+            for qi in served.order(queues[c], c):
+                cand = queues[c][qi]
                 best = None
                 whys = []
                 for p in pools:
@@ -251,6 +309,7 @@ def place(ready: Sequence[Candidate], running: Mapping[str, int], pools: Sequenc
             why = "priority"
         qi, pool, slot = options[chosen]
         cand = queues[chosen].pop(qi)
+        served.started(cand)
         waiting.pop(cand.id, None)
         free[pool].pop(slot)
         prun[pool][chosen] += 1

@@ -9,7 +9,8 @@ import json
 import psutil
 import pytest
 
-from appliance.labsim import SimSettings, expected_jobs, format_result, instrument_overrides, summarize
+from appliance.labsim import (SimSettings, expected_jobs, format_result, instrument_overrides, parse_weight, summarize,
+                              worker_overrides)
 
 
 def _job(i, inst, kind, run, *, cycle=None, state="succeeded", created=0.0, started=1.0, finished=2.0, priority="realtime"):
@@ -61,6 +62,32 @@ def test_expected_jobs_and_the_instruments_overrides(tmp_path):
         SimSettings(instruments=0).check()
     with pytest.raises(ValueError, match="--ledger-down"):
         SimSettings(ledger_down_s=5).check()
+
+
+def test_weights_reach_the_pool_and_the_report_gives_each_instruments_share(tmp_path):
+    from appliance.config import load_config
+
+    s = SimSettings(instruments=2, workers=1, weights=(parse_weight("SIM01=2"),))
+    s.check()
+    assert s.weight("SIM01") == 2.0 and s.weight("SIM02") == 1.0
+    cfg = load_config(overrides=worker_overrides(s, tmp_path / "lab", "postgresql:///x?host=/tmp"))
+    assert cfg.offload.instrument_weights == {"SIM01": 2.0}
+    assert load_config(overrides=worker_overrides(SimSettings(), tmp_path, "postgresql:///x")).offload.instrument_weights == {}
+    runs = {n: [{"run_id": f"{n}-1", "frames_acquired": 32, "frames_dropped": 0, "run_complete": False, "cycles_complete": 0}]
+            for n in ("SIM01", "SIM02")}
+    jobs = [_job(i, "SIM01" if i <= 6 else "SIM02", "cycle-qc", "x", cycle=i, created=10, started=11, finished=12 + i)
+            for i in range(1, 10)]  # 6 : 3, as the weights 2 : 1 ask
+    r = summarize(jobs, runs, t0=10.0, t1=30.0, settings=s)
+    assert r["instruments"]["SIM01"]["share"] == pytest.approx(6 / 9) and r["instruments"]["SIM02"]["weight"] == 1.0
+    assert r["fairness"] == pytest.approx(1.0)  # per unit of weight
+    text = format_result(r)
+    assert "fairness (max/min jobs/s per unit of weight): 1.00" in text and " 66.7%" in text and " 33.3%" in text
+    assert summarize(jobs, runs, t0=10.0, t1=30.0)["fairness"] == pytest.approx(2.0)  # unweighted: max/min jobs/s
+    for bad, msg in ((("SIM09", 2.0),), "no such instrument; allowed SIM01, SIM02"), ((("SIM01", 0.0),), "more than 0"):
+        with pytest.raises(ValueError, match=msg):
+            SimSettings(instruments=2, weights=bad).check()
+    with pytest.raises(ValueError, match="give INSTRUMENT=WEIGHT"):
+        parse_weight("SIM01")
 
 
 def test_offload_dispatch_and_scan_runs_are_validated():
