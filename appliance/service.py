@@ -66,7 +66,10 @@ class Service:
             return self.start_run(list(overrides), args.get("run_id"))
 
         forwarded["start"] = Command(start, "start a run: set = ['section.key=value', ...] overrides, run_id (optional)",
-                                     (Arg("set", "list", help="'section.key=value' overrides of this run"), Arg("run_id", "str", help="the run folder's name")))
+                                     (Arg("set", "list", help="'section.key=value' overrides of this run"), Arg("run_id", "str", help="the run folder's name")),
+                                     {"busy": "a run is going: stop it first (one camera, one run)",
+                                      "bad_config": "the overrides make an invalid config (the message names the key)",
+                                      "tuning_drift": "supervisor.strict and the host's tuning drifted from the sysconfig profile"})
         from appliance.analysis.control import control_commands as algo_commands
 
         forwarded.update(algo_commands(Path(self.base.output.root), self.base.offload.ledger or None))
@@ -329,15 +332,17 @@ class Service:
 def _help_and_args(name: str):
     from appliance.control import Arg
 
+    idle = {"not_running": "no run is going (start one with `appliance ctl start`)"}
     return {
         "status": ("the current run's stats and state, or idle and the last run's summary",),
-        "stop": ("drain the current run",),
-        "pause": ("pause acquisition of the current run",),
-        "resume": ("resume acquisition of the current run",),
-        # the same arguments as the Supervisor's commands (they are forwarded to it unchecked)
+        "stop": ("drain the current run", (), idle),
+        "pause": ("pause acquisition of the current run", (), {**idle, "not_running": "no run is going, or it is not acquiring"}),
+        "resume": ("resume acquisition of the current run", (), {**idle, "not_running": "no run is going, or it is not paused"}),
+        # the same arguments and error codes as the Supervisor's commands (they are forwarded to it)
         "events": ("the current (or last) run's recent events and alerts", (Arg("last", "int", help="how many (default 50; 0: none)", min=0),)),
         "set": ("change a live parameter of the current run",
-                (Arg("key", "str", True, "the live parameter"), Arg("value", "any", True, "its new value (a number)"))),
+                (Arg("key", "str", True, "the live parameter"), Arg("value", "float", True, "its new value, a number")),
+                {**idle, "not_live": "the key cannot change during a run", "bad_value": "the value is outside the key's range"}),
     }[name]
 
 

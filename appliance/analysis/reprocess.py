@@ -10,8 +10,9 @@ order as in the pipeline, so reprocessing with the algorithm the run used reprod
 run's positions, intensities, calls, qualities and pass-filter flags for the kept tiles bit
 for bit (on the same backend; GPU float order may differ in the last bits).
 
-Output: ``<staging_dir>/<run>/`` (a run folder with its own manifest, the kept tiles only)
-and ``<staging_dir>/reprocess.json``.
+Output: ``<staging_dir>/<run>/`` (a run folder with its own manifest, the kept tiles only,
+with the run's InterOp metrics, RunParameters.xml and RunInfo.xml as the writer stage writes
+them, see :func:`_interop_options`) and ``<staging_dir>/reprocess.json``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,53 @@ def _settings(data_root: Path, run: str, shape: tuple[int, int]) -> tuple[dict, 
     return settings, "defaults"
 
 
+def _interop_options(folder, shape: tuple[int, int], data_root: Path):
+    """``(channels, InterOpOptions)`` for the reprocessed folder, read from the run folder
+    itself so that its RunInfo.xml, RunParameters.xml and InterOp files are written as the
+    run's were: the channel names from RunInfo.xml's ``ImageChannels``, the imaging geometry
+    and the software named in RunParameters.xml (for a run acquired before either was written:
+    the standard channels, the raw frames' size and the nominal pixel). ErrorMetricsOut.bin is
+    written when the ground truth is known: a synthetic run whose config is in its state folder
+    (``<data_root>/.state/<run>/config.json``)."""
+    from appliance.runfolder import InterOpOptions, formats
+    from appliance.runfolder.interop import RUN_PARAMETERS
+
+    channels = formats.decode_image_channels((folder.path / "RunInfo.xml").read_bytes())
+    opts: dict = {"tile_px": (int(shape[1]), int(shape[0]))}
+    params = folder.path / RUN_PARAMETERS
+    if params.is_file():
+        recorded = formats.decode_run_parameters(params.read_bytes())
+        named = recorded.pop("channels")
+        channels = channels or named
+        opts.update(recorded)
+    channels = channels or ("A", "C", "G", "T")
+    if len(channels) != N_CHANNELS:
+        raise PermanentJobError(f"{folder.path}/RunInfo.xml names {len(channels)} image channels ({', '.join(channels)}); reprocess handles {N_CHANNELS}")
+    return tuple(channels), InterOpOptions(truth=_synthetic_truth(data_root, folder.info), **opts)
+
+
+def _synthetic_truth(data_root: Path, info):
+    """The ground truth scorer of a synthetic run (what the run's own writer stage used for
+    ErrorMetricsOut.bin), from the config in its state folder; None for a camera run or a run
+    whose config is not there."""
+    import json
+
+    path = Path(data_root) / ".state" / info.run_id / "config.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if doc.get("source", {}).get("kind") != "synthetic":
+        return None
+    from appliance.config import load_config
+    from appliance.pipeline.handlers import interop_options
+
+    items = [("run.cycles", info.n_cycles), ("run.seed", doc.get("run", {}).get("seed")), ("source.kind", "synthetic")]
+    items += [(f"source.synthetic.{k}", v) for k, v in doc["source"].get("synthetic", {}).items()]
+    cfg = load_config(overrides=[f"{k}={json.dumps(v)}" for k, v in items if v is not None])
+    return interop_options(cfg).truth  # the scorer the run's writer stage used
+
+
 def reprocess_run(folder, algorithm, out_root: Path, data_root: Path, tiles=None) -> dict:
     """Reprocess ``folder`` (a complete :class:`~appliance.runfolder.RunFolder`) with
     ``algorithm``; writes ``out_root/<run>/``; returns the figures."""
@@ -94,7 +142,8 @@ def reprocess_run(folder, algorithm, out_root: Path, data_root: Path, tiles=None
     if tuple(settings["tile_shape"]) != first.shape:
         raise PermanentJobError(f"{raw}: frames are {first.shape} px but the run's settings say {settings['tile_shape']}; the raw frames are not this run's")
     backend = get_backend(settings.get("backend", "auto"))
-    writer = RunFolderWriter(out_root, dataclasses.replace(info, tiles=tuple(tiles)))
+    channels, interop = _interop_options(folder, first.shape, data_root)
+    writer = RunFolderWriter(out_root, dataclasses.replace(info, tiles=tuple(tiles)), channels=channels, interop=interop)
     clusters = pf_clusters = 0
     for tile in tiles:
         chain = build_chain(algorithm, settings, backend.xp)

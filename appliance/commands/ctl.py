@@ -20,8 +20,9 @@ Exit status: 0 the command succeeded, 1 the appliance answered with an error
 key=value, an unknown topic, bad key files, a socket path over 107 bytes), 3 the appliance
 is unreachable (no socket, no connection, refused, or no reply in time).
 
-By default the local sockets in $XDG_RUNTIME_DIR/appliance (/run/appliance as root,
-/tmp/appliance-UID otherwise) are used; --socket-dir picks another directory and
+By default the local sockets in $RUNTIME_DIRECTORY (set by systemd for the unit: /run/appliance),
+else $XDG_RUNTIME_DIR/appliance, else /run/appliance as root, else /tmp/appliance-UID, are
+used; --socket-dir picks another directory and
 --connect tcp://HOST:PORT a remote appliance (CURVE keys required: --client-key, --server-key).
 The protocol is in docs/control-protocol.md.
 

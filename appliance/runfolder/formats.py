@@ -300,3 +300,37 @@ def encode_run_parameters(
         ET.SubElement(names, "Name").text = ch
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def decode_image_channels(data: bytes) -> tuple[str, ...]:
+    """The channel names of RunInfo.xml's ``<ImageChannels>`` (``()`` when it has none)."""
+    try:
+        run = ET.fromstring(data).find("Run")
+    except ET.ParseError as e:
+        raise RunFolderError(f"RunInfo.xml: cannot be read ({e})") from e
+    if run is None:
+        raise RunFolderError("RunInfo.xml: no <RunInfo><Run> element")
+    return tuple((n.text or "").strip() for n in run.iterfind("ImageChannels/Name"))
+
+
+def decode_run_parameters(data: bytes) -> dict:
+    """What :func:`encode_run_parameters` recorded, as its keyword arguments: ``tile_px``,
+    ``pixel_um``, ``channels``, ``application`` and ``version`` (RunFolderError when the
+    imaging geometry is missing or not numbers)."""
+    try:
+        root = ET.fromstring(data)
+        img = root.find("ImagingParameters")
+        if root.tag != "RunParameters" or img is None:
+            raise RunFolderError("RunParameters.xml: no <RunParameters><ImagingParameters> element")
+        version = root.findtext("Setup/ApplicationVersion", "").strip()
+        return {
+            "tile_px": (int(img.findtext("ImageWidth")), int(img.findtext("ImageHeight"))),
+            "pixel_um": float(img.findtext("PixelSizeUm")),
+            "channels": tuple((n.text or "").strip() for n in img.iterfind("ChannelNames/Name")),
+            "application": root.findtext("Setup/ApplicationName", "Appliance").strip(),
+            "version": "" if version == "0" else version,
+        }
+    except RunFolderError:
+        raise
+    except (ET.ParseError, TypeError, ValueError) as e:
+        raise RunFolderError(f"RunParameters.xml: cannot be read as the run's imaging parameters ({e})") from e

@@ -32,16 +32,53 @@ def test_reprocess_with_production_reproduces_the_run_exactly(analysis_run, prod
     assert result["algorithm"] == "chain@1" and result["settings_source"] == "run" and result["tiles"] == [1101, 1102]
     mine = digest(out / analysis_run.run_id)
     theirs = digest(analysis_run.path)
-    # The instrument's own QC (InterOp/, RunParameters.xml, and with them RunInfo.xml's
-    # ImageChannels and the run manifest that lists them) is not rewritten by a reprocess
-    # (docs/analysis.md); every other file is the same, byte for byte, cycle manifests included.
-    qc = {"RunInfo.xml", "RunParameters.xml", "Manifest/run.json"}
-    same = {k: v for k, v in mine.items() if k not in qc}
-    assert same and all(theirs[k] == v for k, v in same.items())
-    # not reprocessed: the raw frames, the QC files, and how the acquisition ended (the run's)
-    assert set(theirs) - set(mine) == ({p for p in theirs if p.startswith(("Raw/", "InterOp/"))}
-                                       | {"RunCompletionStatus.xml", "RunParameters.xml"})
+    # every file is the run's, byte for byte: the calls, the cycle and run manifests, and the
+    # instrument's QC (InterOp/, RunParameters.xml, RunInfo.xml with its ImageChannels)
+    assert {"RunInfo.xml", "RunParameters.xml", "InterOp/TileMetricsOut.bin", "InterOp/ErrorMetricsOut.bin"} <= set(mine)
+    assert all(theirs[k] == v for k, v in mine.items())
+    # not reprocessed: the raw frames, and how the acquisition ended (the run's)
+    assert set(theirs) - set(mine) == {p for p in theirs if p.startswith("Raw/")} | {"RunCompletionStatus.xml"}
     assert json.loads((out / reprocess.RESULT_FILE).read_text()) == result
+
+
+def _interop_counts(run_dir: Path) -> dict:
+    interop = pytest.importorskip("interop")  # Illumina's reader (GPL): a test-only dependency
+    rm = interop.read(str(run_dir))
+    sets = {"tile": rm.tile_metric_set(), "q": rm.q_metric_set(), "extraction": rm.extraction_metric_set(),
+            "corrected": rm.corrected_intensity_metric_set(), "error": rm.error_metric_set()}
+    out = {}
+    for name, ms in sets.items():
+        recs = [ms.at(i) for i in range(ms.size())]
+        out[name] = sorted({(r.tile(), r.cycle()) for r in recs} if name != "tile" else {r.tile() for r in recs})
+    total = interop.summary(rm)[0]
+    out["summary"] = {k: total[k] for k in ("Cluster Count", "Cluster Count Pf", "% >= Q30", "Error Rate") if k in total.dtype.names}
+    return out
+
+
+def test_reprocess_output_is_read_by_illumina_interop_as_the_run(analysis_run, production_output):
+    out, _ = production_output
+    got, want = _interop_counts(out / analysis_run.run_id), _interop_counts(analysis_run.path)
+    assert got == want
+    assert got["tile"] == [1101, 1102] and len(got["q"]) == 2 * 20 and len(got["error"]) == 2 * 20
+    assert (out / analysis_run.run_id / "RunInfo.xml").read_bytes() == (analysis_run.path / "RunInfo.xml").read_bytes()
+
+
+def test_reprocess_without_the_state_folder_still_writes_interop(analysis_run, tmp_path):
+    """Everything but the error rates comes from the run folder itself: without the run's
+    state folder (its config: the ground truth) only ErrorMetricsOut.bin is left out."""
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copytree(analysis_run.path, root / analysis_run.run_id)
+    ctx = job(tmp_path, "reprocess", root)
+    result = reprocess.run_job({"run": analysis_run.run_id}, ctx)
+    assert result["settings_source"] == "defaults"
+    run_dir = ctx.staging_dir / analysis_run.run_id
+    assert (run_dir / "RunInfo.xml").read_bytes() == (analysis_run.path / "RunInfo.xml").read_bytes()
+    assert (run_dir / "RunParameters.xml").read_bytes() == (analysis_run.path / "RunParameters.xml").read_bytes()
+    assert not (run_dir / "InterOp" / "ErrorMetricsOut.bin").exists()
+    got, want = _interop_counts(run_dir), _interop_counts(analysis_run.path)
+    assert got["error"] == [] and want["error"]
+    assert {k: v for k, v in got.items() if k not in ("error", "summary")} == {k: v for k, v in want.items() if k not in ("error", "summary")}
 
 
 def test_reprocess_is_deterministic(analysis_run, production_output, tmp_path):

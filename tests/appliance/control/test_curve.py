@@ -115,3 +115,20 @@ def test_ctl_over_tcp(tcp_server, keyed, capsys):
     assert err["code"] == "unreachable" and "handshake" in err["message"]
     assert main(["ctl", "--connect", ep, "--client-key", str(keyed["server_public"]), "--server-key", str(keyed["server_public"]), "ping"]) == 2
     assert "no secret" in capsys.readouterr().err
+
+
+def test_ctl_refuses_a_client_key_others_can_read(tcp_server, keyed, capsys):
+    """As ssh refuses such a private key: exit 2, naming the file and the chmod that fixes it."""
+    import os
+
+    from appliance.cli import main
+
+    secret = keyed["good_secret_file"]
+    keys = ["--client-key", str(secret), "--server-key", str(keyed["server_public"])]
+    os.chmod(secret, 0o640)
+    assert main(["ctl", "--connect", tcp_server.endpoints["tcp_command"], *keys, "ping"]) == 2
+    err = capsys.readouterr().err
+    assert f"chmod 600 {secret}" in err and "mode 0640" in err
+    os.chmod(secret, 0o600)  # fixed as the message says: the same key works
+    assert main(["ctl", "--connect", tcp_server.endpoints["tcp_command"], *keys, "ping"]) == 0
+    assert capsys.readouterr().out.strip() == "pong"

@@ -85,6 +85,15 @@ def test_run_parameters_and_runinfo_channels():
     ri = formats.encode_runinfo(INFO, ("A", "C", "G", "T"))
     assert b"<ImageChannels>" in ri and formats.decode_runinfo(ri) == INFO
     assert b"ImageChannels" not in formats.encode_runinfo(INFO)
+    # what a reprocess reads back to write the run's files again
+    assert formats.decode_image_channels(ri) == ("A", "C", "G", "T")
+    assert formats.decode_image_channels(formats.encode_runinfo(INFO)) == ()
+    kw = {"tile_px": (320, 240), "pixel_um": 0.5, "channels": ("A", "C", "G", "T"), "application": "Appliance", "version": "1.2"}
+    xml = formats.encode_run_parameters(INFO, **kw)
+    assert formats.decode_run_parameters(xml) == kw
+    assert formats.encode_run_parameters(INFO, **formats.decode_run_parameters(xml)) == xml
+    with pytest.raises(formats.RunFolderError, match="RunParameters.xml"):
+        formats.decode_run_parameters(b"<RunParameters/>")
 
 
 # -- the writer, through Illumina's reader ---------------------------------------------------------
