@@ -30,11 +30,16 @@ Two side-by-side measurements, in one run:
    --pg-jobs jobs with 1 and 4 worker processes, each on a fresh database
    (appliance/benchmarks/ledger_pg.py). Needs `pip install pgqueuer`.
 
+4. With --slurm PARTITION (on a Slurm submit host): the same no-op jobs through our
+   SlurmExecutor (dask-jobqueue's SLURMCluster, one batch job of 2 worker processes) against
+   a bare `client.submit` on the same cluster once its workers are up.
+
 Absolute figures on a shared machine are noisy; the ratios are what to compare.
 
 examples:
   appliance bench ledger                   # or: scripts/bench ledger
   appliance bench ledger --jobs 500 --dask-jobs 50
+  appliance bench ledger --slurm debug     # on a Slurm submit node
   appliance bench ledger --backend postgresql --dsn 'postgresql:///postgres?host=/run/postgresql'
 """
 
@@ -144,6 +149,41 @@ def bench_dispatch(n: int, folder: Path, tick_s: float = 0.2, local: bool = True
     return out
 
 
+def bench_dispatch_slurm(n: int, folder: Path, partition: str, tick_s: float = 0.2, timeout: float = 300.0) -> dict[str, Any]:
+    """The same comparison on a Slurm pool: our SlurmExecutor (one Slurm job of 2 worker
+    processes, dask-jobqueue's SLURMCluster) under the Orchestrator, against a bare
+    ``client.submit`` of the same job function on the same SLURMCluster, its workers already up
+    (the batch job's queue wait and start are not what is measured)."""
+    import sys
+
+    from appliance.offload.pools import load_pools
+    from appliance.offload.slurm import SlurmExecutor
+
+    logs = folder / "slurm-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    pool = load_pools({"hpc": {"kind": "slurm", "slots": 2, "cores": 1, "memory_mb": 1024, "walltime_s": "00:30:00",
+                               "min_jobs": 1, "max_jobs": 1, "partition": partition, "python": sys.executable,
+                               "scheduler_host": "127.0.0.1", "log_directory": str(logs)}},
+                      classes=("realtime", "batch", "reprocess"))["hpc"]
+    ex = SlurmExecutor(pool)
+    out: dict[str, Any] = {"jobs": n, "tick_s": tick_s, "partition": partition}
+    ex.start(timeout)
+    try:
+        t0 = time.monotonic()
+        ex.client.wait_for_workers(2, timeout=timeout)
+        out["workers_up_s"] = time.monotonic() - t0
+        ex.client.submit(_bare_noop, {"i": -1}, str(folder / "bare-slurm" / "warm"), pure=False).result()
+        t0 = time.perf_counter()
+        futs = [ex.client.submit(_bare_noop, {"i": i}, str(folder / "bare-slurm" / str(i)), pure=False) for i in range(n)]
+        ex.client.gather(futs)
+        out["bare_client_submit_ms"] = (time.perf_counter() - t0) / n * 1e3
+        out["ours_slurm_ms"] = _run_orchestrated(ex, n, folder / "slurm", tick_s) * 1e3  # stops the executor
+    finally:
+        ex.stop(30)
+    out["ratio_ours_over_bare"] = out["ours_slurm_ms"] / out["bare_client_submit_ms"]
+    return out
+
+
 def format_table(result: dict[str, Any]) -> str:
     led, dis = result["ledger"], result["dispatch"]
     lines = [
@@ -157,6 +197,12 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     if "ours_local_ms" in dis:
         lines.append(f"  ours LocalExecutor       {dis['ours_local_ms']:10.2f} ms/job   (2 worker processes)")
+    sl = result.get("slurm")
+    if sl:
+        lines += [f"dispatch on Slurm: {sl['jobs']} no-op jobs, one batch job of 2 workers on partition {sl['partition']} "
+                  f"(workers up after {sl['workers_up_s']:.1f} s)",
+                  f"  bare client.submit       {sl['bare_client_submit_ms']:10.2f} ms/job",
+                  f"  ours SlurmExecutor       {sl['ours_slurm_ms']:10.2f} ms/job   ratio ours/bare {sl['ratio_ours_over_bare']:.2f}"]
     return "\n".join(lines)
 
 
@@ -166,6 +212,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tick-s", type=float, default=0.2,
                         help="orchestrator dispatch period (default 0.2, the product's offload.tick_s: submissions and completions wake the dispatcher)")
     parser.add_argument("--no-local", action="store_true", help="skip the LocalExecutor row")
+    parser.add_argument("--slurm", metavar="PARTITION",
+                        help="also the dispatch overhead on a Slurm pool: run on a submit host (sbatch on PATH, "
+                             "SLURM_CONF set); one batch job of 2 workers on PARTITION, against a bare client.submit on it")
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
                         help="postgresql: also our ledger on --dsn's server beside pgqueuer (default sqlite only)")
     parser.add_argument("--dsn", help="--backend postgresql: the server (postgresql://USER@HOST/DB or postgresql:///DB?host=SOCKETDIR)")
@@ -190,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as tmp:
         result["ledger"] = bench_ledger(args.jobs, Path(tmp))
         result["dispatch"] = bench_dispatch(args.dask_jobs, Path(tmp), args.tick_s, local=not args.no_local)
+        if args.slurm:
+            result["slurm"] = bench_dispatch_slurm(args.dask_jobs, Path(tmp), args.slurm, args.tick_s)
     if args.backend == "postgresql":
         from appliance.benchmarks.ledger_pg import bench_postgres
 

@@ -205,6 +205,11 @@ class SlurmExecutor(DaskExecutor):
                                  pure=False, retries=0, workers=[addr], allow_other_workers=False)
         self._futures[spec.job_id] = (fut, spec, time.monotonic() + spec.timeout_s)
         self._busy[addr] = spec.job_id
+        if self.on_done is not None:  # a finished attempt wakes the dispatcher (as on DaskExecutor)
+            try:
+                self._track(fut)
+            except Exception:  # the tick still collects it: slower, never lost
+                log.exception("offload: cannot track the attempt's completion; the dispatch tick collects it")
 
     def _free(self, job_id: int) -> str | None:
         for a, j in list(self._busy.items()):

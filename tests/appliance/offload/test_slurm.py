@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,30 @@ def test_a_down_partition_starves_the_pool_and_raises_then_clears_pool_starved(s
         orch.stop(20)
     assert "pool hpc" in raised[0]["subject"] and "docs/runbook.md#pool_starved" in raised[0]["message"]
     assert done.attempts == 1
+
+
+@pytest.mark.timeout(300)
+def test_slurm_completions_wake_the_dispatcher_instead_of_the_tick(slurm_cluster, tmp_path):  # noqa: F811
+    """With a one-minute tick, once the pool's workers are up, 6 jobs on 2 Slurm workers end long
+    before the next tick: each finished attempt wakes the dispatcher (it used to wait for the
+    tick: 105 ms per no-op job at the default 0.2 s tick in `bench ledger --slurm`)."""
+    src = tmp_path / "in.bin"
+    src.write_bytes(b"s" * 100)
+    cfg = load_offload({
+        "ledger": str(tmp_path / "ledger.sqlite"), "lease_s": 20.0, "heartbeat_s": 0.5, "tick_s": 60.0, "poll_s": 60.0,
+        "plugins": [PLUGIN], "limits": {"realtime": 2, "batch": 2, "reprocess": 1}, "reserved_realtime": 0,
+        "pools": {"hpc": {"kind": "slurm", "slots": 2, "cores": 1, "memory_mb": 1024, "walltime_s": "00:30:00", "min_jobs": 1,
+                          "max_jobs": 1, "scheduler_host": "127.0.0.1", "log_directory": str(tmp_path / "slurm-logs"),
+                          "partition": "debug", "python": sys.executable}},
+    })
+    orch = Orchestrator(cfg, tmp_path, scan=False)
+    orch.start(timeout=60)
+    try:
+        orch.executor.executors["hpc"].client.wait_for_workers(2, timeout=120)
+        t0 = time.monotonic()
+        ids = [orch.submit("test-hash", {"path": str(src), "n": i}).job.id for i in range(6)]
+        wait_for(lambda: all(orch.ledger.get(i).state == "succeeded" for i in ids), 45, "the jobs, before the next tick")
+        took = time.monotonic() - t0
+    finally:
+        orch.stop(20)
+    assert took < 45
