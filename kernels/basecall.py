@@ -315,11 +315,74 @@ class StreamingBasecaller:
         return self._advance(final=True)
 
     # -- engine ------------------------------------------------------------------------
+    def live_rows(self) -> dict[str, tuple[int, int]]:
+        """Per work buffer, the cycles ``[lo, hi)`` whose rows a later step may still read.
+
+        Every other row is overwritten before it is read (pass 1, the predicted signal and
+        pass 2 write a cycle's row in full before any step reads it), so a checkpoint of the
+        caller keeps these rows only. In steady state: 34 rows of crosstalk-corrected signal
+        (the phasing history behind pass 1 and the lag ahead), 34 rows of provisional calls,
+        4 of predicted signal, 6 of the no-call mask, and no raw intensities or pass-1
+        signal (read only until the model and the per-cluster statistics exist)."""
+        b = self._base
+
+        def span(lo: int, hi: int) -> tuple[int, int]:
+            lo = max(lo, b)
+            return lo, max(lo, hi)
+
+        return {
+            "_raw": span(self._n_y, self._n_in),  # read by the crosstalk step (and the model estimate)
+            "_y": span(min(self._n1 - _HISTORY, self._n2 - self.window), self._n_y),  # pass 1, pass 2
+            "_x1": span(self._n_decay if self._stats else 0, self._n1),  # statistics, decay
+            "_oh": span(min(self._n_pred - _HISTORY, self._n2), self._n1),  # predicted signal, pass 2
+            "_pred": span(self._n2 - self.window, self._n_pred),  # pass 2
+            "_invalid": span(self._n2, self._n_in),  # pass 2
+        }
+
     def __getstate__(self) -> dict:
-        # The phasing matrix grows with the cycles (rows x rows) and is rebuilt on demand.
+        """The caller's state, compact: of each work buffer only its :meth:`live_rows`, the
+        provisional calls as their channel index (uint8: the rows are one-hot). The phasing
+        matrix (``cycles x cycles``) is rebuilt on demand, the array module is kept by name.
+        Unpickling allocates the buffers again and puts the rows back: the caller goes on
+        bit for bit. The size is bounded by the window (``docs/kernels-basecall.md``), not
+        by the run's length."""
         state = dict(self.__dict__)
         state["_pmat"] = np.zeros((0, 0))
+        state["_xp"] = None if self._xp is None else self._xp.__name__
+        rows = {}
+        if self._cap:
+            xp, b = self._xp, self._base
+            for name, (lo, hi) in self.live_rows().items():
+                part = state.pop(name)[lo - b : hi - b]
+                if name == "_oh":
+                    part = xp.argmax(part, axis=2).astype(xp.uint8)
+                rows[name] = (lo, hi, xp.ascontiguousarray(part))
+        state["_live"] = rows
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        import importlib
+
+        state = dict(state)
+        rows = state.pop("_live", {})  # absent in a pickle of whole buffers (before live rows): kept as is
+        if isinstance(state["_xp"], str):
+            state["_xp"] = importlib.import_module(state["_xp"])
+        self.__dict__.update(state)
+        if not self._cap:
+            return
+        xp, b, n, cap = self._xp, self._base, self.n_clusters, self._cap
+        for name, (lo, hi, part) in rows.items():
+            if name == "_invalid":
+                buf = xp.zeros((cap, n), dtype=bool)
+                buf[lo - b : hi - b] = part
+            else:
+                buf = xp.zeros((cap, n, 4), dtype=xp.float32)
+                if name == "_oh":
+                    r = xp.arange(hi - lo)[:, None]
+                    buf[lo - b + r, xp.arange(n)[None, :], part.astype(xp.int64)] = 1
+                else:
+                    buf[lo - b : hi - b] = part
+            setattr(self, name, buf)
 
     @property
     def buffer_cycles(self) -> int:

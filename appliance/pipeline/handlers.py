@@ -81,7 +81,9 @@ class KernelState:
 
 @dataclass(frozen=True)
 class BasecallState:
-    """Per tile: the streaming base caller, whether the filter was sent, the last header."""
+    """Per tile: the streaming base caller, whether the filter was sent, the last header.
+    A caller pickles only the rows of its window that a later step reads
+    (``StreamingBasecaller.live_rows``): bounded by the phasing history, not the run."""
 
     callers: dict = field(default_factory=dict)
     filter_sent: frozenset = frozenset()

@@ -26,12 +26,12 @@ from tests.runs import small_run_config
 class Harness:
     """One handler fed through a real ring; what it emits is read back from a real ring."""
 
-    def __init__(self, tmp_path, stage: str, *extra: str) -> None:
+    def __init__(self, tmp_path, stage: str, *extra: str, n_slots: int = 8) -> None:
         self.config = small_run_config(tmp_path, 'run.tiles=[1101]', *extra)
         tag = uuid.uuid4().hex[:8]
         self.names = (f"test.ckpt.{tag}.in", f"test.ckpt.{tag}.out")
         side = self.config.source.synthetic.tile_size
-        self.rings = [rt.Ring.create(n, payload_bytes=side * side * 2, n_slots=8) for n in self.names]
+        self.rings = [rt.Ring.create(n, payload_bytes=side * side * 2, n_slots=n_slots) for n in self.names]
         self.producer, self.consumer = rt.Producer(self.names[0]), rt.Consumer(self.names[0])
         out_producer, self.out = rt.Producer(self.names[1]), rt.Consumer(self.names[1])
         self.spec = StageSpec(stage=stage, replica=0, inputs=(self.names[0],), outputs=(self.names[1],), config=self.config,
@@ -86,8 +86,8 @@ class Harness:
 def harness(tmp_path):
     made = []
 
-    def make(stage, *extra):
-        h = Harness(tmp_path / f"h{len(made)}", stage, *extra)
+    def make(stage, *extra, **kw):
+        h = Harness(tmp_path / f"h{len(made)}", stage, *extra, **kw)
         made.append(h)
         return h
 
@@ -136,6 +136,38 @@ def test_the_kernel_restored_from_its_state_goes_on_as_if_never_stopped(harness)
         if cycle > 5:
             again.feed(rt.FrameKind.IMAGE, 1101, cycle, ch, image)
     assert first.emitted + again.emitted == whole.emitted
+
+
+def _basecall_over(harness, intensities, cycles: int, run_cycles: int):
+    h = harness("basecall", f"run.cycles={run_cycles}", n_slots=64)  # cycle 25 emits ~20 calls frames at once
+    n = intensities.shape[0]
+    h.feed(rt.FrameKind.POSITIONS, 1101, 0, 0, np.random.default_rng(0).random((n, 2), np.float32) * 128)
+    for c in range(1, cycles + 1):
+        h.feed(rt.FrameKind.INTENSITIES, 1101, c, 0, np.ascontiguousarray(intensities[:, c - 1]))
+    return h
+
+
+def test_the_basecall_checkpoint_is_bounded_by_the_callers_window(harness):
+    """The basecall stage's checkpoint per write is at most what the streaming caller's
+    window needs (its float32 rows, provisional calls and no-call mask, bounded by the
+    phasing history and the lags, not the run), and the same size at cycle N and 2N."""
+    from kernels.basecall import _AHEAD, _HISTORY
+    from kernels.synthetic import InstrumentParams, SyntheticInstrument
+
+    n_cycles = 120
+    params = InstrumentParams(tile_shape=(128, 128), layout="patterned", n_cycles=n_cycles)
+    intensities = SyntheticInstrument(params, seed=3).cluster_intensities(1101)
+    half, whole = _basecall_over(harness, intensities, n_cycles // 2, n_cycles), _basecall_over(harness, intensities, n_cycles, n_cycles)
+    calls = [k for k in whole.emitted if k[0] == rt.FrameKind.CALLS]
+    assert len(calls) == n_cycles - whole.handler.callers[1101].max_lag  # it did the work
+    caller = whole.handler.callers[1101]
+    n = caller.n_clusters
+    window_bytes = n * (16 * (_HISTORY + caller.lag + caller.window + _AHEAD) + (_HISTORY + _AHEAD) + caller.max_lag + 13)
+    a, b = half.checkpoint_bytes(), whole.checkpoint_bytes()
+    assert b <= window_bytes + 32 * 1024, (b, window_bytes)
+    assert abs(a - b) <= 64, (a, b)
+    # the five (rows, N, 4) float32 buffers pickled whole: 51 rows each (80 B per cluster-row)
+    assert b < 51 * n * 80 / 5, b
 
 
 def test_preprocess_and_writer_state_is_counters_not_history(harness):
