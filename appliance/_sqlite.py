@@ -2,7 +2,8 @@
 write to them and migrate their schema.
 
 Each file is opened in WAL mode (readers never wait for the writer; several processes share
-it), with a busy timeout instead of ``database is locked`` errors, and foreign keys on. Writes
+it), with a busy timeout instead of ``database is locked`` errors (and the switch to WAL,
+which the busy timeout does not cover, retried with backoff for as long), and foreign keys on. Writes
 go through :func:`transaction` (``BEGIN IMMEDIATE``: a writer takes the write lock up front, so
 two read-modify-write transactions cannot deadlock on the upgrade from a read lock). The schema
 version lives in ``PRAGMA user_version``; :func:`migrate` applies the missing migrations, in
@@ -13,8 +14,10 @@ Errors are raised as the caller's exception class, naming the file and the fix.
 from __future__ import annotations
 
 import contextlib
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -40,7 +43,7 @@ def connect_wal(path: Path, *, what: str, error: type[Exception], busy_timeout_s
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _to_wal(conn, path, what=what, error=error, within_s=busy_timeout_s, where=where)
         if str(mode).lower() != "wal":
             raise error(f"{what} {path} cannot use WAL mode (got {mode}): put it on a local file system{where}")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -53,6 +56,31 @@ def connect_wal(path: Path, *, what: str, error: type[Exception], busy_timeout_s
         conn.close()
         raise
     return conn
+
+
+def _to_wal(conn: sqlite3.Connection, path: Path, *, what: str, error: type[Exception], within_s: float,
+            where: str) -> str:
+    """``PRAGMA journal_mode = WAL``, retried while another process holds the file: the busy
+    timeout does not cover the switch, so two processes opening a fresh file at once could get
+    "database is locked". Full-jitter backoff from 5 ms doubling to 100 ms, for up to
+    ``within_s`` (the busy timeout); the journal mode set (or found) is returned."""
+    deadline = time.monotonic() + within_s
+    attempt = 0
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) \
+                or "locked" in str(exc)
+            if not busy:
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise error(f"{what} {path} is locked by another process: it could not be switched to WAL mode "
+                            f"within {within_s:g} s ({exc}); stop the process that holds it (fuser {path}) "
+                            f"and retry{where}") from None
+            attempt += 1
+            time.sleep(min(left, random.uniform(0.0, min(0.1, 0.005 * 2 ** attempt))))
 
 
 @contextlib.contextmanager

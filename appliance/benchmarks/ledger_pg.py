@@ -5,12 +5,13 @@ process. Then W worker processes (1 and 4) dequeue and mark done until none is l
 
 - ours: ``Ledger.submit`` (idempotency key, admission check, history row, NOTIFY), then
   ``lease_next`` (``FOR UPDATE SKIP LOCKED``, history row) and ``complete`` (history row,
-  NOTIFY), one transaction each;
+  NOTIFY), one transaction each; the history row and the NOTIFY go in the statement that
+  changes the job, and ``complete`` is that one statement;
 - pgqueuer: ``Queries.enqueue`` (with a dedupe key, as our idempotency key), then ``dequeue``
   (batch size 1) and ``log_jobs(successful)``, through its psycopg driver.
 
 Each side gets a fresh database on the server that ``--dsn`` names (the role needs CREATEDB);
-they are dropped afterwards. jobs/s = N / (enqueue time + drain time).
+they are dropped afterwards. jobs/s = N / (enqueue time + drain time); drain/s = N / drain time.
 """
 
 from __future__ import annotations
@@ -171,10 +172,12 @@ def bench_postgres(dsn: str, n: int, workers: tuple[int, ...] = (1, 4)) -> dict[
 
 
 def format_pg(result: dict[str, Any]) -> str:
-    lines = [f"PostgreSQL ledger vs pgqueuer ({result['jobs']} jobs: enqueue, dequeue, done)",
-             "  workers   ours jobs/s (enq/s)      pgqueuer jobs/s (enq/s)   ours/pgqueuer"]
+    n = result["jobs"]
+    lines = [f"PostgreSQL ledger vs pgqueuer ({n} jobs: enqueue, dequeue, done)",
+             "  workers   ours jobs/s (enq/s, drain/s)   pgqueuer jobs/s (enq/s, drain/s)   ours/pgqueuer (drain)"]
     for r in result["rows"]:
         o, p = r["ours"], r["pgqueuer"]
-        lines.append(f"  {r['workers']:>7}   {o['jobs_s']:8.0f} ({result['jobs'] / o['enqueue_s']:6.0f})"
-                     f"        {p['jobs_s']:8.0f} ({result['jobs'] / p['enqueue_s']:6.0f})       {r['ratio']:.2f}")
+        lines.append(f"  {r['workers']:>7}   {o['jobs_s']:8.0f} ({n / o['enqueue_s']:6.0f}, {n / o['drain_s']:6.0f})"
+                     f"       {p['jobs_s']:8.0f} ({n / p['enqueue_s']:6.0f}, {n / p['drain_s']:6.0f})"
+                     f"          {r['ratio']:.2f} ({p['drain_s'] / o['drain_s']:.2f})")
     return "\n".join(lines)

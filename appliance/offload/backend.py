@@ -9,7 +9,8 @@ portable expressions; a backend runs it:
   changed are locked (``FOR UPDATE``), leasing skips rows another orchestrator holds (``FOR
   UPDATE SKIP LOCKED``), submitters serialise on an advisory lock (so the admission decision is
   exact across hosts as it is on SQLite), and submit/complete send ``NOTIFY`` so dispatchers
-  listening on another connection wake at once. A lost connection, a deadlock or a
+  listening on another connection wake at once. A write that is one statement
+  (:meth:`PgBackend.statement`: ``complete``, ``heartbeat``) runs in autocommit, one round trip. A lost connection, a deadlock or a
   serialisation failure is raised as :class:`Transient`; the ledger retries the operation on a
   new connection with backoff.
 
@@ -91,6 +92,11 @@ class SqliteBackend:
     def read(self, sql: str, args: tuple = ()) -> list:
         with self._lock:
             return self._conn.execute(sql, args).fetchall()
+
+    def statement(self, sql: str, args: tuple = ()) -> list:
+        """One write statement in its own transaction; its rows (``RETURNING``)."""
+        with self.tx() as c:
+            return c.execute(sql, args).fetchall()
 
     def schema_version(self) -> int:
         return self.read("PRAGMA user_version")[0][0]
@@ -287,6 +293,11 @@ class PgBackend:
                 raise self._lost(exc) from None
             self._ok()
             return rows
+
+    def statement(self, sql: str, args: tuple = ()) -> list:
+        """One statement in its own transaction (autocommit: one round trip, no BEGIN/COMMIT);
+        its rows (``RETURNING``)."""
+        return self.read(sql, args)
 
     def schema_version(self) -> int:
         rows = self.read("SELECT version FROM ledger_schema")

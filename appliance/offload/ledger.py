@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from appliance.offload.backend import Transient, open_backend, retry_delay
+from appliance.offload.backend import CHANNEL as _CHANNEL, Transient, open_backend, retry_delay
 from appliance.offload.admission import ALERT_RULE, Watermarks, admits, over_watermark
 from appliance.offload.config import CLASSES, OffloadConfig
 from appliance.offload.errors import AdmissionRefused, LedgerError, OffloadError
@@ -287,6 +287,57 @@ def _row_to_job(row) -> Job:
     return Job(**d)
 
 
+def _pg_hex_id(digest: str, digits: int) -> str:
+    """SQL (PostgreSQL): the first ``digits`` hex digits of sha256(``digest``), ...01 for all
+    zeros, as appliance.tracing's ids (``int.from_bytes(sha256(...)[:n]) or 1``)."""
+    h = f"encode(substr(sha256(convert_to({digest}, 'UTF8')), 1, {digits // 2}), 'hex')"
+    return f"CASE WHEN {h} = repeat('0', {digits}) THEN lpad('1', {digits}, '0') ELSE {h} END"
+
+
+#: SQL (PostgreSQL): the run a job reads, as appliance.tracing.attempt_ids takes it (a string
+#: run id; NULL for none or ""), and which jobs the SQL ids are exact for (a string run or none)
+_PG_RUN = "NULLIF(CASE WHEN jsonb_typeof(params::jsonb -> 'run') = 'string' THEN params::jsonb ->> 'run' END, '')"
+_PG_RUN_EXACT = "COALESCE(jsonb_typeof(params::jsonb -> 'run'), 'null') IN ('string', 'null')"
+#: the attempt's trace and span ids of a history entry, from ``u`` (run, id, attempts)
+_PG_TRACE = "CASE WHEN u.run IS NULL OR u.attempts < 1 THEN NULL ELSE " + _pg_hex_id("'trace:' || u.run", 32) + " END"
+_PG_SPAN = ("CASE WHEN u.run IS NULL OR u.attempts < 1 THEN NULL ELSE "
+            + _pg_hex_id("'span:' || u.run || ':job:' || u.id::text || ':attempt:' || u.attempts::text", 16) + " END")
+
+#: ``complete`` on PostgreSQL in one statement (one round trip, its own transaction): lock the
+#: row, mark it succeeded, write its history entry (with the attempt's trace and span ids) and
+#: send the NOTIFY. No row back: the job is not there, already succeeded or cancelled, or reads
+#: a run id that is not a string, and Ledger.complete decides in a transaction as on SQLite.
+_COMPLETE_PG = (
+    "WITH o AS (SELECT id, state, lease_owner, attempts, " + _PG_RUN + " AS run FROM jobs WHERE id = ? "
+    "AND state NOT IN ('succeeded','cancelled') AND " + _PG_RUN_EXACT + " FOR UPDATE), "
+    "u AS (UPDATE jobs j SET state='succeeded', result=?, finished_at=?, lease_owner=NULL, lease_expires=NULL, "
+    "error=NULL, error_transient=NULL FROM o WHERE j.id = o.id "
+    "RETURNING o.id, o.state AS from_state, o.lease_owner AS was_owner, o.attempts, o.run), "
+    "e AS (INSERT INTO events(job_id, at, from_state, to_state, owner, reason, trace_id, span_id) "
+    "SELECT u.id, ?, u.from_state, 'succeeded', CAST(? AS TEXT), CASE WHEN u.was_owner = ? THEN 'completed' "
+    "ELSE 'completed by ' || CAST(? AS TEXT) || ' (lease had been lost)' END, " + _PG_TRACE + ", " + _PG_SPAN + " FROM u) "
+    "SELECT pg_notify(?, 'complete') FROM u")
+
+
+#: a lease statement (``UPDATE jobs ... RETURNING *``) on PostgreSQL with its history entry
+#: ("attempt N of M", the attempt's trace and span ids) in the same statement; ``logged`` is
+#: false for a job whose run id is not a string (Ledger.lease_next writes that entry itself)
+_LEASED_PG = (
+    "WITH u AS ({lease}, " + _PG_RUN + " AS run, " + _PG_RUN_EXACT + " AS logged), "
+    "e AS (INSERT INTO events(job_id, at, from_state, to_state, owner, reason, trace_id, span_id) "
+    "SELECT u.id, ?, NULL, 'leased', CAST(? AS TEXT), 'attempt ' || u.attempts::text || ' of ' || u.max_attempts::text, "
+    + _PG_TRACE + ", " + _PG_SPAN + " FROM u WHERE u.logged) "
+    "SELECT * FROM u")
+
+#: a submission's INSERT (``... RETURNING *``) on PostgreSQL with its history entry and the
+#: NOTIFY in the same statement (SQLite: three statements, no notifications)
+_SUBMITTED_PG = (
+    "WITH ins AS ({insert}), "
+    "e AS (INSERT INTO events(job_id, at, from_state, to_state, owner, reason) SELECT ins.id, ?, NULL, 'queued', NULL, "
+    "CAST(? AS TEXT) FROM ins) "
+    "SELECT ins.*, pg_notify(?, 'submit') AS notified FROM ins")
+
+
 class Ledger:
     """A ledger, opened (and created or migrated) by this process.
 
@@ -495,27 +546,33 @@ class Ledger:
                 # serialised (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock), so
                 # concurrent ones cannot all slip in under a watermark.
                 self._db.serialise_submitters(c)
-                row = c.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
-                if row is not None:  # another process submitted it meanwhile
-                    return Submitted(_row_to_job(row), False)
-                depth, oldest = self._depth_and_age(c)
                 instrument = sub["instrument_id"] or ""
-                mine = self._instrument_depth(c, instrument) if self.watermarks.instrument_depth and priority != "realtime" else 0
+                # the key re-check and the admission figures in one statement (one round trip)
+                existing, depth, first, mine = c.execute(
+                    "SELECT (SELECT id FROM jobs WHERE key = ?), COUNT(*), MIN(created_at), "
+                    "COALESCE(SUM(CASE WHEN instrument_id = ? THEN 1 ELSE 0 END), 0) "
+                    "FROM jobs WHERE state IN ('queued','retrying')", (key, instrument)).fetchone()
+                if existing is not None:  # another process submitted it meanwhile
+                    return Submitted(self._get(c, existing), False)
+                oldest = (self._clock() - first) if first is not None else None
+                if not (self.watermarks.instrument_depth and priority != "realtime"):
+                    mine = 0
                 refusal = admits(priority, depth, oldest, self.watermarks, instrument, mine)
                 if refusal is None:
                     depends_on = sub["depends_on"]
                     if depends_on is not None and self._get(c, depends_on) is None:
                         raise LedgerError(f"depends_on: no job {depends_on}")
-                    inserted = c.execute(
-                        "INSERT INTO jobs(key, kind, priority, params, state, attempts, max_attempts, next_attempt_at, "
-                        "output_dir, algorithm, algorithm_version, depends_on, created_at, instrument_id) "
-                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING *",
-                        (key, kind, priority, params_json, "queued", 0, sub["max_attempts"], now, sub["output_dir"],
-                         sub["algorithm"], sub["algorithm_version"], depends_on, now, sub["instrument_id"] or ""),
-                    ).fetchone()
-                    job = _row_to_job(inserted)
-                    self._event(c, job.id, None, "queued", sub["reason"], None, now)
-                    self._db.notify(c, "submit")
+                    insert = ("INSERT INTO jobs(key, kind, priority, params, state, attempts, max_attempts, "
+                              "next_attempt_at, output_dir, algorithm, algorithm_version, depends_on, created_at, "
+                              "instrument_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING *")
+                    args = (key, kind, priority, params_json, "queued", 0, sub["max_attempts"], now, sub["output_dir"],
+                            sub["algorithm"], sub["algorithm_version"], depends_on, now, instrument)
+                    if self.backend == "postgresql":  # the history entry and the NOTIFY in the same statement
+                        job = _row_to_job(c.execute(_SUBMITTED_PG.format(insert=insert),
+                                                    (*args, now, sub["reason"], _CHANNEL)).fetchone())
+                    else:
+                        job = _row_to_job(c.execute(insert, args).fetchone())
+                        self._event(c, job.id, None, "queued", sub["reason"], None, now)
                     submitted = Submitted(job, True)
             self._alert(over_watermark(depth, oldest, self.watermarks))  # outside the transaction
             if submitted is not None:
@@ -657,26 +714,49 @@ class Ledger:
     # over the instruments by each one's waiting order, then the oldest. One instrument's
     # backlog therefore holds another's job back by at most the jobs already in flight, as a
     # single instrument's own queue does, and it cannot push the job out of the first per_class.
+    # With offload.instrument_weights the same order is weighted (the scheduler's rule): an
+    # instrument's rn-th waiting job ranks by (in flight + rn - 1) / weight, the load it would
+    # have when that job is picked, so the first per_class hold the weighted share of each.
     _BUSY = ("busy AS (SELECT instrument_id, count(*) AS n FROM jobs "
              "WHERE state IN ('leased','running') AND priority = ? GROUP BY instrument_id)")
-    _READY = ("WITH " + _BUSY + ", ranked AS (SELECT j.id, ROW_NUMBER() OVER "
-              "(PARTITION BY j.instrument_id ORDER BY j.next_attempt_at, j.id) AS rn "
-              "FROM jobs j LEFT JOIN jobs d ON j.depends_on = d.id "
-              "WHERE j.state IN ('queued','retrying') AND j.priority = ? AND j.next_attempt_at <= ? "
-              "AND (j.depends_on IS NULL OR d.state = 'succeeded')) "
+    _RANKED = ("ranked AS (SELECT j.id, ROW_NUMBER() OVER "
+               "(PARTITION BY j.instrument_id ORDER BY j.next_attempt_at, j.id) AS rn "
+               "FROM jobs j LEFT JOIN jobs d ON j.depends_on = d.id "
+               "WHERE j.state IN ('queued','retrying') AND j.priority = ? AND j.next_attempt_at <= ? "
+               "AND (j.depends_on IS NULL OR d.state = 'succeeded')) ")
+    _READY = ("WITH " + _BUSY + ", " + _RANKED +
               "SELECT j.* FROM ranked r JOIN jobs j ON j.id = r.id LEFT JOIN busy b ON b.instrument_id = j.instrument_id "
               "ORDER BY COALESCE(b.n, 0), r.rn, j.next_attempt_at, j.id LIMIT ?")
+    _READY_WEIGHTED = ("WITH " + _BUSY + ", {weights}, " + _RANKED +
+                       "SELECT j.* FROM ranked r JOIN jobs j ON j.id = r.id "
+                       "LEFT JOIN busy b ON b.instrument_id = j.instrument_id "
+                       "LEFT JOIN w ON w.instrument_id = j.instrument_id "
+                       "ORDER BY (COALESCE(b.n, 0) + r.rn - 1) / COALESCE(w.weight, 1.0), r.rn, j.next_attempt_at, j.id "
+                       "LIMIT ?")
+
+    def _weights(self) -> tuple[str, tuple]:
+        """``w(instrument_id, weight)``: offload.instrument_weights as a VALUES list and its
+        parameters (("", ()) without weights: the unweighted statements are used)."""
+        weights = self.config.instrument_weights
+        if not weights:
+            return "", ()
+        rows = ", ".join(["(CAST(? AS TEXT), CAST(? AS DOUBLE PRECISION))"] * len(weights))
+        args = tuple(v for inst, w in sorted(weights.items()) for v in (str(inst), float(w)))
+        return f"w(instrument_id, weight) AS (VALUES {rows})", args
 
     @_transient
     def ready(self, per_class: int = 64, now: float | None = None) -> list[Job]:
         """Jobs that may be leased now (waiting, backoff over, dependency succeeded), at most
         ``per_class`` of each class, in dispatch order: within a class, fair share across
-        instruments (the instruments with the fewest jobs in flight first, round robin), then
-        oldest first."""
+        instruments (the instruments with the fewest jobs in flight first, round robin; with
+        ``offload.instrument_weights``, the least in flight per unit of weight), then oldest
+        first."""
         now = self._clock() if now is None else now
+        weights, wargs = self._weights()
+        sql = self._READY_WEIGHTED.format(weights=weights) if weights else self._READY
         out: list[Job] = []
         for cls in CLASSES:
-            out.extend(_row_to_job(r) for r in self._read(self._READY, (cls, cls, now, per_class)))
+            out.extend(_row_to_job(r) for r in self._read(sql, (cls, *wargs, cls, now, per_class)))
         return out
 
     @_transient
@@ -711,57 +791,69 @@ class Ledger:
             self._event(c, job_id, None, "leased", f"attempt {job.attempts} of {job.max_attempts}", owner, now, job)
             return job
 
-    # the same fair share as ready(): the instrument with the fewest in flight, then the oldest
+    # the same fair share as ready() (the instrument with the fewest in flight, per unit of
+    # weight, then the oldest), across the classes in one statement: the highest class first
+    _RANK = "CASE j.priority " + " ".join(f"WHEN '{c}' THEN {i}" for i, c in enumerate(CLASSES)) + " END"
     _LEASE_NEXT = ("UPDATE jobs SET state='leased', lease_owner=?, lease_expires=?, heartbeat_at=?, attempts=attempts+1 "
-                   "WHERE id = (WITH " + _BUSY + " "
+                   "WHERE id = (WITH busy AS (SELECT priority, instrument_id, count(*) AS n FROM jobs "
+                   "WHERE state IN ('leased','running') AND priority IN ({classes}) GROUP BY priority, instrument_id){weights} "
                    "SELECT j.id FROM jobs j LEFT JOIN jobs d ON j.depends_on = d.id "
-                   "LEFT JOIN busy b ON b.instrument_id = j.instrument_id "
-                   "WHERE j.state IN ('queued','retrying') AND j.next_attempt_at <= ? AND j.priority = ? "
+                   "LEFT JOIN busy b ON b.instrument_id = j.instrument_id AND b.priority = j.priority{join} "
+                   "WHERE j.state IN ('queued','retrying') AND j.next_attempt_at <= ? AND j.priority IN ({classes}) "
                    "AND (j.depends_on IS NULL OR d.state = 'succeeded') "
-                   "ORDER BY COALESCE(b.n, 0), j.next_attempt_at, j.id LIMIT 1{lock}) RETURNING *")
+                   "ORDER BY " + _RANK + ", COALESCE(b.n, 0){per_weight}, j.next_attempt_at, j.id LIMIT 1{lock}) RETURNING *")
 
     @_transient
     def lease_next(self, owner: str, lease_s: float, priority: str | None = None) -> Job | None:
         """Lease the next ready job (of ``priority``, or the highest class with one) in one
         transaction: within the class, that of the instrument with the fewest jobs in flight
-        (fair share), then the oldest. On PostgreSQL the candidate row is taken ``FOR UPDATE SKIP LOCKED``: many
+        (fair share; with ``offload.instrument_weights`` the fewest per unit of weight), then
+        the oldest. On PostgreSQL the candidate row is taken ``FOR UPDATE SKIP LOCKED``: many
         orchestrators lease from one table at once, each skipping the rows the others hold."""
         now = self._clock()
+        classes = CLASSES if priority is None else (priority,)
+        weights, wargs = self._weights()
+        # one statement finds, locks and leases the row (one round trip on PostgreSQL)
+        sql = self._LEASE_NEXT.format(
+            classes=", ".join("?" * len(classes)), lock=self._db.skip_locked,
+            weights=", " + weights if weights else "", join=" LEFT JOIN w ON w.instrument_id = j.instrument_id" if weights else "",
+            per_weight=" / COALESCE(w.weight, 1.0)" if weights else "")
+        args = (owner, now + lease_s, now, *classes, *wargs, now, *classes)
+        logged = False
         with self._tx() as c:
-            # per class, highest first: one statement finds, locks and leases the row (one round
-            # trip on PostgreSQL), using the (state, priority, next_attempt_at) index
-            sql = self._LEASE_NEXT.format(lock=self._db.skip_locked)
-            for cls in CLASSES if priority is None else (priority,):
-                row = c.execute(sql, (owner, now + lease_s, now, cls, now, cls)).fetchone()
-                if row is None:
-                    continue
-                job = _row_to_job(row)
+            if self.backend == "postgresql":  # and its history entry in the same statement
+                row = c.execute(_LEASED_PG.format(lease=sql), (*args, now, owner)).fetchone()
+                logged = row is not None and row["logged"]
+            else:
+                row = c.execute(sql, args).fetchone()
+            if row is None:
+                return None
+            job = _row_to_job(row)
+            if not logged:
                 self._event(c, job.id, None, "leased", f"attempt {job.attempts} of {job.max_attempts}", owner, now, job)
-                return job
-        return None
+            return job
 
     @_transient
     def start(self, job_id: int, owner: str, lease_s: float | None = None) -> bool:
         """The leased job's attempt began (leased -> running); False if the lease was lost."""
         now = self._clock()
         with self._tx() as c:
-            cur = c.execute(
+            row = c.execute(
                 "UPDATE jobs SET state='running', started_at=?, heartbeat_at=?, "
-                "lease_expires=COALESCE(?, lease_expires) WHERE id=? AND state='leased' AND lease_owner=?",
-                (now, now, None if lease_s is None else now + lease_s, job_id, owner))
-            if cur.rowcount == 1:
-                self._event(c, job_id, "leased", "running", "", owner, now, self._get(c, job_id))
-            return cur.rowcount == 1
+                "lease_expires=COALESCE(?, lease_expires) WHERE id=? AND state='leased' AND lease_owner=? RETURNING *",
+                (now, now, None if lease_s is None else now + lease_s, job_id, owner)).fetchone()
+            if row is not None:
+                self._event(c, job_id, "leased", "running", "", owner, now, _row_to_job(row))
+            return row is not None
 
     @_transient
     def heartbeat(self, job_id: int, owner: str, lease_s: float) -> bool:
         """Extend ``owner``'s lease on the job; False if it holds it no longer (expired, cancelled)."""
         now = self._clock()
-        with self._tx() as c:
-            cur = c.execute(
-                "UPDATE jobs SET lease_expires=?, heartbeat_at=? WHERE id=? AND lease_owner=? "
-                "AND state IN ('leased','running')", (now + lease_s, now, job_id, owner))
-            return cur.rowcount == 1
+        # one statement, its own transaction (one round trip on PostgreSQL)
+        return bool(self._db.statement(
+            "UPDATE jobs SET lease_expires=?, heartbeat_at=? WHERE id=? AND lease_owner=? "
+            "AND state IN ('leased','running') RETURNING id", (now + lease_s, now, job_id, owner)))
 
     @_transient
     def complete(self, job_id: int, owner: str, result: Mapping[str, Any] | None) -> bool:
@@ -769,6 +861,11 @@ class Ledger:
         committed after the lease was lost is still the job's one correct output."""
         now = self._clock()
         result_json = json.dumps(result or {}, sort_keys=True)
+        if self.backend == "postgresql" and self._db.statement(
+                _COMPLETE_PG, (job_id, result_json, now, now, owner, owner, owner, _CHANNEL)):
+            return True
+        # SQLite; or on PostgreSQL a job the one statement leaves alone (none, done, or a run id
+        # that is not a string): the same change in a transaction, deciding in Python
         with self._tx() as c:
             job = self._must(c, job_id)
             if job.state in ("succeeded", "cancelled"):
@@ -916,11 +1013,6 @@ class Ledger:
             return self._get(c, job_id)
 
     # -- figures ----------------------------------------------------------------------------------
-
-    def _instrument_depth(self, c, instrument: str) -> int:
-        """Queued + retrying jobs of ``instrument`` (the per-instrument watermark's figure)."""
-        return c.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued','retrying') AND instrument_id = ?",
-                         (instrument,)).fetchone()[0]
 
     def _depth_and_age(self, c=None) -> tuple[int, float | None]:
         """(queued + retrying jobs, age of the oldest), read in transaction ``c`` if given."""
