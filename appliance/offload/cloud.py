@@ -492,7 +492,7 @@ class BurstController:
         self.state_path = self.folder / STATE_FILE
         self.interval_s = interval_s
         snap = self._load()
-        self.snapshot = snap
+        self.snapshot = self._saved = snap
         self.state = BurstState(snap.bursting, snap.slots, snap.slots_since, snap.budget_alert)
         self.durations = dict(snap.durations)
         self.decision = None
@@ -595,10 +595,12 @@ class BurstController:
                 write_log(self.log_path, {**d.log_record(inputs), "pool": self.pool.name})
             except OSError as exc:
                 log.warning("burst: cannot append to the decision log %s: %s", self.log_path, exc)
-        try:
-            self._save()
-        except OSError as exc:
-            log.warning("burst: cannot save %s: %s", self.state_path, exc)
+        if self.snapshot != self._saved:  # a file write only when something changed
+            try:
+                self._save()
+                self._saved = self.snapshot
+            except OSError as exc:
+                log.warning("burst: cannot save %s: %s", self.state_path, exc)
         return list(d.alerts)
 
     def report(self) -> dict:
