@@ -63,7 +63,9 @@ def test_worker_killed_mid_job_is_retried_after_its_lease(tmp_path, jobs_plugin,
     src = tmp_path / "in.bin"
     src.write_bytes(os.urandom(20000))
     flag, log = tmp_path / "go", tmp_path / "completions.log"
-    orch = Orchestrator(fast_config(), tmp_path, scan=False)
+    # a lease of 3 s, not 1: on a loaded machine the worker spawned to replace the killed one can
+    # take over a second to pick the retry up, and a second expiry counted a 3rd attempt
+    orch = Orchestrator(fast_config(lease_s=3.0), tmp_path, scan=False)
     orch.start()
     try:
         job = orch.submit("test-hash", {"path": str(src), "log": str(log), "block_on": str(flag)}).job

@@ -23,7 +23,9 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def test_poison_job_is_held_after_its_retry_limit_and_can_be_requeued(tmp_path, jobs_plugin, no_leaked_threads):
-    orch = Orchestrator(fast_config(), tmp_path, scan=False)
+    # a lease of 5 s, not fast_config's 1 s: on a loaded machine a just-spawned worker can take
+    # longer than 1 s to pick an attempt up, and the expired lease counted a 4th attempt
+    orch = Orchestrator(fast_config(lease_s=5.0), tmp_path, scan=False)
     orch.start()
     try:
         job = orch.submit("test-poison", {"n": 1}).job
