@@ -234,6 +234,27 @@ class RunRef:
     data_root: Path
 
 
+def _run_spans(folder: Path, run_id: str) -> list[dict]:
+    """The spans of ``run_id``'s trace in the span files (JSON lines) of ``folder``."""
+    from appliance.tracing import trace_hex
+
+    want = "0x" + trace_hex(run_id)
+    out = []
+    for f in sorted(folder.glob("*.jsonl")) if folder.is_dir() else ():
+        try:
+            lines = f.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                span = json.loads(line)
+            except ValueError:
+                continue  # a torn last line of a killed process
+            if isinstance(span, dict) and (span.get("context") or {}).get("trace_id") == want:
+                out.append(span)
+    return out
+
+
 def _state_root(cfg, data_root: Path) -> Path:
     return Path(cfg.output.state_root) if cfg.output.state_root else data_root / ".state"
 
@@ -616,6 +637,13 @@ def collect(
                     b.add_tree(f"{state_arc}/{t.name}", t, curve_dirs)
                 elif t.is_file():
                     b.add_file(f"{state_arc}/{t.name}", t, curve_dirs)
+            # the run's spans that other processes wrote: its offload jobs (the orchestrator's
+            # <root>/.offload/traces/) and its storage moves and verifications (<root>/.storage/traces/)
+            for where in (".offload", ".storage"):
+                spans = _run_spans(ref.data_root / where / "traces", ref.run_id)
+                if spans:
+                    b.add_jsonl(f"{state_arc}/traces-{where[1:]}.jsonl", spans, str(ref.data_root / where / "traces"))
+                    traces.append(ref.data_root / where / "traces")
             b.parts["traces"] = "ok" if traces else "none"
             if not traces:
                 b.note_missing(f"{state_arc}/traces*", "none: the run left no trace files (tracing.enabled = false, or its spans went to tracing.otlp_endpoint)")

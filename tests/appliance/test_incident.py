@@ -89,6 +89,16 @@ def incident(tmp_path_factory):
     (prof / "notes.txt").write_text(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{AWS_SECRET}\n-----END OPENSSH PRIVATE KEY-----\ntoken={AWS_SECRET}\n")
     (prof / "copied.key_secret").write_bytes(client_secret.read_bytes())
     (sup.state_dir / "traces.jsonl").write_text(json.dumps({"trace_id": "ab" * 16, "name": "run", "run_id": RUN_ID}) + "\n")
+    # spans other processes wrote (the SDK's span JSON, one per line): the orchestrator's and the
+    # storage manager's, each with one span of this run's trace and one of another run's
+    from appliance.tracing import trace_hex
+
+    for where, name in ((".offload", "job fastq"), (".storage", "storage move hot->warm")):
+        folder = root / where / "traces"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{where[1:]}-1.jsonl").write_text("".join(
+            json.dumps({"name": f"{name} {rid}", "context": {"trace_id": "0x" + trace_hex(rid), "span_id": "0x" + "1" * 16}}) + "\n"
+            for rid in (RUN_ID, "ANOTHER_RUN")) + '{"torn')
     # the offload ledger (SQLite) with two jobs of the run, one failed with the DSN in its error
     ledger_path = root / ".offload" / "ledger.sqlite"
     with Ledger(ledger_path) as led:
@@ -148,6 +158,9 @@ def test_the_bundle_has_a_manifest_of_every_member(incident, bundle):
     assert not any(p.endswith((".key_secret", ".key", ".ckpt")) for p in listed)
     assert {"what": f"{state}/profiles/copied.key_secret", "why": "a key file: key material is never put in a bundle"} in m["missing"]
     assert m["parts"]["ledger"] == "ok" and m["parts"]["profiles"] == "ok" and m["parts"]["traces"] == "ok"
+    for where, name in (("offload", "job fastq"), ("storage", "storage move hot->warm")):  # only this run's spans
+        spans = [json.loads(x) for x in (b.top / f"{state}/traces-{where}.jsonl").read_text().splitlines()]
+        assert [sp["name"] for sp in spans] == [f"{name} {RUN_ID}"]
     assert m["parts"]["topology"] == "ok" and m["parts"]["sysconfig"] == "ok"
     assert any(row["what"] == "logs/stderr" for row in m["missing"])  # said what was not available
     # the parts hold what they say
