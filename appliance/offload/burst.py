@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from appliance.offload.config import CLASSES
+from appliance.offload.classes import CLASSES
 
 __all__ = ["ALERT_RULE", "BurstConfig", "BurstDecision", "BurstInputs", "BurstState", "WaitingJob", "compare", "decide", "load_burst",
            "read_log", "simulate", "synthetic_trace", "write_log"]
@@ -57,7 +57,7 @@ class BurstConfig:
 
 
 def _cerr(key: str, value: Any, allowed: str):
-    from appliance.config import ConfigError
+    from appliance.configfile import ConfigError
 
     return ConfigError(f"config key burst.{key} = {value!r} is invalid: allowed {allowed}")
 

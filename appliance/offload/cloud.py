@@ -19,7 +19,7 @@ through the store (``store = "s3://bucket/prefix"``). One attempt goes:
    ``_OUTPUTS.json``). An attempt that finds its outputs already published (the pull of an
    earlier attempt failed) does not run the job again.
 3. **Pull** (here): the outputs come back verified and are committed with ``_SUCCESS.json`` and
-   one rename (:func:`appliance.transfer.pull_outputs`), so a cloud job that ran twice still
+   one rename (:func:`pull_outputs`), so a cloud job that ran twice still
    leaves one correct output.
 
 A destination that refuses writes (quota, a full path, denied access) raises the
@@ -50,7 +50,7 @@ from typing import Any, Callable
 from appliance.offload.errors import PermanentJobError, TransientJobError
 from appliance.offload.executors import MARKER, AttemptSpec, Outcome, _dask_transient, _describe, run_attempt
 
-__all__ = ["CloudExecutor", "InputSet", "RemoteJob", "pull_job", "run_remote", "stage_plan"]
+__all__ = ["BurstController", "CloudExecutor", "InputSet", "RemoteJob", "pull_job", "pull_outputs", "run_remote", "stage_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,54 @@ def pull_job(params: dict, ctx) -> dict:
 
 # -- on the instrument ------------------------------------------------------------------------
 
+def pull_outputs(url: str, subject: str, *, job_id: int, key: str, output_dir: str | Path, data_root: str | Path,
+                 storage_options: dict | None = None, journal=None, attempt: int = 1,
+                 bandwidth_mb_s: float = 0.0, bucket=None,
+                 target: str = "appliance.transfer:pull_into_staging", extra_params: dict | None = None,
+                 tracer=None, run_id: str | None = None) -> dict:
+    """Pull a remote job's outputs into ``output_dir`` through the offload job wrapper
+    (:func:`~appliance.offload.executors.run_attempt`: staging folder, ``_SUCCESS.json``, one rename), so a
+    job that ran (or was pulled) twice leaves one correct output. ``bucket``: a shared bandwidth
+    limit (the storage mover's), else ``bandwidth_mb_s``. ``target``: the job function that pulls
+    (default :func:`appliance.transfer.pull_into_staging`; the cloud pool's, :func:`pull_job`,
+    wraps it to commit the job's own result),
+    given ``extra_params`` besides the pull's. ``tracer``, ``run_id``: as for ``push`` (a
+    ``transfer pull`` span). Returns the wrapper's result."""
+    from appliance.transfer import transfer_span
+
+    spec = AttemptSpec(job_id=job_id, kind="pull", target=target,
+                       params={**(extra_params or {}), "url": url, "subject": subject, "storage_options": storage_options or {},
+                               "bandwidth_mb_s": bandwidth_mb_s},
+                       attempt=attempt, key=key, data_root=str(data_root), output_dir=str(output_dir))
+    t0, start_ns = time.monotonic(), time.time_ns()
+    dest = f"{url.rstrip('/')}/{subject}"
+    verification = "CRC32C of every byte pulled"
+    try:
+        done = run_attempt(spec, {"bucket": bucket} if bucket is not None else None)
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        if journal is not None:
+            tid = journal.begin(f"pull:{url}:{subject}", "pull", url, subject, job_id, [])
+            journal.add_bytes(tid, duration_s=time.monotonic() - t0)
+            journal.finish(tid, "failed", verification, error)
+        transfer_span(tracer, "pull", start_ns, destination=dest, files=0, bytes_sent=0, bytes_reread=0, egress_bytes=0,
+                      verification=verification, state="failed", error=error, job_id=job_id, run_id=run_id)
+        raise
+    r = done["result"]
+    fig = r if "pulled_bytes" in r else r.get("cloud", {})  # a wrapping target keeps them under "cloud"
+    pulled, egress = int(fig.get("pulled_bytes", 0)), int(fig.get("egress_bytes", 0))
+    verification = fig.get("verification", verification)
+    if journal is not None and not done["reused"]:
+        tid = journal.begin(f"pull:{url}:{subject}", "pull", url, subject, job_id, [])
+        journal.add_bytes(tid, sent=0, reread=pulled, egress=egress, duration_s=time.monotonic() - t0)
+        journal.finish(tid, "verified", verification)
+    transfer_span(tracer, "pull", start_ns, destination=dest, files=int(fig.get("pulled_files", 0)),
+                  bytes_sent=0, bytes_reread=0 if done["reused"] else pulled, egress_bytes=0 if done["reused"] else egress,
+                  verification=verification, state="reused" if done["reused"] else "verified", job_id=job_id, run_id=run_id)
+    return done
+
+
+
 @dataclass
 class _Job:
     spec: AttemptSpec
@@ -229,6 +277,15 @@ class _Job:
     stop: threading.Event
     phase: str = "queued"  #: queued, push, remote, pull
     future: Any = None
+
+    def halt(self) -> None:
+        """Stop the attempt: its push stops at the next chunk, its remote future is cancelled."""
+        self.stop.set()
+        if self.future is not None:
+            try:
+                self.future.cancel()
+            except Exception:  # a client already closed: nothing left to cancel
+                pass
 
 
 class CloudExecutor:
@@ -281,12 +338,7 @@ class CloudExecutor:
         with self._lock:
             jobs = list(self._jobs.values())
         for j in jobs:
-            j.stop.set()
-            if j.future is not None:
-                try:
-                    j.future.cancel()
-                except Exception:
-                    pass
+            j.halt()
         if self._threads is not None:
             self._threads.shutdown(wait=True, cancel_futures=True)
             self._threads = None
@@ -390,7 +442,7 @@ class CloudExecutor:
         self._finish(job, outcome)
 
     def _run(self, job: _Job) -> Outcome:
-        from appliance.transfer import Destination, Journal, pull_outputs, push
+        from appliance.transfer import Destination, Journal, push
 
         spec = job.spec
         dest = Destination(self.pool.store, self.storage_options)
@@ -441,12 +493,7 @@ class CloudExecutor:
             job = self._jobs.pop(job_id, None)
         if job is None:
             return False
-        job.stop.set()
-        if job.future is not None:
-            try:
-                job.future.cancel()
-            except Exception:
-                pass
+        job.halt()
         return True
 
 

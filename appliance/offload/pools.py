@@ -566,7 +566,7 @@ def pool_metrics(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, dict
 def burst_metrics(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, list[str], dict[tuple[str, ...], float]]]:
     """The burst policy's gauges from ``stats()["burst"]`` (one row per cloud pool):
     ``[(name, help, label names, {label values: value})]``."""
-    from appliance.offload.config import CLASSES
+    from appliance.offload.classes import CLASSES
 
     slots = {(str(r["pool"]),): float(r.get("slots") or 0) for r in rows}
     jobs = {(str(r["pool"]),): float(r.get("jobs") or 0) for r in rows}

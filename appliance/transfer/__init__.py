@@ -5,6 +5,7 @@ recorded in a transfer journal (bytes, egress, duration, verification, attempts)
 completion marker per destination. See docs/burst.md.
 """
 
+from appliance.transfer._trace import transfer_span
 from appliance.transfer._journal import Journal, default_journal_path, read_totals, read_transfers
 from appliance.transfer.errors import DestinationRefused, SourceMismatch, TransferError, TransferVerifyFailed
 from appliance.transfer.handoff import (
@@ -18,7 +19,6 @@ from appliance.transfer.handoff import (
     inputs_verified,
     publish_outputs,
     pull_into_staging,
-    pull_outputs,
     push,
     run_entries,
 )
@@ -27,5 +27,5 @@ __all__ = [
     "ALERT_RULE", "COMPLETE_MARKER", "DestinationRefused", "Destination", "Journal", "OUTPUTS_MANIFEST", "SourceMismatch",
     "TransferError", "TransferReport", "TransferVerifyFailed", "default_journal_path", "entries_of_dir", "fetch_file",
     "inputs_verified",
-    "publish_outputs", "pull_into_staging", "pull_outputs", "push", "read_totals", "read_transfers", "run_entries",
+    "publish_outputs", "pull_into_staging", "push", "read_totals", "read_transfers", "run_entries", "transfer_span",
 ]

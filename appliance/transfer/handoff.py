@@ -61,7 +61,7 @@ from appliance.transfer._trace import transfer_span
 from appliance.transfer.errors import DestinationRefused, SourceMismatch, TransferVerifyFailed
 
 __all__ = ["ALERT_RULE", "COMPLETE_MARKER", "OUTPUTS_MANIFEST", "Destination", "TransferReport", "entries_of_dir",
-           "fetch_file", "inputs_verified", "publish_outputs", "pull_outputs", "pull_into_staging", "push", "run_entries"]
+           "fetch_file", "inputs_verified", "publish_outputs", "pull_into_staging", "push", "run_entries"]
 
 COMPLETE_MARKER = "_TRANSFER_COMPLETE.json"
 ALERT_RULE = "transfer_refused"  #: raised while a destination refuses writes (docs/runbook.md)
@@ -728,7 +728,7 @@ def pull_into_staging(params: dict, ctx) -> dict:
     """A job function (``appliance.transfer:pull_into_staging``) run by the offload job wrapper:
     download the outputs ``params["subject"]`` lists in its ``_OUTPUTS.json`` from
     ``params["url"]`` into the staging folder, verifying each CRC32C; the wrapper then commits
-    them with ``_SUCCESS.json`` and one rename."""
+    them with ``_SUCCESS.json`` and one rename (``appliance.offload.cloud.pull_outputs`` runs it)."""
     from appliance.offload.errors import TransientJobError
 
     dest = Destination(params["url"], params.get("storage_options"))
@@ -743,49 +743,3 @@ def pull_into_staging(params: dict, ctx) -> dict:
                             bucket=bucket, listed_in=OUTPUTS_MANIFEST)
     return {"pulled_files": len(doc["files"]), "pulled_bytes": total, "egress_bytes": total if dest.remote else 0,
             "source": dest.display(subject), "verification": "CRC32C of every byte pulled"}
-
-
-def pull_outputs(url: str, subject: str, *, job_id: int, key: str, output_dir: str | Path, data_root: str | Path,
-                 storage_options: dict | None = None, journal: Journal | None = None, attempt: int = 1,
-                 bandwidth_mb_s: float = 0.0, bucket: TokenBucket | None = None,
-                 target: str = "appliance.transfer:pull_into_staging", extra_params: dict | None = None,
-                 tracer=None, run_id: str | None = None) -> dict:
-    """Pull a remote job's outputs into ``output_dir`` through the offload job wrapper
-    (:func:`appliance.offload.run_attempt`: staging folder, ``_SUCCESS.json``, one rename), so a
-    job that ran (or was pulled) twice leaves one correct output. ``bucket``: a shared bandwidth
-    limit (the storage mover's), else ``bandwidth_mb_s``. ``target``: the job function that pulls
-    (default :func:`pull_into_staging`; the cloud pool's wraps it to commit the job's own result),
-    given ``extra_params`` besides the pull's. ``tracer``, ``run_id``: as for :func:`push` (a
-    ``transfer pull`` span). Returns the wrapper's result."""
-    from appliance.offload import AttemptSpec, run_attempt
-
-    spec = AttemptSpec(job_id=job_id, kind="pull", target=target,
-                       params={**(extra_params or {}), "url": url, "subject": subject, "storage_options": storage_options or {},
-                               "bandwidth_mb_s": bandwidth_mb_s},
-                       attempt=attempt, key=key, data_root=str(data_root), output_dir=str(output_dir))
-    t0, start_ns = time.monotonic(), time.time_ns()
-    dest = f"{url.rstrip('/')}/{subject}"
-    verification = "CRC32C of every byte pulled"
-    try:
-        done = run_attempt(spec, {"bucket": bucket} if bucket is not None else None)
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        if journal is not None:
-            tid = journal.begin(f"pull:{url}:{subject}", "pull", url, subject, job_id, [])
-            journal.add_bytes(tid, duration_s=time.monotonic() - t0)
-            journal.finish(tid, "failed", verification, error)
-        transfer_span(tracer, "pull", start_ns, destination=dest, files=0, bytes_sent=0, bytes_reread=0, egress_bytes=0,
-                      verification=verification, state="failed", error=error, job_id=job_id, run_id=run_id)
-        raise
-    r = done["result"]
-    fig = r if "pulled_bytes" in r else r.get("cloud", {})  # a wrapping target keeps them under "cloud"
-    pulled, egress = int(fig.get("pulled_bytes", 0)), int(fig.get("egress_bytes", 0))
-    verification = fig.get("verification", verification)
-    if journal is not None and not done["reused"]:
-        tid = journal.begin(f"pull:{url}:{subject}", "pull", url, subject, job_id, [])
-        journal.add_bytes(tid, sent=0, reread=pulled, egress=egress, duration_s=time.monotonic() - t0)
-        journal.finish(tid, "verified", verification)
-    transfer_span(tracer, "pull", start_ns, destination=dest, files=int(fig.get("pulled_files", 0)),
-                  bytes_sent=0, bytes_reread=0 if done["reused"] else pulled, egress_bytes=0 if done["reused"] else egress,
-                  verification=verification, state="reused" if done["reused"] else "verified", job_id=job_id, run_id=run_id)
-    return done

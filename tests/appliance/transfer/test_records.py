@@ -13,13 +13,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from appliance.cli import main
 from appliance.metrics import JobsCollector, TransferCollector
 from appliance.offload import Ledger
+from appliance.offload.cloud import pull_outputs
 from appliance.transfer import (
     Destination,
     Journal,
     default_journal_path,
     entries_of_dir,
     publish_outputs,
-    pull_outputs,
     push,
     read_transfers,
 )

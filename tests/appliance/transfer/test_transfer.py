@@ -18,6 +18,7 @@ import pytest
 
 from appliance.offload import is_transient, read_marker
 from appliance.runfolder import FileEntry
+from appliance.offload.cloud import pull_outputs
 from appliance.transfer import (
     COMPLETE_MARKER,
     Destination,
@@ -27,7 +28,6 @@ from appliance.transfer import (
     entries_of_dir,
     inputs_verified,
     publish_outputs,
-    pull_outputs,
     push,
     run_entries,
 )
