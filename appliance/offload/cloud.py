@@ -617,11 +617,14 @@ class BurstController:
             return []
         self._last = now
         waiting = []
+        stageable = set()
         for j in ready:
             try:
                 kind = kind_of(j.kind)
-            except KeyError:
+            except KeyError:  # an unknown kind: the dispatcher fails it with the reason; it never bursts
                 continue
+            if "object" in kind.inputs:
+                stageable.add(j.id)
             size = self.input_bytes(j, data_root) if "object" in kind.inputs else 0
             waiting.append(WaitingJob(j.id, j.priority, max(0.0, now - j.created_at),
                                       self.expected_s(kind) * max(1, kind.cores) / 3600.0, size, max(1, kind.cores)))
@@ -629,7 +632,6 @@ class BurstController:
                              cloud_running=cloud_running, day=_day(now), running_core_hours=running_core_hours)
         d = decide(inputs, self.state, self.cfg)
         self.decision, self.state = d, d.state
-        stageable = {j.id for j in ready if "object" in kind_of(j.kind).inputs} if ready else set()
         self.allowed = frozenset(i for i in d.jobs if i in stageable)
         self.snapshot = BurstSnapshot(_day(now), spent, d.state.bursting, d.state.slots, d.state.slots_since,
                                       d.state.budget_alert, tuple(sorted(self.durations.items())))

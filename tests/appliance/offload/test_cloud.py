@@ -312,6 +312,17 @@ def test_the_controllers_state_survives_a_restart_and_stays_small(tmp_path):
     again = BurstController(pool, tmp_path)
     assert again.state == ctl.state and again.snapshot.spent == pytest.approx(pool.burst.core_hour_price)
     assert again.expected_s(kind) == pytest.approx(30.0)
+    unknown = J(99)
+    unknown.kind = "not-a-kind"
+
+    def kinds(name):
+        if name != "k":
+            raise KeyError(name)
+        return kind
+
+    ctl.step(150.0, [J(1), unknown], kinds, tmp_path, local_cores=1, running_core_hours=0, cloud_running=0,
+             usage={"core_seconds": 3600.0})  # a ready job of an unknown kind never bursts and stops nothing
+    assert 99 not in ctl.allowed
     for n in range(200):  # many more decisions: the state file does not grow
         ctl.step(200.0 + n, [J(i) for i in range(10)], lambda name: kind, tmp_path, local_cores=1, running_core_hours=0,
                  cloud_running=0, usage={"core_seconds": 3600.0})
