@@ -1,4 +1,5 @@
-"""Real-time plumbing: the shared-memory SPSC ring, the frame header, and process helpers
+"""Real-time plumbing: the shared-memory SPSC ring, the frame header, the stages' status
+blocks, and process helpers
 (topology, pinning, memory locking, real-time scheduling, parent-death detection).
 
 Nothing here imports from ``appliance`` or ``tui``; importing ``rt`` has no side effects.
@@ -62,7 +63,18 @@ from rt.ring import (
     is_stale,
     list_rings,
 )
-
+from rt.status import (
+    EVENT_BYTES,
+    EVENT_SLOTS,
+    StageState,
+    StageStatus,
+    StatusBlock,
+    StatusBlockStatistics,
+    StatusWriter,
+    clean_dead_status_blocks,
+    list_status_blocks,
+    stage_status_dtype,
+)
 from rt.topology import (
     NumaNode,
     Topology,
@@ -140,4 +152,14 @@ __all__ = [
     "LinkStatistics",
     "MAX_LINKS",
     "list_rings",
+    "EVENT_BYTES",
+    "EVENT_SLOTS",
+    "StageState",
+    "StageStatus",
+    "StatusBlock",
+    "StatusBlockStatistics",
+    "StatusWriter",
+    "clean_dead_status_blocks",
+    "list_status_blocks",
+    "stage_status_dtype",
 ]

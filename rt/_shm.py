@@ -18,7 +18,7 @@ import posix_ipc
 
 from rt._errors import RingError, RingNotFound
 
-__all__ = ["Segment", "HugepageChoice", "choose_backing", "hugetlbfs_mounts", "segment_paths"]
+__all__ = ["Segment", "HugepageChoice", "choose_backing", "find_segments", "hugetlbfs_mounts", "segment_paths"]
 
 log = logging.getLogger("rt.shm")
 
@@ -117,6 +117,28 @@ def segment_paths(name: str) -> list[Path]:
     paths = [SHM_DIR / name]
     paths.extend(mount / name for mount in hugetlbfs_mounts().values())
     return paths
+
+
+def find_segments(magic: bytes, dirs: list[Path] | None = None) -> list[tuple[str, Path]]:
+    """Every segment whose first bytes are ``magic``, as (name, path), in ``dirs`` (default:
+    /dev/shm and the hugetlbfs mounts). Semaphores and unreadable files are skipped."""
+    found = []
+    for d in dirs if dirs is not None else [SHM_DIR, *hugetlbfs_mounts().values()]:
+        try:
+            entries = sorted(d.iterdir())
+        except OSError:
+            continue
+        for path in entries:
+            if path.name.startswith("sem.") or not path.is_file():
+                continue
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(len(magic))
+            except OSError:
+                continue
+            if head == magic:
+                found.append((path.name, path))
+    return found
 
 
 class Segment:

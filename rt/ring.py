@@ -1163,24 +1163,7 @@ class Observer:
 
 def list_rings() -> list[tuple[str, Path]]:
     """Every ring segment on this host (POSIX shm and hugetlbfs mounts) as (name, path)."""
-    found = []
-    dirs = [_shm.SHM_DIR, *_shm.hugetlbfs_mounts().values()]
-    for d in dirs:
-        try:
-            entries = sorted(d.iterdir())
-        except OSError:
-            continue
-        for path in entries:
-            if path.name.startswith("sem.") or not path.is_file():
-                continue
-            try:
-                with open(path, "rb") as f:
-                    magic = f.read(8)
-            except OSError:
-                continue
-            if magic == b"APRING01":
-                found.append((path.name, path))
-    return found
+    return _shm.find_segments(b"APRING01")
 
 
 def inspect(name: str) -> RingStatistics:
@@ -1199,7 +1182,8 @@ def is_stale(st: RingStatistics) -> bool:
 
 
 def clean_dead_rings(force: tuple[str, ...] = (), dry_run: bool = False) -> list[str]:
-    """Unlink rings whose owner and both ends are dead (or those named in ``force``).
+    """Unlink rings whose owner and both ends are dead (or those named in ``force``), and
+    status blocks (``rt.status``) whose owner is dead.
 
     Returns the names removed (or that would be, with ``dry_run``). A ring whose creator
     died during creation has no valid control block and is not recognised; name it in
@@ -1220,4 +1204,6 @@ def clean_dead_rings(force: tuple[str, ...] = (), dry_run: bool = False) -> list
     if not dry_run:
         for name in doomed:
             _unlink(name)
-    return doomed
+    from rt.status import clean_dead_status_blocks  # a run's status block goes with its rings
+
+    return doomed + [n for n in clean_dead_status_blocks(force, dry_run) if n not in doomed]

@@ -54,6 +54,7 @@ class UntilSpace:
                     cleanup()
                 if paused is None:
                     paused = time.monotonic()
+                    before = self._set_state("DISK_FULL")  # the stage's status block says so
                     self.alert(f"disk full writing {what}: the run is paused until space is freed ({exc})",
                                rule="disk_full", state="raised", path=str(getattr(exc, "path", None) or exc.filename or what))
                 if self.stopping is not None and self.stopping():
@@ -62,9 +63,21 @@ class UntilSpace:
                 time.sleep(self.retry_s)
                 continue
             if paused is not None:
+                self._set_state(before)
                 waited = time.monotonic() - paused
                 if self.stats is not None:
                     self.stats.extra["disk_full_pause_s"] = self.stats.extra.get("disk_full_pause_s", 0.0) + waited
                 self.alert(f"space freed: {what} written after a {waited:.0f} s pause; the run resumes",
                            rule="disk_full", state="cleared", kind="event")
             return result
+
+    def _set_state(self, state):
+        """Publish ``state`` (a ``rt.StageState`` or its name) as the stage's; returns the one before."""
+        publish = getattr(self.stats, "publish", None)
+        if publish is None:
+            return None
+        import rt
+
+        before = self.stats.state
+        publish(rt.StageState[state] if isinstance(state, str) else state)
+        return before

@@ -27,6 +27,10 @@ class StageSpec:
     stage_index: int = 0  #: position in the trace (0 = source)
     log_json: bool = False  #: headless: one JSON object per log line, like the supervisor
     fault: dict = field(default_factory=dict)  #: test hooks: {"kill_after": n frames, "corrupt_frame": n, "slow_ms": x}
+    #: the run's status block (``rt.StatusBlock``) and this process's record in it ("": none,
+    #: as in a unit test: the stage then publishes nothing)
+    status_block: str = ""
+    status_index: int = 0
 
     @property
     def name(self) -> str:

@@ -30,7 +30,6 @@ __all__ = [
 log = logging.getLogger("appliance.stage")
 N_CHANNELS = 4
 NO_CALL = 4  #: the base code of a no-call (appliance.runfolder.NO_CALL)
-_UNSENT_ALERTS: list[bytes] = []  # alert lines a full disk kept out of alerts.jsonl, oldest first
 
 
 def frame_order(config) -> list[tuple[int, int, int]]:
@@ -112,38 +111,11 @@ class Handler:
         self.heartbeat = lambda: None  # the runtime sets it: refreshes the stage's ring heartbeats
 
     def alert(self, message: str, **fields) -> None:
-        """Raise an alert: logged here, and picked up by the supervisor from alerts.jsonl."""
-        import json
-        import os
-
-        from appliance.pipeline._diskfull import is_full
-
+        """Raise an alert: logged here, and sent to the supervisor over the stage's event
+        ring in the run's status block (never waits, never touches the disk: an alert about
+        a full disk gets through)."""
         (log.warning if fields.get("kind") == "event" else log.error)("%s", message)
-        line = json.dumps({"t": time.time(), "kind": "alert", "stage": self.spec.name, "message": message, **fields}) + "\n"
-        _UNSENT_ALERTS.append(line.encode())
-        path = self.spec.state_dir / "alerts.jsonl"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        except OSError as exc:
-            if is_full(exc):
-                return  # a full disk: sent with the next alert that finds space
-            raise
-        try:
-            while _UNSENT_ALERTS:
-                data = _UNSENT_ALERTS[0]
-                size = os.fstat(fd).st_size
-                try:
-                    n = os.write(fd, data)  # one small O_APPEND write: lines never interleave
-                except OSError as exc:
-                    if is_full(exc):
-                        return
-                    raise
-                if n != len(data):  # a full disk cut the line: undo it, send it later
-                    os.ftruncate(fd, size)
-                    return
-                _UNSENT_ALERTS.pop(0)
-        finally:
-            os.close(fd)
+        self.stats.post_event({"t": time.time(), "kind": "alert", "stage": self.spec.name, "message": message, **fields})
 
     def on_quarantined(self, key: tuple[int, int, int, int], header, out) -> None:
         """A frame failed its checksum and was quarantined (``key``: kind, tile, cycle,
@@ -173,31 +145,21 @@ class Handler:
         pass
 
 
-LIVE_PARAMS = "live_params.json"
-
-
 class LiveParams:
-    """Parameters changed during a run (``appliance ctl set``): a small JSON file the
-    supervisor replaces atomically; read at most every 0.25 s, by modification time."""
+    """Parameters changed during a run (``appliance ctl set``): the supervisor writes them
+    into the run's status block; a stage reads them again only when their sequence number
+    changed (one 8-byte read per call). Without a block (a unit test) there are none."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, status: rt.StatusWriter | None) -> None:
+        self.status = status
         self._values: dict = {}
-        self._mtime = 0
-        self._next = 0.0
+        self._seq = 0
 
     def get(self, key: str):
-        now = time.monotonic()
-        if now >= self._next:
-            self._next = now + 0.25
+        if self.status is not None and self.status.params_seq() != self._seq:
             try:
-                mtime = self.path.stat().st_mtime_ns
-                if mtime != self._mtime:
-                    import json
-
-                    self._values = json.loads(self.path.read_text())
-                    self._mtime = mtime
-            except (FileNotFoundError, ValueError):
+                self._seq, self._values = self.status.params()
+            except rt.WouldBlock:  # being written this instant: the next frame reads it
                 pass
         return self._values.get(key)
 
@@ -302,7 +264,8 @@ class SourceHandler(Handler):
         total = len(self.order) - start
         extra = self.stats.extra
         extra.update(phase="prerendering", prerender_done=0, prerender_total=total)
-        out.report(now=True)
+        self.stats.state = rt.StageState.PRERENDERING
+        out.report()
         rendered = []
         for image in frames:
             rendered.append(image)
@@ -330,7 +293,8 @@ class SourceHandler(Handler):
         if cfg.source.prerender and cfg.source.kind != "genicam":
             frames = self._prerender(out, frames, start)
         self.stats.extra["phase"] = "acquiring"
-        out.report(now=True)
+        self.stats.state = rt.StageState.RUNNING
+        out.report()
         run_id = self.spec.run_id.encode()[:32]
         inst_id = cfg.run.instrument_id.encode()[:16]
         # A real camera paces itself; the synthetic one and replays are paced here.
@@ -346,7 +310,7 @@ class SourceHandler(Handler):
 
     def _acquire(self, out, stop, pause, frames, start, t_start, next_ns, period, run_id, inst_id) -> bool:
         cfg = self.spec.config
-        live = LiveParams(self.spec.state_dir / LIVE_PARAMS)
+        live = LiveParams(self.stats.status)
         for index, image in enumerate(frames):
             if index < start:
                 continue

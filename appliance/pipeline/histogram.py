@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LatencyHistogram"]
+__all__ = ["LatencyHistogram", "percentile_of", "sparse_counts"]
 
 _SUB = 8  # buckets per power of two: about 9% resolution
 _N = 64 * _SUB
@@ -14,8 +14,19 @@ class LatencyHistogram:
     """Counts of nanosecond latencies in buckets ``2^k * (1 + j/8)``; percentiles in ms.
     ``sum_ns`` is the exact sum of every latency added (a Prometheus histogram's ``_sum``)."""
 
-    def __init__(self) -> None:
-        self.counts = np.zeros(_N, np.int64)
+    #: the number of buckets (a status block's histogram has as many: ``rt.StatusBlock``)
+    BUCKETS = _N
+
+    def __init__(self, counts: np.ndarray | None = None) -> None:
+        """``counts``: where to count (an int64 array of ``BUCKETS``, e.g. a stage's record in
+        its status block, so readers see it live); zeroed. A private array by default."""
+        if counts is None:
+            counts = np.zeros(_N, np.int64)
+        elif counts.shape != (_N,) or counts.dtype != np.int64:
+            raise ValueError(f"a latency histogram counts into int64[{_N}], not {counts.dtype}{list(counts.shape)}")
+        else:
+            counts[:] = 0
+        self.counts = counts
         self.sum_ns = 0
 
     @staticmethod
@@ -39,7 +50,7 @@ class LatencyHistogram:
 
     def sparse(self) -> dict[str, int]:
         """Non-empty buckets as ``{index: count}`` (JSON-friendly, for the live reports)."""
-        return {str(i): int(c) for i, c in enumerate(self.counts) if c}
+        return sparse_counts(self.counts)
 
     @staticmethod
     def upper_edge_s(index: int) -> float:
@@ -54,9 +65,20 @@ class LatencyHistogram:
 
     def percentile(self, q: float) -> float | None:
         """The bucket's upper edge holding the q-th percentile, in ms (None when empty)."""
-        n = self.total
-        if not n:
-            return None
-        idx = int(np.searchsorted(np.cumsum(self.counts), q / 100 * n, side="left"))
-        k, j = divmod(idx, _SUB)
-        return (2**k) * (1 + (j + 1) / _SUB) / 1e6
+        return percentile_of(self.counts, q)
+
+
+def sparse_counts(counts: np.ndarray) -> dict[str, int]:
+    """Non-empty buckets of a histogram's counts as ``{index: count}``."""
+    return {str(int(i)): int(counts[i]) for i in np.flatnonzero(counts)}
+
+
+def percentile_of(counts: np.ndarray, q: float) -> float | None:
+    """The q-th percentile of a histogram's counts (``LatencyHistogram.counts``, or a copy
+    read from a status block), in ms: the upper edge of its bucket (None when empty)."""
+    n = int(counts.sum())
+    if not n:
+        return None
+    idx = int(np.searchsorted(np.cumsum(counts), q / 100 * n, side="left"))
+    k, j = divmod(idx, _SUB)
+    return (2**k) * (1 + (j + 1) / _SUB) / 1e6

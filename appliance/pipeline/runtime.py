@@ -42,15 +42,12 @@ from appliance.pipeline._checkpoint import (
 )
 from appliance.config import STAGES
 from appliance.pipeline._flags import AnyFlag, SharedFlag
-from appliance.pipeline.histogram import LatencyHistogram
+from appliance.pipeline.histogram import LatencyHistogram, percentile_of, sparse_counts
 from appliance.pipeline._spec import StageSpec, frame_key
 
-__all__ = ["stage_main", "Emitter", "StageStats"]
+__all__ = ["stage_main", "Emitter", "StageStats", "live_figures"]
 
 log = logging.getLogger("appliance.stage")
-LIVE_REPORT_S = 1.0  #: how often a stage rewrites its summary file while running (read by the supervisor)
-#: the source's: its count is the run's frames acquired, which the supervisor samples at 2 Hz
-SOURCE_REPORT_S = 0.2
 #: the stages a frame passes, in the order of its trace stamps (appliance.tracing)
 _TRACE_STAGES = ("source", *STAGES)
 
@@ -59,10 +56,45 @@ class Stopping(Exception):
     """The stage was asked to stop while it waited to emit."""
 
 
-class StageStats:
-    """Counters and a latency sample the stage writes to its summary file at exit."""
+class _Figures(dict):
+    """A stage's own figures (``StageStats.extra``): a dict that notes a change, so its JSON
+    copy in the status block is rewritten only then."""
 
-    def __init__(self) -> None:
+    changed = True
+
+    def __setitem__(self, key, value) -> None:
+        self.changed = True
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        self.changed = True
+        super().__delitem__(key)
+
+    def update(self, *args, **kwargs) -> None:
+        self.changed = True
+        super().update(*args, **kwargs)
+
+    def pop(self, *args):
+        self.changed = True
+        return super().pop(*args)
+
+    def setdefault(self, key, default=None):
+        self.changed = True
+        return super().setdefault(key, default)
+
+
+class StageStats:
+    """A stage's counters, latency histograms and own figures (``extra``).
+
+    With a ``status`` writer (the stage's record in the run's status block, ``rt.status``)
+    the histograms count in place in shared memory and :meth:`publish` writes the counters
+    there, on every frame: that is the stage's live status, read by the supervisor (and
+    through it the control plane, the TUI and the exporter). Its alerts and events go over
+    the record's event ring (:meth:`post_event`). The summary file (:func:`_write_summary`)
+    is written once, at exit: the stage's totals for the run summary.
+    """
+
+    def __init__(self, status: rt.StatusWriter | None = None) -> None:
         self.frames_in = 0
         self.frames_out = 0
         self.bytes_in = 0
@@ -75,14 +107,20 @@ class StageStats:
         self.started = time.monotonic()
         self.budget_ms = 0.0
         self.within_budget = 0
+        #: what the stage does (its record's state)
+        self.state = rt.StageState.STARTING
+        self.status = status
         #: per frame: from leaving the previous stage (its trace stamp) to done here
-        self.latency = LatencyHistogram()
+        self.latency = LatencyHistogram(status.stage_latency_hist if status is not None else None)
         #: per frame: from acquisition to done here (the end-to-end latency at the writer)
-        self.e2e = LatencyHistogram()
-        self.extra: dict = {}
+        self.e2e = LatencyHistogram(status.e2e_latency_hist if status is not None else None)
+        self.extra: dict = _Figures()
+
+    _COUNTERS = ("frames_in", "frames_out", "bytes_in", "bytes_out", "duplicates", "checksum_failures", "busy_s",
+                 "checkpoints", "checkpoint_bytes", "started", "budget_ms", "within_budget")
 
     def as_dict(self) -> dict:
-        d = {k: v for k, v in vars(self).items() if k not in ("extra", "latency", "e2e")}
+        d = {k: getattr(self, k) for k in self._COUNTERS}
         d["wall_s"] = wall = time.monotonic() - self.started
         d["busy_fraction"] = self.busy_s / wall if wall > 0 else 0.0
         d["stage_latency_ms_p50"] = self.latency.percentile(50)
@@ -96,6 +134,56 @@ class StageStats:
         d["e2e_latency_sum_s"] = self.e2e.sum_s
         d.update(self.extra)
         return d
+
+    def publish(self, state: rt.StageState | None = None) -> None:
+        """The counters into the status block (about 2 us; nothing without a block)."""
+        if state is not None:
+            self.state = state
+        if self.status is None:
+            return
+        extra = None
+        if self.extra.changed:
+            self.extra.changed = False
+            extra = json.dumps(self.extra, default=str).encode()
+        self.status.publish(self.state, self.frames_in, self.frames_out, self.bytes_in, self.bytes_out, self.duplicates,
+                            self.checksum_failures, self.checkpoints, self.checkpoint_bytes, self.within_budget,
+                            self.busy_s, self.budget_ms, self.latency.sum_ns, self.e2e.sum_ns, extra)
+
+    def post_event(self, event: dict) -> None:
+        """An alert or event for the supervisor, over the record's event ring (never waits,
+        never touches the disk). A message too long for one event is shortened."""
+        if self.status is None:
+            return
+        data = json.dumps(event, default=str).encode()
+        if len(data) > rt.EVENT_BYTES:
+            cut = dict(event, message=str(event.get("message", ""))[: max(0, len(str(event.get("message", ""))) - (len(data) - rt.EVENT_BYTES) - 16)] + " [cut]")
+            data = json.dumps(cut, default=str).encode()[: rt.EVENT_BYTES]
+        self.status.post(data)
+
+
+def live_figures(st: rt.StageStatus) -> dict:
+    """A stage's live status as the keys of its summary (``StageStats.as_dict``), from one
+    read of its record: what each stats sample carries per stage."""
+    end_ns = st.updated_ns if st.state in (rt.StageState.FINISHED, rt.StageState.STOPPED) else time.monotonic_ns()
+    wall = max(0.0, (end_ns - st.started_ns) / 1e9) if st.started_ns else 0.0
+    d = {
+        "frames_in": st.frames_in, "frames_out": st.frames_out, "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
+        "duplicates": st.duplicates, "checksum_failures": st.checksum_failures, "busy_s": st.busy_s,
+        "checkpoints": st.checkpoints, "checkpoint_bytes": st.checkpoint_bytes, "budget_ms": st.budget_ms,
+        "within_budget": st.within_budget, "wall_s": wall, "busy_fraction": st.busy_s / wall if wall > 0 else 0.0,
+        "stage_latency_ms_p50": percentile_of(st.stage_latency_hist, 50),
+        "stage_latency_ms_p99": percentile_of(st.stage_latency_hist, 99),
+        "within_budget_fraction": st.within_budget / st.frames_in if st.frames_in and st.budget_ms else None,
+        "e2e_latency_ms_p50": percentile_of(st.e2e_latency_hist, 50),
+        "e2e_latency_ms_p99": percentile_of(st.e2e_latency_hist, 99),
+        "stage_latency_hist": sparse_counts(st.stage_latency_hist), "e2e_latency_hist": sparse_counts(st.e2e_latency_hist),
+        "stage_latency_sum_s": st.stage_latency_sum_ns / 1e9, "e2e_latency_sum_s": st.e2e_latency_sum_ns / 1e9,
+        "stage_state": st.state.name.lower(), "pid": st.pid, "incarnation": st.incarnation,
+        # as in the summary file: running until it finished or stopped
+        "status": {rt.StageState.FINISHED: "finished", rt.StageState.STOPPED: "stopped", rt.StageState.EMPTY: None}.get(st.state, "running"),
+    }
+    d.update(st.extra)
+    return d
 
 
 class Emitter:
@@ -116,9 +204,9 @@ class Emitter:
         self.stats = stats
         self.watch = watch
         self.on_wait = None
-        # The source has no consume loop: it writes its live summary (frames acquired so
-        # far, which the supervisor's samples report) from here, every SOURCE_REPORT_S.
-        self._next_report = 0.0 if spec.stage == "source" else None
+        # The source has no consume loop: it publishes its live status (frames acquired so
+        # far: the run's count in every stats sample) from here, on every frame.
+        self._source = spec.stage == "source"
 
     def stopping(self) -> bool:
         """True when this stage must stop now. A stop while the supervisor lives (with a
@@ -167,14 +255,12 @@ class Emitter:
         p.commit()
         self.stats.frames_out += 1
         self.stats.bytes_out += int(h["payload_bytes"])
-        self.report()
+        if self._source:
+            self.stats.publish()
 
-    def report(self, now: bool = False) -> None:
-        """The source's live summary, when SOURCE_REPORT_S has passed since the last (or
-        ``now``): what it does (``phase``) and how far it got."""
-        if self._next_report is not None and (now or time.monotonic() >= self._next_report):
-            self._next_report = time.monotonic() + SOURCE_REPORT_S
-            _write_summary(self.spec, self.stats, "running")
+    def report(self) -> None:
+        """The source's live status (what it does, how far it got) into the status block."""
+        self.stats.publish()
 
     def barrier(self, epoch: int, only: int | None = None) -> None:
         """The barrier of ``epoch`` on every output ring (or on output ``only``). Lossless
@@ -257,11 +343,9 @@ def _prepare_process(spec: StageSpec, stop: threading.Event) -> rt.ParentWatch:
     return watch
 
 
-def _write_summary(spec: StageSpec, stats: StageStats, status: str, handler=None) -> None:
-    """The stage's summary file (atomic). A full disk removes the temp file; the live report
-    (``running``) is then skipped, the final one waits for space (``handler.until_space``)."""
-    from appliance.pipeline._diskfull import is_full
-
+def _write_summary(spec: StageSpec, stats: StageStats, status: str, handler) -> None:
+    """The stage's summary file at exit (atomic): its totals for the run summary. A full
+    disk removes the temp file and waits for space (``handler.until_space``)."""
     d = stats.as_dict()
     d["status"] = status
     data = json.dumps(d).encode()
@@ -276,14 +360,7 @@ def _write_summary(spec: StageSpec, stats: StageStats, status: str, handler=None
             tmp.unlink(missing_ok=True)
             raise
 
-    if handler is not None and status != "running":
-        handler.until_space(str(spec.summary_path), write)
-        return
-    try:
-        write()
-    except OSError as exc:
-        if not is_full(exc):
-            raise
+    handler.until_space(str(spec.summary_path), write)
 
 
 def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFlag | None = None) -> None:
@@ -301,7 +378,9 @@ def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFl
     # The source stops on its own SIGTERM or on the supervisor's drain, whichever comes first.
     source_stop = AnyFlag(stop, drain) if drain is not None else stop
     pause = pause if pause is not None else threading.Event()
-    stats = StageStats()
+    block = rt.StatusBlock.attach(spec.status_block) if spec.status_block else None
+    stats = StageStats(block.writer(spec.status_index) if block is not None else None)
+    stats.publish()
     handler = handlers.make_handler(spec, stats)
     ckpt = load_checkpoint(spec.checkpoint_path)
     if not isinstance(ckpt, Checkpoint):
@@ -337,6 +416,12 @@ def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFl
         for p in producers:
             p.close(end_of_stream=status == "finished")
         _write_summary(spec, stats, status, handler)
+        stats.publish(rt.StageState.FINISHED if status == "finished" else rt.StageState.STOPPED)
+        if block is not None:
+            stats.status = None
+            stats.latency.counts = stats.latency.counts.copy()  # no view left into the mapping
+            stats.e2e.counts = stats.e2e.counts.copy()
+            block.close()
     log.info("%s: %d frames in, %d out", status, stats.frames_in, stats.frames_out)
 
 
@@ -409,8 +494,8 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, rest
         release()
 
     idle = 0.0
-    next_report = 0.0
     stats.budget_ms = spec.config.stages[spec.stage].budget_ms
+    stats.publish(rt.StageState.RUNNING)
     try:
         while active:
             if emitter.stopping():  # the supervisor died (a group SIGTERM is ignored there)
@@ -481,9 +566,7 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, rest
                         log.warning("tracing off for the rest of this stage's run: %s", exc)
                         tracer, dead = None, tracer
                         dead.close()
-                if time.monotonic() >= next_report:
-                    next_report = time.monotonic() + LIVE_REPORT_S
-                    _write_summary(spec, stats, "running")
+                stats.publish()  # the live status: every frame (rt.status; about 2 us)
                 if fault.get("hang_after") == stats.frames_in:
                     while True:  # test hook: hung (no heartbeat); the supervisor kills and restarts it
                         time.sleep(1)

@@ -25,6 +25,8 @@ import rt
 from appliance.config import EDGES, STAGES, RunConfig
 from appliance.pipeline._flags import SharedFlag
 from appliance.pipeline._spec import StageSpec
+from appliance.pipeline.histogram import LatencyHistogram
+from appliance.pipeline.runtime import live_figures
 from appliance.pipeline.core import (
     DiskFreed, DiskFull, Done, Fail, Finish, GiveUp, HeartbeatStale, Kill, PauseRequested, ProcessExited, Publish, RaiseAlert,
     Refuse, Restart, RestartPolicy, Retire, ResumeRequested, SetDrain, SetPause, SourcePhase, Spawn, Started,
@@ -48,7 +50,7 @@ LIVE_KEYS = {
 }
 STATS_PERIOD_S = 0.5  #: the run's time series (stats.jsonl) is sampled at 2 Hz
 #: per-stage figures the stages report live (every second) and each sample carries
-_LIVE_KEYS = ("frames_in", "frames_out", "busy_fraction", "stage_latency_ms_p50", "stage_latency_ms_p99", "budget_ms", "within_budget_fraction", "checksum_failures", "duplicates", "e2e_latency_ms_p50", "e2e_latency_ms_p99", "gpu_memory_used_bytes", "gpu_memory_total_bytes", "stage_latency_hist", "e2e_latency_hist", "stage_latency_sum_s", "e2e_latency_sum_s", "busy_s", "wall_s")
+_LIVE_KEYS = ("frames_in", "frames_out", "checkpoints", "checkpoint_bytes", "stage_state", "busy_fraction", "stage_latency_ms_p50", "stage_latency_ms_p99", "budget_ms", "within_budget_fraction", "checksum_failures", "duplicates", "e2e_latency_ms_p50", "e2e_latency_ms_p99", "gpu_memory_used_bytes", "gpu_memory_total_bytes", "stage_latency_hist", "e2e_latency_hist", "stage_latency_sum_s", "e2e_latency_sum_s", "busy_s", "wall_s")
 
 
 def _host_stats(root: Path) -> dict:
@@ -319,6 +321,10 @@ class Supervisor:
         self.events: list[dict] = []
         self._ctx = mp.get_context("spawn")
         self._rings: list[rt.Ring] = []
+        #: the stages' live status and events (rt.status; one record per stage process)
+        self._status: rt.StatusBlock | None = None
+        self._event_cursors: dict[int, int] = {}
+        self._unsaved_events: list[bytes] = []  # stage events a full disk kept out of alerts.jsonl
         self._procs: dict[str, mp.Process] = {}
         self._specs: dict[str, StageSpec] = {}
         self.policy = RestartPolicy(config.supervisor.max_restarts, config.supervisor.backoff_s)
@@ -361,6 +367,7 @@ class Supervisor:
         for w in cpus.warnings:
             self._event("warning", f"cpu plan: {w}")
         specs = []
+        status = f"appliance.{os.getpid()}.{self.run_id}.status"
         for index, stage in enumerate(_ORDER):
             for r in range(self._replicas(stage)):
                 inputs, outputs = [], []
@@ -376,6 +383,7 @@ class Supervisor:
                         run_id=self.run_id, run_dir=self.run_dir, state_dir=self.state_dir,
                         cpus=cpus.assignments[name], parent_pid=os.getpid(), stage_index=index,
                         fault=self.faults.get(name, {}), log_json=self.log_json,
+                        status_block=status, status_index=len(specs),
                     )
                 )
         return specs
@@ -395,6 +403,10 @@ class Supervisor:
                                        policy=e.policy, wait=e.wait, hugepages=cfg.hugepages)
                     )
         log.info("rings: %d, %.1f MiB", len(self._rings), need / 2**20)
+        specs = list(self._specs.values())
+        self._status = rt.StatusBlock.create(specs[0].status_block, len(specs), hist_bins=LatencyHistogram.BUCKETS)
+        if self._live:  # set before the stages started (the control plane is up first)
+            self._status.set_params(self._live)
 
     # -- processes ---------------------------------------------------------------------------
     def _spawn(self, spec: StageSpec) -> None:
@@ -406,6 +418,13 @@ class Supervisor:
         proc = self._ctx.Process(target=stage_main, args=args, name=spec.name, daemon=False)
         proc.start()
         self._procs[spec.name] = proc
+
+    def _live_of(self, name: str) -> dict:
+        """A stage's live status: one read of its record in the status block ({} before the
+        block exists)."""
+        if self._status is None:
+            return {}
+        return live_figures(self._status.read(self._specs[name].status_index))
 
     def _summary_of(self, name: str) -> dict:
         try:
@@ -500,8 +519,6 @@ class Supervisor:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not LIVE_KEYS[key][0] <= value <= LIVE_KEYS[key][1]:
             lo, hi = LIVE_KEYS[key]
             raise CommandError("bad_value", f"{key} = {value!r}: allowed a number from {lo} to {hi}")
-        from appliance.pipeline.handlers import LIVE_PARAMS
-
         self._live[key] = float(value)
         section, field = key.split(".", 1)
         if key.startswith("alerts."):
@@ -510,10 +527,8 @@ class Supervisor:
         sect = getattr(self.config, section, None)
         if sect is not None and dataclasses.is_dataclass(sect) and hasattr(sect, field):
             self.config = dataclasses.replace(self.config, **{section: dataclasses.replace(sect, **{field: float(value)})})
-        path = self.state_dir / LIVE_PARAMS
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._live))
-        os.replace(tmp, path)
+        if self._status is not None:  # the stages read it from the status block (handlers.LiveParams)
+            self._status.set_params(self._live)
         self._event("event", f"live parameter {key} set to {value}")
         return dict(self._live)
 
@@ -602,6 +617,10 @@ class Supervisor:
                 ring.close()
                 ring.unlink()
             self._rings = []
+            if self._status is not None:
+                self._status.close()
+                self._status.unlink()
+                self._status = None
         wall = time.monotonic() - t0
         # Checkpoints exist to survive a crash mid-run; a finished run no longer needs them.
         from appliance.pipeline._checkpoint import COMMIT_FILE
@@ -759,8 +778,6 @@ class Supervisor:
     def _watch(self) -> None:
         """The shell's loop: turn what it sees into the core's events until the run ends."""
         stop_sent = False
-        next_alert_read = 0.0
-        alerts_offset = 0
         next_sample = 0.0
         hb_timeouts = {name: hang_timeout_s(self.config, spec.stage) for name, spec in self._specs.items()}
         while True:
@@ -771,9 +788,7 @@ class Supervisor:
             if now >= next_sample:
                 next_sample = now + STATS_PERIOD_S
                 self._sample_stats()
-            if now >= next_alert_read:  # camera drops are the frames_dropped alert rule's
-                next_alert_read = now + 1.0
-                alerts_offset = self._read_alerts(alerts_offset)
+            self._read_events()  # camera drops are the frames_dropped alert rule's
             self._handle(Tick(now))
             for name, proc in list(self._procs.items()):
                 if self.core.waiting_to_restart(name):
@@ -792,35 +807,39 @@ class Supervisor:
                     complete = int(summary.get("frames_in") or 0) >= planned
                 for ins in self._handle(ProcessExited(name, proc.exitcode, summary.get("status") == "finished", now, complete)):
                     if isinstance(ins, Finish):
-                        self._read_alerts(alerts_offset)
+                        self._read_events()
                         self._sample_stats()
                         return
             if self.notifier is not None:
                 self.notifier.watchdog_if_due()  # only from this loop: a hung loop stops the pings
             time.sleep(0.05)
 
-    def _read_alerts(self, offset: int) -> int:
-        """Collect alerts the stages appended to alerts.jsonl since ``offset``."""
-        path = self.state_dir / "alerts.jsonl"
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            return offset
-        end = data.rfind(b"\n") + 1
-        for line in data[:end].splitlines():
-            try:
-                ev = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rule, state, who = ev.get("rule"), ev.get("state"), ev.get("stage", "?")
-            self._event(ev.pop("kind", "alert"), ev.pop("message", ""), logged=True, **ev)
-            if rule == "disk_full":
-                # While anyone waits for space, acquisition is paused (the camera stops, as an
-                # operator's pause would), so a full disk costs time, not frames (the core).
-                self._handle(DiskFull(who, ev.get("path", "")) if state != "cleared" else DiskFreed(who))
-        return offset + end
+    def _read_events(self) -> None:
+        """Take the events (alerts) the stages posted on their event rings since the last
+        read: each becomes a run event, and is appended to ``alerts.jsonl`` (the stages'
+        alerts of a run whose supervisor dies before its summary: the report reads them)."""
+        if self._status is None:
+            return
+        for index in range(self._status.n_records):
+            events, self._event_cursors[index], lost = self._status.events(index, self._event_cursors.get(index, 0))
+            if lost:
+                name = next(n for n, sp in self._specs.items() if sp.status_index == index)
+                self._event("warning", f"{lost} event(s) of {name} were overwritten before they were read", stage=name)
+            for data in events:
+                try:
+                    ev = json.loads(data)
+                except ValueError:
+                    continue
+                self._unsaved_events.append(data + b"\n")
+                rule, state, who = ev.get("rule"), ev.get("state"), ev.get("stage", "?")
+                self._event(ev.pop("kind", "alert"), ev.pop("message", ""), logged=True, **ev)
+                if rule == "disk_full":
+                    # While anyone waits for space, acquisition is paused (the camera stops, as an
+                    # operator's pause would), so a full disk costs time, not frames (the core).
+                    self._handle(DiskFull(who, ev.get("path", "")) if state != "cleared" else DiskFreed(who))
+        while self._unsaved_events and _append_whole(self.state_dir / "alerts.jsonl", self._unsaved_events[0]):
+            self._unsaved_events.pop(0)
+        del self._unsaved_events[:-1000]  # a disk full for long: the newest thousand wait
 
     def _sample_stats(self) -> None:
         """Append one sample of ring and stage state to stats.jsonl (the run's time series)."""
@@ -840,7 +859,7 @@ class Supervisor:
         stages = {}
         prerender = None
         for name in self._specs:
-            live = self._summary_of(name)
+            live = self._live_of(name)
             if name == "source-0" and live.get("status") == "running" and live.get("phase") in ("prerendering", "acquiring"):
                 # the source reports what it does: the run state follows (starting ->
                 # prerendering -> acquiring), with the pre-render's progress; the core (and
@@ -889,33 +908,17 @@ class Supervisor:
             self.publish("stats", sample)
 
     def _append_stats(self, line: str) -> None:
-        """One line onto stats.jsonl, whole or not at all: a full disk cuts the file back to
-        its last whole line, raises ``disk_full`` (acquisition pauses) and skips the sample;
-        the next sample that fits clears it."""
+        """One line onto stats.jsonl, whole or not at all: a full disk raises ``disk_full``
+        (acquisition pauses) and skips the sample; the next sample that fits clears it."""
+        path = self.state_dir / "stats.jsonl"
         from appliance.pipeline._diskfull import is_full
 
-        path = self.state_dir / "stats.jsonl"
-        data = line.encode()
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            _append_whole(path, line.encode(), raise_full=True)
         except OSError as exc:
             if not is_full(exc):
                 raise
             return self._stats_full(path, exc)
-        try:
-            size = os.fstat(fd).st_size
-            try:
-                n = os.write(fd, data)
-            except OSError as exc:
-                if not is_full(exc):
-                    raise
-                n = -1
-                err = exc
-            if n != len(data):
-                os.ftruncate(fd, size)
-                return self._stats_full(path, err if n < 0 else OSError(28, "short write"))
-        finally:
-            os.close(fd)
         if "supervisor" in self.core.paused_by:
             self._event("event", f"space freed: {path} written again; samples taken while the disk was full are not in it", rule="disk_full")
             self._handle(DiskFreed("supervisor"))
@@ -1007,6 +1010,36 @@ class Supervisor:
     def cleanup_state(self) -> None:
         """Remove checkpoints and stage summaries of a finished run."""
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _append_whole(path: Path, data: bytes, *, raise_full: bool = False) -> bool:
+    """Append ``data`` (one or more whole lines) to ``path`` with one O_APPEND write, whole
+    or not at all: a full disk cuts the file back to its length before. False on a full
+    disk (or the OSError, with ``raise_full``); other errors raise."""
+    from appliance.pipeline._diskfull import is_full
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if not is_full(exc) or raise_full:
+            raise
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            n = os.write(fd, data)
+        except OSError as exc:
+            if not is_full(exc):
+                raise
+            n, err = -1, exc
+        if n != len(data):
+            os.ftruncate(fd, size)
+            if raise_full:
+                raise err if n < 0 else OSError(28, "short write", str(path))
+            return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def start_control_server(c, handlers: dict):

@@ -58,6 +58,24 @@ def test_rings_lists_a_live_ring_as_json(ring_name, capsys):
         assert ring_name in capsys.readouterr().out
 
 
+def test_rings_shows_a_runs_status_block(ring_name, capsys):
+    name = ring_name + ".status"
+    with rt.StatusBlock.create(name, 2) as block:
+        try:
+            w = block.writer(1)
+            w.publish(rt.StageState.RUNNING, 7, 3, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0, 0)
+            assert main(["rings", "--json"]) == 0
+            rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+            rec = rows[name]["records"][1]
+            assert rows[name]["kind"] == "status_block" and not rows[name]["stale"]
+            assert (rec["state"], rec["frames_in"], rec["frames_out"], rec["incarnation"]) == ("running", 7, 3, 1)
+            assert main(["rings"]) == 0
+            out = capsys.readouterr().out
+            assert f"status block {name}" in out and "running" in out
+        finally:
+            block.unlink()
+
+
 def test_clean_removes_ring_of_dead_owner_only(ring_name, capsys):
     dead = ring_name + ".dead"
     proc = mp.get_context("spawn").Process(target=_create_and_abandon, args=(dead,))

@@ -86,6 +86,29 @@ def test_undisturbed_run_matches_ground_truth(baseline):
     assert summary["completion"] == {"status": "CompletedAsPlanned", "cycles_completed": 26, "cycles_planned": 26}
 
 
+def test_live_counters_only_grow_and_end_at_the_summarys_totals(baseline):
+    """The stages publish their counters into the run's status block on every frame; the
+    supervisor's samples (stats.jsonl, what the control plane, the TUI and the exporter see)
+    read them there: they never go back, and the last sample holds each stage's final count
+    (the writer's included), not a count of the last half ring."""
+    import json
+
+    summary, _ = baseline
+    state_dir = Path(summary["output"]).parent / ".state" / RUN_ID
+    samples = [json.loads(line) for line in (state_dir / "stats.jsonl").read_text().splitlines()]
+    assert len(samples) >= 5
+    for name, totals in summary["stages"].items():
+        for key in ("frames_in", "frames_out", "checkpoints"):
+            series = [int(s["stages"][name].get(key) or 0) for s in samples]
+            assert series == sorted(series), (name, key, series)
+        assert samples[-1]["stages"][name]["frames_in"] == totals["frames_in"], name
+        assert samples[-1]["stages"][name]["frames_out"] == totals["frames_out"], name
+    writer = [int(s["stages"]["writer-0"]["frames_in"]) for s in samples]
+    # per frame, not in lumps of half a ring: the writer's count takes many distinct values
+    assert len(set(writer)) > 4, writer
+    assert not (state_dir / "live_params.json").exists()
+
+
 @pytest.mark.parametrize(
     "stage, after",
     [("source-0", 90), ("preprocess-0", 100), ("kernel-0", 120), ("basecall-0", 30), ("writer-0", 60)],
