@@ -255,9 +255,37 @@ PROFILES = {
     # the full chain at 512 px: every stage computes
     "chain": ["source.synthetic.tile_size=512", "source.rate_hz=20"],
     # the generation-1 data path: 2048 px at 100 frames/s, frames passed through
+    # (the writer discards: at 0.84 GB/s an hour of raw frames is 3 TB, more than the data disk)
     "gen1": ["source.synthetic.tile_size=2048", "source.rate_hz=100", 'stages.kernel.algorithm="passthrough"',
-             "source.synthetic.unique_frames=8"],
+             "source.synthetic.unique_frames=8", 'stages.writer.mode="null"'],
 }
+#: a long run's cycles at most: the config's limit, which a real run stays under (the base
+#: caller's phasing matrix is cycles x cycles); a longer soak takes more tiles instead, as a
+#: larger flow cell would
+LONG_RUN_CYCLES = 1000
+#: the synthetic chain's frames repeat after this many cycles of every tile in a long run (the
+#: source keeps them in memory; rendering every frame of an hour would need tens of GB)
+UNIQUE_CYCLES = 8
+
+
+def tile_numbers(n: int) -> list[int]:
+    """``n`` distinct tile numbers in Illumina's LSTT form: 1101..1199, then 1201.., ..."""
+    if not 1 <= n <= 891:
+        raise ValueError(f"{n} tiles: a soak's long run takes 1..891")
+    return [1000 + 100 * (i // 99 + 1) + i % 99 + 1 for i in range(n)]
+
+
+def long_run_overrides(seconds: float, profile: str, overrides: list[str]) -> list[str]:
+    """The overrides that make one run outlast ``seconds``: cycles up to LONG_RUN_CYCLES, and
+    as many tiles (2 or more) as the frames of the soak then need; for the chain, frames
+    that repeat after UNIQUE_CYCLES cycles (unless ``overrides`` sets unique_frames)."""
+    frames = seconds * _frames_per_second(profile, overrides) + 64  # a margin: drained at the end, not run out
+    tiles = max(2, -(-int(frames) // (4 * LONG_RUN_CYCLES)))
+    cycles = max(8, -(-int(frames) // (4 * tiles)) + 2)
+    out = [f"run.cycles={cycles}", f"run.tiles={tile_numbers(tiles)}"]
+    if profile == "chain" and not any(o.split("=", 1)[0].strip() == "source.synthetic.unique_frames" for o in overrides):
+        out.append(f"source.synthetic.unique_frames={4 * tiles * min(cycles, UNIQUE_CYCLES)}")
+    return out
 
 
 def _frames_per_second(profile: str, overrides: list[str]) -> float:
@@ -297,10 +325,8 @@ def run_soak(
     data_root, state_root = root / "runs", root / "runs" / ".state"
     data_root.mkdir(parents=True, exist_ok=True)
     seconds = hours * 3600.0
-    if mode == "long":
-        # 2 tiles x 4 channels a cycle; enough cycles to outlast the soak, drained at its end
-        cycles = int(seconds * _frames_per_second(profile, overrides) / 8) + 8
-        overrides.append(f"run.cycles={cycles}")
+    if mode == "long":  # one run that outlasts the soak, drained at its end
+        overrides += long_run_overrides(seconds, profile, overrides)
     t0 = time.monotonic()
     samples: list[Sample] = []
     summaries: list[dict] = []
@@ -314,7 +340,11 @@ def run_soak(
         for item in overrides:
             args += ["--set", item]
         progress(f"run {n}: {' '.join(args[3:])}")
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        # the run's log to a file, not a pipe: an hour of log lines would fill a pipe nobody
+        # reads until the end, and the run would block on its next line
+        log_path = root / f"run-{n:04d}.log"
+        log_file = open(log_path, "w")
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log_file, text=True, start_new_session=True)
         try:
             stopped = False
             next_sample = time.monotonic()
@@ -327,13 +357,12 @@ def run_soak(
                     proc.send_signal(signal.SIGINT)  # drain: every frame that entered is written
                     stopped = True
                 time.sleep(min(1.0, interval_s))
-            err = proc.stderr.read() if proc.stderr else ""
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
-            if proc.stderr:
-                proc.stderr.close()
+            log_file.close()
+        err = log_path.read_text(errors="replace")[-4000:]
         if proc.returncode != 0:
             failures.append(f"run {n} exited {proc.returncode}: {err.strip().splitlines()[-1] if err.strip() else 'no message'}")
         if summary_path.exists():

@@ -67,3 +67,22 @@ def test_unknown_profile_or_mode_is_refused(tmp_path):
         run_soak(0.01, tmp_path, profile="gen3")
     with pytest.raises(ValueError, match="mode 'forever'"):
         run_soak(0.01, tmp_path, mode="forever")
+
+
+def test_a_long_soak_takes_more_tiles_not_more_cycles_than_a_run_may_have():
+    from appliance.config import load_config
+    from appliance.soak import LONG_RUN_CYCLES, PROFILES, long_run_overrides, tile_numbers
+
+    for profile, rate in (("chain", 20), ("gen1", 100)):
+        extra = long_run_overrides(3600, profile, list(PROFILES[profile]))
+        cfg = load_config(overrides=[*PROFILES[profile], *extra])  # a config that loads
+        assert cfg.run.cycles <= LONG_RUN_CYCLES and len(cfg.run.tiles) > 2
+        assert len(cfg.run.tiles) * cfg.run.cycles * 4 >= 3600 * rate  # it outlasts the hour
+    # the chain's frames repeat after a few cycles of every tile (a bounded pool), gen1's after 8
+    chain = load_config(overrides=[*PROFILES["chain"], *long_run_overrides(3600, "chain", list(PROFILES["chain"]))])
+    assert chain.source.synthetic.unique_frames == 4 * len(chain.run.tiles) * 8
+    # a short soak keeps the default two tiles
+    assert long_run_overrides(60, "chain", [])[:2] == ["run.cycles=160", "run.tiles=[1101, 1102]"]
+    assert tile_numbers(100)[98:] == [1199, 1201]
+    with pytest.raises(ValueError):
+        tile_numbers(0)
