@@ -215,7 +215,7 @@ def pull_job(params: dict, ctx) -> dict:
         raise PermanentJobError(f"{params['url']}/{params['subject']}: {MARKER} is for another job key; "
                                 "delete that prefix at the store and retry the job")
     result = dict(remote["result"])
-    result[CLOUD_KEY] = {**params.get("cloud", {}), "pulled_bytes": pulled["pulled_bytes"],
+    result[CLOUD_KEY] = {**params.get("cloud", {}), "pulled_files": pulled["pulled_files"], "pulled_bytes": pulled["pulled_bytes"],
                          "egress_bytes": pulled["egress_bytes"], "verification": pulled["verification"]}
     return result
 
@@ -315,6 +315,9 @@ class CloudExecutor:
         self.granted: int | None = None  #: slots the burst policy allows (None: no policy)
         self.refused_until = 0.0  #: the store refused writes: no new job until then
         self.on_done = None  #: the orchestrator's wake-up, called when an attempt ends
+        #: the orchestrator's tracer (appliance.tracing): each push and pull is a span of the
+        #: job's run (``transfer push``, ``transfer pull``); None: no spans
+        self.tracer = None
         #: what the pool has done, for the burst policy's spend and `appliance jobs pools`
         self.usage = {"core_seconds": 0.0, "bytes_sent": 0, "bytes_pulled": 0, "egress_bytes": 0, "jobs": 0}
 
@@ -447,12 +450,14 @@ class CloudExecutor:
         spec = job.spec
         dest = Destination(self.pool.store, self.storage_options)
         sets, params = stage_plan(spec.params, self.data_root, self.namespace)
+        run_id = (spec.params or {}).get("run")
+        run_id = str(run_id) if run_id else None
         sent = 0
         job.phase = "push"
         with Journal(self.journal_path) as journal:
             for s in sets:
                 rep = push(self.data_root / s.rel, s.entries, dest, journal, subject=s.subject, job_id=spec.job_id,
-                           bucket=self.bucket, stop=job.stop, on_alert=self.on_alert)
+                           bucket=self.bucket, stop=job.stop, on_alert=self.on_alert, tracer=self.tracer, run_id=run_id)
                 sent += rep.bytes_sent
         outputs = f"{self.namespace}/outputs/{spec.job_id}-{spec.key[:16]}"
         remote = RemoteJob(replace(spec, params=params), self.pool.store, self.storage_options, tuple(sets), outputs)
@@ -470,7 +475,7 @@ class CloudExecutor:
             pulled = pull_outputs(self.pool.store, outputs, job_id=spec.job_id, key=spec.key, output_dir=spec.output_dir,
                                   data_root=self.data_root, storage_options=self.storage_options, journal=journal,
                                   attempt=spec.attempt, bucket=self.bucket, target="appliance.offload.cloud:pull_job",
-                                  extra_params={"key": spec.key, "cloud": cloud})
+                                  extra_params={"key": spec.key, "cloud": cloud}, tracer=self.tracer, run_id=run_id)
         result = pulled["result"]
         c = result.get(CLOUD_KEY, {})
         with self._lock:

@@ -136,7 +136,7 @@ class Orchestrator:
     def _wire_completions(self, executor) -> None:
         """Executors that can tell when an attempt is done (Dask futures) wake the dispatcher
         then, so a job's end is recorded and the next job started without waiting for the tick."""
-        for ex in getattr(executor, "executors", {}).values() if isinstance(executor, PoolSet) else (executor,):
+        for ex in _each_executor(executor):
             if hasattr(ex, "on_done"):
                 ex.on_done = self.ledger.wake
 
@@ -225,6 +225,9 @@ class Orchestrator:
             self.executor.stop(max(1.0, deadline - time.monotonic()))
             self.ledger.close()
             if self.tracer is not None:
+                for ex in _each_executor(self.executor):
+                    if getattr(ex, "tracer", None) is self.tracer:
+                        ex.tracer = None
                 self.tracer.close()
                 self.tracer = None
             self._started = False
@@ -270,6 +273,10 @@ class Orchestrator:
             self.tracer = make_tracer(self.tracing, self.data_root / ".offload", f"offload-{os.getpid()}", None)
         except Exception as exc:  # diagnostics never stop the dispatcher
             log.warning("offload: tracing off: %s", exc)
+            return
+        for ex in _each_executor(self.executor):  # executors that move data make its transfers spans (cloud)
+            if hasattr(ex, "tracer"):
+                ex.tracer = self.tracer
 
     def _trace(self, job_id: int) -> None:
         if self.tracer is None:
@@ -577,3 +584,8 @@ def run_jobs_summary(jobs: list[Job], ended: bool) -> dict:
             fig["error"] = j.error
         out[kind] = fig
     return out
+
+
+def _each_executor(executor):
+    """The executors behind ``executor``: each pool's of a :class:`PoolSet`, or itself."""
+    return list(executor.executors.values()) if isinstance(executor, PoolSet) else [executor]

@@ -105,8 +105,11 @@ def test_a_runs_fastq_and_align_qc_on_the_cloud_pool_equal_the_local_pools(one_r
     pools = {"aws": _cloud(cloud_cluster, s3_server, f"s3://{s3_bucket}/lab", cost=0.5, burst=False),
              "here": {"kind": "local", "slots": 1, "classes": ["realtime"]}}
     started: dict[int, str] = {}
+    from appliance.config import load_config
+
     orch = Orchestrator(_config(tmp_path / "cloud.sqlite", pools), root, runs=[RUN], instrument_id="inst-7",
-                        on_event=lambda ev: ev.get("event") == "job_started" and started.__setitem__(ev["job"], ev["pool"]))
+                        on_event=lambda ev: ev.get("event") == "job_started" and started.__setitem__(ev["job"], ev["pool"]),
+                        tracing=load_config(overrides=["tracing.enabled=true"]).tracing)
     orch.start(timeout=60)
     try:
         jobs, ended = orch.wait_for_run(RUN, 600)
@@ -132,6 +135,15 @@ def test_a_runs_fastq_and_align_qc_on_the_cloud_pool_equal_the_local_pools(one_r
     keys = {o["Key"] for o in c.list_objects_v2(Bucket=s3_bucket, Prefix=f"lab/inst-7/{RUN}/").get("Contents", [])}
     c.close()
     assert f"lab/inst-7/{RUN}/{COMPLETE_MARKER}" in keys
+    # each push and pull of a cloud job is a span of the run's trace, under the run's span
+    from appliance.tracing import read_spans, span_id_for, trace_id_for
+
+    spans = [s for s in read_spans(root / ".offload") if s["name"].startswith("transfer ")]
+    assert {s["name"] for s in spans} == {"transfer push", "transfer pull"}, spans
+    assert all(s["context"]["trace_id"] == f"0x{trace_id_for(RUN):032x}" for s in spans)
+    assert all(s["parent_id"] == f"0x{span_id_for(RUN, 'run'):016x}" for s in spans)
+    pulls = [s for s in spans if s["name"] == "transfer pull"]
+    assert len(pulls) == 2 and all(s["attributes"]["transfer.files"] > 0 for s in pulls), pulls
 
 
 def _listdir(path: str) -> str:
