@@ -1,7 +1,7 @@
 """The instrument's durable outbox for a lab ledger it cannot reach.
 
 While the PostgreSQL ledger is unreachable, :meth:`Ledger.submit` writes the submission here (a
-small SQLite WAL file on the instrument's disk, ``<data_root>/.offload/outbox.sqlite``) and
+small SQLite WAL file on the instrument's disk, ``<data_root>/.offload/outbox-<instrument>.sqlite``) and
 returns at once, so nothing on the instrument waits on the database. Each entry keeps the
 job's idempotency key; :meth:`Ledger.handover` submits the pending entries, oldest first,
 when the server is back, and marks each delivered with the lab ledger's job id. A handover cut

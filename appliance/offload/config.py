@@ -77,9 +77,13 @@ class OffloadConfig:
         """What :class:`~appliance.offload.Ledger` opens: the PostgreSQL URL, or the file."""
         return self.ledger if self.ledger_is_postgres else self.ledger_path(data_root)
 
-    def outbox_path(self, data_root: str | Path) -> Path:
-        """The instrument's outbox for a lab ledger it cannot reach: ``<data_root>/.offload/outbox.sqlite``."""
-        return Path(data_root) / ".offload" / "outbox.sqlite"
+    def outbox_path(self, data_root: str | Path, instrument_id: str = "") -> Path:
+        """The instrument's outbox for a lab ledger it cannot reach:
+        ``<data_root>/.offload/outbox-<instrument>.sqlite`` (``outbox.sqlite`` without an
+        instrument id, as releases before per-instrument outboxes named every one), so
+        instruments that share a data root hand over only their own submissions."""
+        name = f"outbox-{instrument_id}.sqlite" if instrument_id else "outbox.sqlite"
+        return Path(data_root) / ".offload" / name
 
 
 def _err(key: str, value: Any, allowed: str):

@@ -348,7 +348,8 @@ class Ledger:
     cleared (as seen by this instance). ``instrument_id`` is recorded on the jobs this instance
     submits unless a submission names another. ``outbox`` (PostgreSQL only): the instrument's
     outbox file; with it a submission never waits on an unreachable server (see :meth:`submit`).
-    ``reconnect_s``: how long an operation retries a lost PostgreSQL connection before it raises
+    ``drain_outboxes``: other outbox files to hand over but never write (the data root's shared
+    outbox of an earlier release). ``reconnect_s``: how long an operation retries a lost PostgreSQL connection before it raises
     :class:`LedgerError`.
     """
 
@@ -364,6 +365,7 @@ class Ledger:
         rng: random.Random | None = None,
         instrument_id: str = "",
         outbox: str | Path | None = None,
+        drain_outboxes: tuple = (),
         reconnect_s: float = 30.0,
         connect_timeout_s: float = 3.0,
     ) -> None:
@@ -385,6 +387,7 @@ class Ledger:
         #: the file (SQLite), or the URL without its password (PostgreSQL)
         self.path: Path | str = self._db.path if self.backend == "sqlite" else self._db.where
         self._outbox = None
+        self._drain: list = []  #: outboxes handed over, never written
         try:
             self._db.migrate(MIGRATIONS if self.backend == "sqlite" else PG_MIGRATIONS)
         except Transient as exc:
@@ -398,7 +401,11 @@ class Ledger:
 
             try:
                 self._outbox = Outbox(outbox, error=LedgerError)
+                self._drain = [Outbox(p, error=LedgerError) for p in drain_outboxes if Path(p) != Path(outbox)]
             except BaseException:
+                for box in (self._outbox, *self._drain):
+                    if box is not None:
+                        box.close()
                 self._db.close()
                 raise
 
@@ -418,6 +425,8 @@ class Ledger:
             self._db.close()
             if self._outbox is not None:
                 self._outbox.close()
+            for box in self._drain:
+                box.close()
 
     def __enter__(self) -> "Ledger":
         return self
@@ -523,7 +532,7 @@ class Ledger:
         if depends_on is not None and depends_on < 0 or self._db.down():
             return self._to_outbox(key, sub)
         try:
-            self._handover()
+            self._handover(self._outbox)
             if depends_on is not None and depends_on < 0:  # its dependency is still in the outbox
                 return self._to_outbox(key, sub)
             return self._submit_now(key, sub, wait_s)
@@ -601,7 +610,7 @@ class Ledger:
 
     def outbox_pending(self) -> int:
         """Submissions waiting in this instrument's outbox for the lab ledger (0 without one)."""
-        return 0 if self._outbox is None else self._outbox.count_pending()
+        return 0 if self._outbox is None else sum(box.count_pending() for box in (self._outbox, *self._drain))
 
     def handover(self) -> int:
         """Submit the outbox's pending entries to the lab ledger, oldest first, each under its
@@ -610,20 +619,23 @@ class Ledger:
         refused by admission stays too, and is offered again at the next handover."""
         if self._outbox is None or self._db.down():
             return 0
-        try:
-            return self._handover()
-        except Transient:
-            return 0
-
-    def _handover(self) -> int:
         done = 0
-        if self._outbox.count_pending() == 0:
+        try:
+            for box in (*self._drain, self._outbox):  # an earlier release's entries first: they are older
+                done += self._handover(box)
+        except Transient:
+            pass
+        return done
+
+    def _handover(self, outbox) -> int:
+        done = 0
+        if outbox.count_pending() == 0:
             return 0
-        for entry in self._outbox.pending():
+        for entry in outbox.pending():
             sub = dict(entry["submission"])
             dep = sub["depends_on"]
             if dep is not None and dep < 0:
-                parent = self._outbox.get(-dep)
+                parent = outbox.get(-dep)
                 if parent is None or parent["job_id"] is None:
                     continue  # its dependency is not in the lab yet
                 sub["depends_on"] = parent["job_id"]
@@ -632,12 +644,12 @@ class Ledger:
             except AdmissionRefused:
                 continue
             except LedgerError as exc:  # one bad entry must not block the others
-                _log.warning("ledger outbox %s: entry %s (%s) not handed over: %s", self._outbox.path, entry["id"],
+                _log.warning("ledger outbox %s: entry %s (%s) not handed over: %s", outbox.path, entry["id"],
                              sub["kind"], exc)
                 continue
             if got.job.output_dir is None and sub["output_dir"] is not None:
                 self._set_output_dir(got.job.id, sub["output_dir"])
-            self._outbox.delivered(entry["id"], got.job.id, self._clock())
+            outbox.delivered(entry["id"], got.job.id, self._clock())
             done += 1
         return done
 

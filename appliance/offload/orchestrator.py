@@ -104,9 +104,12 @@ class Orchestrator:
         #: the SQLite file, or the lab ledger's PostgreSQL URL (then submissions the server cannot
         #: take now wait in the data root's outbox, docs/lab.md)
         self.ledger_path = config.ledger_target(self.data_root)
-        outbox = config.outbox_path(self.data_root) if config.ledger_is_postgres else None
+        outbox = config.outbox_path(self.data_root, instrument_id) if config.ledger_is_postgres else None
+        # the shared outbox of an earlier release, still to be handed over (same keys: once each)
+        legacy = config.outbox_path(self.data_root) if outbox is not None and instrument_id else None
         self.ledger = Ledger(self.ledger_path, config=config, policy=self._policy, on_alert=self._alert,
-                             instrument_id=instrument_id, outbox=outbox)
+                             instrument_id=instrument_id, outbox=outbox,
+                             drain_outboxes=(legacy,) if legacy is not None and legacy.exists() else ())
         self.instrument_id = instrument_id
         self.executor = executor or (self._make_executor() if config.dispatch else NoExecutor())
         self._wire_completions(self.executor)

@@ -343,6 +343,7 @@ class SourceHandler(Handler):
                 self.stats.bytes_in = self.stats.frames_in * image.nbytes
             self.stats.frames_in += 1
             self.stats.bytes_in += image.nbytes
+            out.report()  # the live status: frames acquired so far
             if (index + 1) % frames_per_epoch(cfg) == 0:
                 self._barrier(out, (index + 1) // frames_per_epoch(cfg), index + 1)
             if self.spec.fault.get("kill_after") == self.stats.frames_in:

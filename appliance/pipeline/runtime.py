@@ -204,9 +204,6 @@ class Emitter:
         self.stats = stats
         self.watch = watch
         self.on_wait = None
-        # The source has no consume loop: it publishes its live status (frames acquired so
-        # far: the run's count in every stats sample) from here, on every frame.
-        self._source = spec.stage == "source"
 
     def stopping(self) -> bool:
         """True when this stage must stop now. A stop while the supervisor lives (with a
@@ -255,11 +252,11 @@ class Emitter:
         p.commit()
         self.stats.frames_out += 1
         self.stats.bytes_out += int(h["payload_bytes"])
-        if self._source:
-            self.stats.publish()
 
     def report(self) -> None:
-        """The source's live status (what it does, how far it got) into the status block."""
+        """The source's live status (what it does, how far it got: the run's frames acquired
+        in every stats sample) into the status block; the source calls it on every frame, as
+        the consume loop does for the other stages."""
         self.stats.publish()
 
     def barrier(self, epoch: int, only: int | None = None) -> None:

@@ -179,6 +179,46 @@ def test_an_operation_waits_out_a_short_outage_then_gives_up_with_a_message(pg_d
 
 # -- the outbox ----------------------------------------------------------------------------------
 
+def _hand_over_all(led, timeout: float) -> int:
+    delivered, deadline = 0, time.monotonic() + timeout
+    while led.outbox_pending() and time.monotonic() < deadline:
+        delivered += led.handover()
+        time.sleep(0.1)
+    return delivered
+
+
+def test_instruments_on_one_data_root_keep_their_own_outboxes_and_drain_a_shared_one(pg_dsn, pg_server, tmp_path):
+    from appliance.offload.config import OffloadConfig
+
+    cfg = OffloadConfig()
+    box_a, box_b, shared = (cfg.outbox_path(tmp_path, "SIM01"), cfg.outbox_path(tmp_path, "SIM02"), cfg.outbox_path(tmp_path))
+    assert len({box_a, box_b, shared}) == 3 and box_a.name == "outbox-SIM01.sqlite"
+    box_a.parent.mkdir(parents=True)
+    with Ledger(pg_dsn, outbox=shared, instrument_id="OLD") as old:  # an earlier release's shared file
+        pg_server.stop()
+        try:
+            legacy = old.submit("fastq", {"run": "R0"}, priority="batch").job
+        finally:
+            pg_server.start()
+    with Ledger(pg_dsn, outbox=box_a, instrument_id="SIM01", drain_outboxes=(shared,)) as a, \
+            Ledger(pg_dsn, outbox=box_b, instrument_id="SIM02", drain_outboxes=(shared,)) as b:
+        pg_server.stop()
+        try:
+            ja = a.submit("fastq", {"run": "RA"}, priority="batch").job
+            jb = b.submit("fastq", {"run": "RB"}, priority="batch").job
+            assert ja.id < 0 and jb.id < 0
+            assert a.outbox_pending() == 2 and b.outbox_pending() == 2  # its own, and the shared one's
+        finally:
+            pg_server.start()
+        assert _hand_over_all(a, 4 * a.reconnect_s + 10) == 2  # its own and the shared entry, not SIM02's
+        assert b.outbox_pending() == 1  # SIM02's own: the shared entry is delivered already
+        assert _hand_over_all(b, 4 * b.reconnect_s + 10) == 1
+        jobs = {j.params["run"]: j for j in a.jobs()}
+        assert set(jobs) == {"R0", "RA", "RB"}  # each submission reached the lab exactly once
+        assert (jobs["R0"].instrument_id, jobs["RA"].instrument_id, jobs["RB"].instrument_id) == ("OLD", "SIM01", "SIM02")
+        assert a.by_key(legacy.key).id == jobs["R0"].id
+
+
 def test_submissions_go_to_the_outbox_while_the_server_is_down(pg_dsn, pg_server, tmp_path):
     outbox = tmp_path / "outbox.sqlite"
     with Ledger(pg_dsn, outbox=outbox, instrument_id="SIM07") as led:
