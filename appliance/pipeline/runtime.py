@@ -467,7 +467,9 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, rest
         if not any(n for i, n in enumerate(pending) if i not in aligned):
             return
         stats.checkpoints += 1
+        handler.heartbeat()  # a large checkpoint takes a while: its time counts from here
         stats.checkpoint_bytes += handler.until_space(str(spec.checkpoint_path), save_checkpoint, spec.checkpoint_path, state())
+        handler.heartbeat()
         release()
 
     def align() -> None:
@@ -480,7 +482,9 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, rest
         handler.on_barrier(epoch)
         epoch_done = epoch
         stats.checkpoints += 1
+        handler.heartbeat()
         stats.checkpoint_bytes += handler.until_space(f"{spec.name} epoch {epoch} checkpoint", save_epoch, spec.state_dir, spec.name, epoch, state())
+        handler.heartbeat()
         if spec.outputs:
             emitter.barrier(epoch)
         else:

@@ -78,18 +78,24 @@ def hang_timeout_s(config: RunConfig, stage: str) -> float:
     restart), at least ``supervisor.hang_min_s`` (a frame may legitimately take seconds, as
     when the kernel builds a tile's cluster template on a loaded host), at most
     ``supervisor.heartbeat_timeout_s``. An unpaced source (``rate_hz = 0``) waits for a full
-    ring, so the ceiling applies. (Defaults: 64 + 64 slots ahead of the kernel at 20 frames/s
-    fill in 6.4 s: 5 s, the floor; preprocess: 5 s, its 64 slots fill in 3.2 s, so a camera at
-    the default rate drops frames when preprocess hangs: give the first ring more slots.)
+    ring, so the ceiling applies. A slot after the kernel stands for more than one camera
+    frame: with the chain, one intensities frame per tile-cycle (4 camera frames) and two
+    frames per tile-cycle on the calls ring (the intensities and the calls), so those rings
+    hold 4x and 2x their slots in camera frames. (Defaults: 64 + 64 slots ahead of the kernel
+    at 20 frames/s fill in 6.4 s: 5 s, the floor; the base caller's 64 + 64 + 4 x 64 in
+    19.2 s: 9.6 s; preprocess: 5 s, its 64 slots fill in 3.2 s, so a camera at the default
+    rate drops frames when preprocess hangs: give the first ring more slots.)
     """
     ceiling = config.supervisor.heartbeat_timeout_s
     rate = config.source.rate_hz
     if rate <= 0 or stage == "source":
         return ceiling
-    ahead, at = 0, "source"
+    chain = config.stages["kernel"].algorithm == "chain"
+    per_slot = {"intensities": 4.0, "calls": 2.0} if chain else {}  # camera frames a slot stands for
+    ahead, at = 0.0, "source"
     for edge, (src, dst) in EDGES.items():  # edges in pipeline order
         if src == at and at != stage:
-            ahead += config.edges[edge].n_slots
+            ahead += config.edges[edge].n_slots * per_slot.get(edge, 1.0)
             at = dst
     return min(ceiling, max(config.supervisor.hang_min_s, ahead / rate / 2))  # the ceiling wins
 

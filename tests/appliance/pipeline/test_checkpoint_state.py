@@ -5,6 +5,7 @@ size must not grow with the run's length. And the pure parts of the resume proto
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import uuid
 from dataclasses import FrozenInstanceError
@@ -130,7 +131,11 @@ def test_the_kernel_restored_from_its_state_goes_on_as_if_never_stopped(harness)
     path = first.spec.state_dir / "kernel.ckpt"
     save_checkpoint(path, first.handler.snapshot())  # through the file, as a restarted stage reads it
     state = load_checkpoint(path)
+    # the built chain is in its own file beside the checkpoints, which names it
+    assert all(isinstance(c, handlers.ChainFile) for c in state.chains.values())
     again = harness("kernel", "run.cycles=8")
+    for f in first.spec.state_dir.glob("*.chain.ckpt"):  # the restarted stage's state folder is the same one
+        shutil.copy(f, again.spec.state_dir / f.name)
     again.handler.restore(state)
     for cycle, ch, image in _images(again.config, 8):
         if cycle > 5:

@@ -97,6 +97,14 @@ def test_hang_timeout_is_derived_from_the_rings_ahead_and_the_frame_rate():
     deep_fill = 512 / deep.source.rate_hz
     assert hang_timeout_s(deep, "kernel") == pytest.approx(deep_fill / 2) and deep_fill / 2 > floor
     assert hang_timeout_s(deep, "preprocess") == pytest.approx(max(floor, 256 / deep.source.rate_hz / 2))
+    # after the kernel a slot is a tile-cycle (4 camera frames), on the calls ring half of one
+    slots = {e: cfg.edges[e].n_slots for e in ("raw", "corrected", "intensities", "calls")}
+    want = (slots["raw"] + slots["corrected"] + 4 * slots["intensities"]) / cfg.source.rate_hz / 2
+    assert hang_timeout_s(cfg, "basecall") == pytest.approx(min(cfg.supervisor.heartbeat_timeout_s, want)) and want > floor
+    want += 2 * slots["calls"] / cfg.source.rate_hz / 2
+    assert hang_timeout_s(cfg, "writer") == pytest.approx(min(cfg.supervisor.heartbeat_timeout_s, want))
+    passthrough = load_config(overrides=['stages.kernel.algorithm="passthrough"'])
+    assert hang_timeout_s(passthrough, "writer") == pytest.approx(min(cfg.supervisor.heartbeat_timeout_s, sum(slots.values()) / 20 / 2))
     slow = load_config(overrides=["source.rate_hz=0"])  # unpaced: nothing is lost by waiting
     assert hang_timeout_s(slow, "kernel") == slow.supervisor.heartbeat_timeout_s
     huge = load_config(overrides=["source.rate_hz=0.5"])
