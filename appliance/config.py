@@ -153,8 +153,12 @@ class StageSection:
     backend: str = "auto"
     mode: str = "disk"
     algorithm: str = "chain"
+    #: "module:Class": one's own stage class instead of the built-in (appliance/pipeline/stage.py)
+    handler: str = ""
 
     def validate(self, key: str) -> None:
+        if not isinstance(self.handler, str) or self.handler and (self.handler.count(":") != 1 or not all(self.handler.split(":"))):
+            raise _err(f"{key}.handler", self.handler, '"" (the built-in stage) or "module:Class" (a subclass of appliance.pipeline.handlers.Handler)')
         if not isinstance(self.replicas, int) or not 1 <= self.replicas <= 64:
             raise _err(f"{key}.replicas", self.replicas, "an integer 1..64")
         if not self.budget_ms > 0:

@@ -159,12 +159,14 @@ def _resume_config(args):
 
 def parse_faults(items: list[str]) -> dict[str, dict]:
     """``["writer-0:slow_ms=50", ...]`` -> ``{"writer-0": {"slow_ms": 50}}``; ValueError names the bad item."""
+    from appliance.pipeline.faults import FAULTS
+
     faults: dict[str, dict] = {}
     for item in items:
         stage, sep, kv = item.partition(":")
         key, eq, value = kv.partition("=")
-        if not sep or not eq or key not in ("slow_ms", "kill_after", "corrupt_frame", "hang_after"):
-            raise ValueError(f"--fault {item!r}: write STAGE:KEY=VALUE with KEY one of slow_ms, kill_after, corrupt_frame, hang_after (e.g. writer-0:slow_ms=50)")
+        if not sep or not eq or key not in FAULTS:
+            raise ValueError(f"--fault {item!r}: write STAGE:KEY=VALUE with KEY one of {', '.join(FAULTS)} (e.g. writer-0:slow_ms=50)")
         try:
             faults.setdefault(stage, {})[key] = float(value) if key == "slow_ms" else int(value)
         except ValueError:

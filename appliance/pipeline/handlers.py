@@ -23,7 +23,7 @@ from appliance.pipeline._spec import StageSpec
 from appliance.simparams import synthetic_params
 
 __all__ = [
-    "make_handler", "synthetic_params", "frame_order", "frames_per_epoch",
+    "make_handler", "stage_class", "synthetic_params", "frame_order", "frames_per_epoch",
     "SourceState", "PreprocessState", "ChainFile", "KernelState", "BasecallState", "WriterState",
 ]
 
@@ -115,7 +115,15 @@ class WriterState:
 
 
 class Handler:
-    """Base: alerts, and the snapshot/restore contract (stateless handlers keep nothing)."""
+    """Base of every stage (the contract: ``appliance/pipeline/stage.py``): alerts, the full-
+    disk wait, and the snapshot/restore contract (stateless stages keep nothing). Traits:"""
+
+    #: real-time scheduling (``cpu.realtime``): the camera and the writer, which face hardware
+    realtime: bool = False
+    #: the NUMA node its CPUs should be on: "gpu", "nic" (the camera's) or None
+    numa: str | None = None
+    #: may run as several replicas, each taking a share of the tiles
+    replicable: bool = True
 
     def __init__(self, spec: StageSpec, stats) -> None:
         self.spec = spec
@@ -147,7 +155,8 @@ class Handler:
     def restore(self, state) -> None:
         """Take back what :meth:`snapshot` returned."""
 
-    def on_frame(self, slot: rt.Slot, out) -> None:  # pragma: no cover - abstract
+    def on_frame(self, frame, out) -> None:  # pragma: no cover - abstract
+        """One input frame (``stage.Frame``: identity as ints, header, ``array()`` in place)."""
         raise NotImplementedError
 
     def on_barrier(self, epoch: int) -> None:
@@ -177,6 +186,7 @@ class LiveParams:
 
 
 class SourceHandler(Handler):
+    realtime, numa, replicable = True, "nic", False
     """The synthetic camera (or a replay of recorded frames) at a fixed frame rate.
 
     Like a real camera it does not slow down when the pipeline is full: with the first ring's
@@ -358,15 +368,11 @@ class SourceHandler(Handler):
             out.report()  # the live status: frames acquired so far
             if (index + 1) % frames_per_epoch(cfg) == 0:
                 self._barrier(out, (index + 1) // frames_per_epoch(cfg), index + 1)
-            if self.spec.fault.get("kill_after") == self.stats.frames_in:
-                import os
-                import signal
-
-                os.kill(os.getpid(), signal.SIGKILL)  # test hook: the camera process crashes
         return True
 
 
 class PreprocessHandler(Handler):
+    numa = "nic"  # beside the camera's NIC: it reads every frame the camera wrote
     """Checks each raw frame (checksum where configured, saturation), keeps the raw frames of
     every Nth tile for audit, and passes the frame on."""
 
@@ -413,6 +419,7 @@ def _save_npy_durably(path: Path, image: np.ndarray) -> None:
 
 
 class KernelHandler(Handler):
+    numa = "gpu"
     """The per-tile image chain: four channel frames of a cycle in, cluster positions (once)
     and per-cycle intensities out, always in cycle order.
 
@@ -628,6 +635,7 @@ class BasecallHandler(Handler):
 
 
 class WriterHandler(Handler):
+    realtime, replicable = True, False  # one writer owns the run folder
     """Writes the run folder (or discards, in null mode) and measures end-to-end latency."""
 
     def __init__(self, spec: StageSpec, stats) -> None:
@@ -877,7 +885,24 @@ _HANDLERS = {
 }
 
 
+def stage_class(config, stage: str) -> type:
+    """The class that runs ``stage``: ``stages.<stage>.handler`` ("module:Class") when set,
+    the pass-through for the kernel and base caller of a passthrough run, else the built-in."""
+    from appliance.pipeline.stage import load_stage_class
+
+    section = config.stages.get(stage)
+    if section is not None and section.handler:
+        return load_stage_class(section.handler, Handler, f"stages.{stage}.handler")
+    if stage in ("kernel", "basecall") and config.stages["kernel"].algorithm == "passthrough":
+        return PassthroughHandler
+    return _HANDLERS[stage]
+
+
 def make_handler(spec: StageSpec, stats) -> Handler:
-    if spec.stage in ("kernel", "basecall") and spec.config.stages["kernel"].algorithm == "passthrough":
-        return PassthroughHandler(spec, stats)
-    return _HANDLERS[spec.stage](spec, stats)
+    """The stage of ``spec``, wrapped in its fault drills when it has any (``faults.py``)."""
+    handler = stage_class(spec.config, spec.stage)(spec, stats)
+    if spec.fault:
+        from appliance.pipeline.faults import FaultInjector
+
+        return FaultInjector(handler, spec.fault)
+    return handler

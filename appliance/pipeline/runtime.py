@@ -43,7 +43,8 @@ from appliance.pipeline._checkpoint import (
 from appliance.config import STAGES
 from appliance.pipeline._flags import AnyFlag, SharedFlag
 from appliance.pipeline.histogram import LatencyHistogram, percentile_of, sparse_counts
-from appliance.pipeline._spec import StageSpec, frame_key
+from appliance.pipeline._spec import StageSpec
+from appliance.pipeline.stage import Frame
 
 __all__ = ["stage_main", "Emitter", "StageStats", "live_figures"]
 
@@ -332,7 +333,9 @@ def _prepare_process(spec: StageSpec, stop: threading.Event) -> rt.ParentWatch:
             rt.mlockall()
         except rt.MemoryLockError as exc:
             log.warning("memory not locked: %s", exc)
-    if cfg.realtime and spec.stage in ("source", "writer"):
+    from appliance.pipeline.handlers import stage_class
+
+    if cfg.realtime and stage_class(spec.config, spec.stage).realtime:  # the stage's trait
         try:
             rt.set_realtime(10)
         except rt.RealtimeError as exc:
@@ -448,8 +451,8 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, rest
     watermarks: dict = dict(restored.watermarks)
     epoch_done = restored.barrier
     aligned: dict[int, int] = {}  # input -> epoch of the barrier it delivered (not polled until all have)
-    fault = spec.fault
     quarantine_dir = quarantine_dir_of(spec.run_dir)
+    arrive = getattr(handler, "on_arrival", None)  # a fault drill's (faults.py); None otherwise
     from appliance.pipeline.handlers import frames_per_epoch
 
     def state() -> Checkpoint:
@@ -517,20 +520,21 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, rest
                     time.sleep(0.05)  # the supervisor restarts it; it resumes at the write counter
                     continue
                 got = True
-                h = slot.header
-                if int(h["kind"]) == BARRIER_KIND:
+                frame = Frame(slot)  # decoded once: identity as ints, header, payload in place
+                h = frame.header
+                if frame.kind == BARRIER_KIND:
                     pending[i] += 1
-                    epoch = int(h["cycle"])
+                    epoch = frame.cycle
                     if epoch > epoch_done:  # else delivered again after a restart: a duplicate
                         aligned[i] = epoch
                         align()
                     continue
                 t0 = time.perf_counter()
-                kind, tile, cycle, channel = key = frame_key(h)
+                kind, tile, cycle, channel = key = frame.key
                 stats.frames_in += 1
                 stats.bytes_in += int(h["payload_bytes"])
-                if fault.get("corrupt_frame") == stats.frames_in:
-                    slot.data[0] ^= 0xFF  # test hook: a bit flip in shared memory
+                if arrive is not None:
+                    arrive(frame)
                 failed = False
                 if (cycle, channel) <= watermarks.get((kind, tile), (-1, -1)):
                     stats.duplicates += 1
@@ -544,11 +548,9 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, rest
                     handler.on_quarantined(key, slot.header.copy(), emitter)
                     watermarks[(kind, tile)] = (cycle, channel)
                 else:
-                    handler.on_frame(slot, emitter)
+                    handler.on_frame(frame, emitter)
                     watermarks[(kind, tile)] = (cycle, channel)
                 pending[i] += 1
-                if fault.get("slow_ms"):
-                    time.sleep(fault["slow_ms"] / 1e3)
                 busy = time.perf_counter() - t0
                 stats.busy_s += busy
                 if busy * 1e3 <= stats.budget_ms:
@@ -568,11 +570,6 @@ def _consume(spec: StageSpec, handler, emitter: Emitter, stats: StageStats, rest
                         tracer, dead = None, tracer
                         dead.close()
                 stats.publish()  # the live status: every frame (rt.status; about 2 us)
-                if fault.get("hang_after") == stats.frames_in:
-                    while True:  # test hook: hung (no heartbeat); the supervisor kills and restarts it
-                        time.sleep(1)
-                if fault.get("kill_after") == stats.frames_in:
-                    os.kill(os.getpid(), signal.SIGKILL)  # test hook: crash mid-run
                 # Frames are released at each epoch's checkpoint; an epoch longer than half a
                 # ring (or a burst, as when the cluster template is built) is covered here.
                 if sum(pending) >= release_every:

@@ -118,10 +118,12 @@ def plan_cpus(
     *,
     gpu_node: int | None = None,
     nic_node: int | None = None,
+    numa: dict[str, str | None] | None = None,
 ) -> CpuPlan:
     """Give each process its own CPU outside the housekeeping set, isolated CPUs first, and
-    NUMA-local where it matters: kernel stages on the GPU's node, the source and preprocess
-    stages on the camera NIC's node.
+    NUMA-local where it matters: ``numa`` maps a process to its stage's trait (``"gpu"``: on
+    the GPU's node, the kernel; ``"nic"``: on the camera NIC's node, the source and
+    preprocess; None or absent: anywhere).
 
     With fewer free CPUs than processes the plan degrades with a warning: no pinning, the
     kernel scheduler spreads the stages over every online CPU.
@@ -144,12 +146,8 @@ def plan_cpus(
     node_cpus = {n.id: n.cpus for n in topology.nodes}
 
     def wants(name: str) -> frozenset[int]:
-        stage = name.rsplit("-", 1)[0]
-        if stage == "kernel" and gpu_node is not None:
-            return node_cpus.get(gpu_node, frozenset())
-        if stage in ("source", "preprocess") and nic_node is not None:
-            return node_cpus.get(nic_node, frozenset())
-        return frozenset()
+        node = {"gpu": gpu_node, "nic": nic_node}.get((numa or {}).get(name) or "")
+        return node_cpus.get(node, frozenset()) if node is not None else frozenset()
 
     assignments: dict[str, frozenset[int] | None] = {}
     # NUMA-picky processes choose first, so the others do not take their node's CPUs.
@@ -362,13 +360,25 @@ class Supervisor:
 
     def _plan(self) -> list[StageSpec]:
         cfg = self.config
-        names = [f"{s}-{r}" for s in _ORDER for r in range(self._replicas(s))]
+        from appliance.pipeline.handlers import stage_class
+        from appliance.pipeline.stage import StageClassError
+
+        try:  # each stage's class, built-in or named by stages.<stage>.handler, and its traits
+            classes = {stage: stage_class(cfg, stage) for stage in _ORDER}
+        except StageClassError as exc:
+            raise SupervisorError(str(exc)) from None
+        for stage, cls in classes.items():
+            if self._replicas(stage) > 1 and not cls.replicable:
+                raise SupervisorError(f"stages.{stage}.replicas = {self._replicas(stage)}: {cls.__name__} runs as one process only; set 1")
+        procs = [(stage, r) for stage in _ORDER for r in range(self._replicas(stage))]
+        names = [f"{stage}-{r}" for stage, r in procs]
         topo = rt.read_topology()
         gpus = [n for n in rt.gpu_numa_nodes().values() if n is not None]
         nic_node = rt.net_interface_numa_node(cfg.cpu.camera_nic) if cfg.cpu.camera_nic else None
         cpus = plan_cpus(
             topo, frozenset(rt.parse_cpulist(cfg.cpu.housekeeping)), names, cfg.cpu.pin,
             gpu_node=gpus[0] if gpus else None, nic_node=nic_node,
+            numa={f"{stage}-{r}": classes[stage].numa for stage, r in procs},
         )
         for w in cpus.warnings:
             self._event("warning", f"cpu plan: {w}")

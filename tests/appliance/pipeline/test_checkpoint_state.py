@@ -21,6 +21,7 @@ from appliance.pipeline._checkpoint import (
 )
 from appliance.pipeline._spec import StageSpec, frame_key
 from appliance.pipeline.runtime import Emitter, StageStats
+from appliance.pipeline.stage import Frame
 from tests.runs import small_run_config
 
 
@@ -55,7 +56,7 @@ class Harness:
         self.producer.commit()
         got = self.consumer.acquire(timeout=5)
         k, t, c, ch = frame_key(got.header)
-        self.handler.on_frame(got, self.emitter)
+        self.handler.on_frame(Frame(got), self.emitter)  # as the runtime hands it over
         self.watermarks[(k, t)] = (c, ch)
         self.consumer.release(1)
         self._drain()

@@ -88,7 +88,9 @@ def _numa_tree(tmp_path: Path) -> Path:
 
 def test_cpu_plan_is_numa_local_for_gpu_and_camera(tmp_path):
     topo = rt.read_topology(_numa_tree(tmp_path))
-    plan = plan_cpus(topo, frozenset({0}), NAMES, gpu_node=1, nic_node=0)
+    # the stages' NUMA traits (Handler.numa): the kernel by the GPU, the camera's readers by the NIC
+    numa = {"source-0": "nic", "preprocess-0": "nic", "kernel-0": "gpu"}
+    plan = plan_cpus(topo, frozenset({0}), NAMES, gpu_node=1, nic_node=0, numa=numa)
     cpu = {n: next(iter(c)) for n, c in plan.assignments.items()}
     assert cpu["kernel-0"] in range(4, 8)
     assert cpu["source-0"] in range(1, 4) and cpu["preprocess-0"] in range(1, 4)
@@ -99,8 +101,32 @@ def test_cpu_plan_is_numa_local_for_gpu_and_camera(tmp_path):
 def test_cpu_plan_warns_when_the_local_node_is_full(tmp_path):
     topo = rt.read_topology(_numa_tree(tmp_path))
     names = [f"kernel-{i}" for i in range(5)]
-    plan = plan_cpus(topo, frozenset({0}), names, gpu_node=1)
+    plan = plan_cpus(topo, frozenset({0}), names, gpu_node=1, numa=dict.fromkeys(names, "gpu"))
     assert sum("remote node" in w for w in plan.warnings) == 1
+
+
+def test_stage_traits_and_a_stage_class_named_in_the_config(tmp_path):
+    from appliance.config import ConfigError
+    from appliance.pipeline import Supervisor, SupervisorError
+    from appliance.pipeline.handlers import KernelHandler, PassthroughHandler, SourceHandler, WriterHandler, stage_class
+
+    cfg = load_config()
+    assert (SourceHandler.realtime, SourceHandler.numa, SourceHandler.replicable) == (True, "nic", False)
+    assert (KernelHandler.numa, WriterHandler.realtime, WriterHandler.replicable) == ("gpu", True, False)
+    assert stage_class(cfg, "kernel") is KernelHandler
+    mine = load_config(overrides=['stages.kernel.handler="appliance.pipeline.handlers:PassthroughHandler"'])
+    assert stage_class(mine, "kernel") is PassthroughHandler  # one's own class, by "module:Class"
+    with pytest.raises(ConfigError, match="stages.kernel.handler"):
+        load_config(overrides=['stages.kernel.handler="no_colon"'])
+    for target, why in (("nowhere.at_all:Stage", "cannot import"), ("appliance.pipeline.handlers:Nope", "has no 'Nope'"),
+                        ("appliance.pipeline.handlers:LiveParams", "not a stage class")):
+        bad = load_config(overrides=[f'stages.kernel.handler="{target}"', f'output.root="{tmp_path}"'])
+        with pytest.raises(SupervisorError, match=why):  # refused before anything starts
+            Supervisor(bad, run_id="BAD")._plan()
+    not_replicable = load_config(overrides=['stages.basecall.handler="appliance.pipeline.handlers:WriterHandler"',
+                                            "stages.basecall.replicas=2", f'output.root="{tmp_path}"'])
+    with pytest.raises(SupervisorError, match="runs as one process only"):
+        Supervisor(not_replicable, run_id="BAD")._plan()
 
 
 def test_new_run_id_never_reuses_the_number_of_an_existing_run(tmp_path):
