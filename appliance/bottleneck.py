@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from appliance.schema import ring_samples, stage_samples
+
 __all__ = [
     "Bottleneck",
     "LiveBottleneck",
@@ -33,9 +35,6 @@ __all__ = [
     "run_bottleneck",
 ]
 
-#: which stage kind produces and which consumes each edge of the data path
-EDGES = {"raw": ("source", "preprocess"), "corrected": ("preprocess", "kernel"),
-         "intensities": ("kernel", "basecall"), "calls": ("basecall", "writer")}
 
 # Thresholds of the attribution, as fractions.
 BUSY = 0.8            # a stage this busy is saturated
@@ -127,7 +126,6 @@ def attribute(loads: Iterable[StageLoad], psi: PSI = PSI(), *, gpu_kernel: bool 
 
 # --------------------------------------------------------------------- inputs from the run
 
-_RING = re.compile(r"^([a-z]+)\.(\d+)\.(\d+)$")
 
 
 def _flowing(samples: list[Mapping]) -> list[Mapping]:
@@ -154,20 +152,18 @@ def loads_from_stats(samples: list[Mapping], t_start: float | None = None) -> li
     kept = _flowing(samples)
     full: dict[str, dict[str, list[float]]] = {}
     for sample in kept:
-        for ring, st in (sample.get("rings") or {}).items():
-            m = _RING.match(ring)
-            if not m or m.group(1) not in EDGES or not st.get("n_slots"):
+        for r in ring_samples(sample):  # each ring names the processes it joins (appliance.schema)
+            if not r.n_slots:
                 continue
-            prod_kind, cons_kind = EDGES[m.group(1)]
-            backed = 1.0 if float(st.get("occupancy") or 0) >= 0.75 * float(st["n_slots"]) else 0.0
-            full.setdefault(f"{cons_kind}-{m.group(3)}", {}).setdefault("in", []).append(backed)
-            full.setdefault(f"{prod_kind}-{m.group(2)}", {}).setdefault("out", []).append(backed)
+            backed = 1.0 if r.occupancy >= 0.75 * r.n_slots else 0.0
+            full.setdefault(r.consumer, {}).setdefault("in", []).append(backed)
+            full.setdefault(r.producer, {}).setdefault("out", []).append(backed)
     first, last = kept[0], kept[-1]
     w0 = float(first.get("t") or 0.0) - t_start
     w1 = float(last.get("t") or 0.0) - t_start
     loads = []
-    for name, st in (last.get("stages") or {}).items():
-        kind = name.rsplit("-", 1)[0]
+    for s in stage_samples(last):
+        name, kind, st = s.name, s.stage, last["stages"][s.name]
         b1 = float(st.get("busy_fraction") or 0.0)
         b0 = float(((first.get("stages") or {}).get(name) or {}).get("busy_fraction") or 0.0)
         busy = (b1 * w1 - b0 * w0) / (w1 - w0) if w1 > w0 else b1

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance.configfile import ConfigError, read_toml  # noqa: F401  (re-exported: callers import them from appliance.config)
+# the pipeline's shape: the stages in order, and edge name -> (producer stage, consumer stage),
+# "source" being the camera; re-exported from the schema, which the readers of samples share
+from appliance.schema import EDGES, STAGES
 
 __all__ = [
     "ConfigError",
@@ -35,14 +38,6 @@ __all__ = [
     "STAGES",
 ]
 
-STAGES = ("preprocess", "kernel", "basecall", "writer")
-#: edge name -> (producer stage, consumer stage); "source" is the camera
-EDGES = {
-    "raw": ("source", "preprocess"),
-    "corrected": ("preprocess", "kernel"),
-    "intensities": ("kernel", "basecall"),
-    "calls": ("basecall", "writer"),
-}
 
 
 def _err(key: str, value: Any, allowed: str) -> ConfigError:

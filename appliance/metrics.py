@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import start_http_server
 
-from appliance.config import EDGES
+from appliance.schema import PIPELINE, ring_samples, stage_samples
 from appliance.pipeline.histogram import LatencyHistogram
 
 __all__ = [
@@ -106,15 +106,16 @@ class StatsCollector:
             cap.add_metric([name], r["n_slots"])
             drops.add_metric([name], r["drops"])
             written.add_metric([name], r["written"])
-            edge, i, j = name.split(".")
-            producer, consumer = EDGES[edge]
-            out_key = (f"{producer}-{i}" if producer != "source" else "source-0", "out")
-            in_key = (f"{consumer}-{j}", "in")
-            per_stage[out_key] = per_stage.get(out_key, 0) + r["written"]
-            per_stage[in_key] = per_stage.get(in_key, 0) + r["read"]
-            if r["drops"]:
-                dk = (out_key[0], "dropped")
-                per_stage[dk] = per_stage.get(dk, 0) + r["drops"]
+        for r in ring_samples(sample):  # the frames a camera could not put into its ring
+            if r.drops:
+                per_stage[(r.producer, "dropped")] = per_stage.get((r.producer, "dropped"), 0) + r.drops
+        # each stage's own counts, from its status record: they move frame by frame and end at
+        # the stage's totals (a ring's read counter moves only when the stage releases slots)
+        for st in stage_samples(sample):
+            if st.stage != PIPELINE[0]:  # the source takes nothing in
+                per_stage[(st.name, "in")] = st.frames_in
+            if st.stage != PIPELINE[-1]:  # the writer sends nothing on
+                per_stage[(st.name, "out")] = st.frames_out
         for (stage, outcome), n in sorted(per_stage.items()):
             items.add_metric([stage, outcome], n)
         up = GaugeMetricFamily("appliance_stage_up", "1 while the stage process runs or after it finished normally; 0 when it is gone otherwise (crashed, killed)", labels=["stage"])

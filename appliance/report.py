@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from appliance.schema import EDGES, PIPELINE, ring_samples, stage_samples
+
 __all__ = ["ReportError", "default_state_dir", "load_stats", "write_report", "REPORT_NAME"]
 
 REPORT_NAME = "report.html"
@@ -34,7 +36,6 @@ RATE_WINDOW_S = 2.0
 MAX_EVENT_ROWS = 2000
 #: edges whose items are camera frames; the others carry one record per tile-cycle
 _FRAME_EDGES = ("raw", "corrected")
-_EDGE_CONSUMER = {"raw": "preprocess", "corrected": "kernel", "intensities": "basecall", "calls": "writer"}
 _CHANNEL_COLORS = {"A": "tab:green", "C": "tab:blue", "G": "black", "T": "tab:red"}
 
 
@@ -138,11 +139,19 @@ def _img(fig, alt: str) -> str:
 
 
 def _edge_totals(sample: dict, key: str) -> dict[str, float]:
-    """Sum one ring counter over the replicas of each edge (``raw.0.1`` -> ``raw``)."""
+    """Sum one ring counter (written, read, drops, occupancy) over the replicas of each edge."""
     out: dict[str, float] = {}
-    for name, ring in (sample.get("rings") or {}).items():
-        edge = name.split(".", 1)[0]
-        out[edge] = out.get(edge, 0) + ring.get(key, 0)
+    for r in ring_samples(sample):
+        out[r.edge] = out.get(r.edge, 0) + getattr(r, key)
+    return out
+
+
+def _kinds(stats: list[dict]) -> dict[str, str]:
+    """Process name -> its stage, and ring key -> its edge, as the samples say (appliance.schema)."""
+    out: dict[str, str] = {}
+    for s in stats:
+        out.update({st.name: st.stage for st in stage_samples(s)})
+        out.update({r.key: r.edge for r in ring_samples(s)})
     return out
 
 
@@ -227,11 +236,11 @@ def _throughput_plot(run: _Run):
     prerender = _shade_prerender(run, (ax_f, ax_r))
     acquired = np.array([s.get("frames_acquired", 0) for s in stats[first:]], dtype=float)
     ax_f.plot(x, _windowed_rate(tr_, acquired), label="acquired (camera)", color="tab:gray", lw=2)
-    edges = sorted({e for s in stats for e in _edge_totals(s, "read")}, key=lambda e: list(_EDGE_CONSUMER).index(e) if e in _EDGE_CONSUMER else 99)
+    edges = sorted({e for s in stats for e in _edge_totals(s, "read")}, key=lambda e: list(EDGES).index(e) if e in EDGES else 99)
     for edge in edges:
         read = np.array([_edge_totals(s, "read").get(edge, 0) for s in stats[first:]], dtype=float)
         ax = ax_f if edge in _FRAME_EDGES else ax_r
-        ax.plot(x, _windowed_rate(tr_, read), label=f"{edge} -> {_EDGE_CONSUMER.get(edge, '?')}")
+        ax.plot(x, _windowed_rate(tr_, read), label=f"{edge} -> {EDGES[edge][1] if edge in EDGES else '?'}")
     for tr, stage in _restart_times(stats, t0):
         for ax in (ax_f, ax_r):
             ax.axvline(tr, color="tab:red", ls=":", lw=1)
@@ -285,7 +294,8 @@ def _busy_intervals(stats: list[dict]) -> tuple[dict[str, list[list[tuple[float,
     t = [float(s["t"]) for s in stats]
     half = 0.5 * float(np.median(np.diff(t))) if len(t) > 1 else 0.0
     names = {n for s in stats for n, st in (s.get("stages") or {}).items() if st.get("busy_fraction") is not None or st.get("busy_s") is not None}
-    for name in sorted(names, key=_stage_sort_key):
+    kinds = _kinds(stats)
+    for name in sorted(names, key=lambda n: _stage_sort_key(kinds, n)):
         segments: list[list[tuple[float, float, float]]] = []
         prev = None  # (t, busy_s, wall_s) of this process's last report
         last = None  # the last report seen, to skip a sample that repeats it
@@ -363,10 +373,9 @@ def _busy_figure(run: _Run) -> str:
     return _figure_html("Stage busy per interval", fig, cap, "busy")
 
 
-def _stage_sort_key(name: str):
-    stage = name.rsplit("-", 1)[0]
-    order = ("source", *_EDGE_CONSUMER.values())
-    return (order.index(stage) if stage in order else 99, name)
+def _stage_sort_key(kinds: dict[str, str], name: str):
+    stage = kinds.get(name, "")
+    return (PIPELINE.index(stage) if stage in PIPELINE else 99, name)
 
 
 def _occupancy_section(run: _Run) -> str:
@@ -375,7 +384,8 @@ def _occupancy_section(run: _Run) -> str:
         return _no_stats(run, "ring occupancy over time")
     t0 = stats[0]["t"]
     x = np.array([s["t"] - t0 for s in stats])
-    names = sorted({n for s in stats for n in (s.get("rings") or {})}, key=_ring_sort_key)
+    kinds = _kinds(stats)
+    names = sorted({n for s in stats for n in (s.get("rings") or {})}, key=lambda n: _ring_sort_key(kinds, n))
     fig, (ax,) = _figure(3.4)
     prerender = _shade_prerender(run, (ax,))
     rows = []
@@ -439,9 +449,9 @@ def _drops_figure(run: _Run, names: list[str]) -> str:
     return _figure_html("Drops over time", fig, cap, "drops")
 
 
-def _ring_sort_key(name: str):
-    edge = name.split(".", 1)[0]
-    return (list(_EDGE_CONSUMER).index(edge) if edge in _EDGE_CONSUMER else 99, name)
+def _ring_sort_key(kinds: dict[str, str], name: str):
+    edge = kinds.get(name, "")
+    return (list(EDGES).index(edge) if edge in EDGES else 99, name)
 
 
 def _no_stats(run: _Run, what: str) -> str:
@@ -462,10 +472,12 @@ def _latency_plot(run: _Run):
     the writer (bottom), one point per sample; and the pre-render end. None when no sample
     carries a latency (a run from before the stages reported them live)."""
     stats = run.stats
+    kinds = _kinds(stats)
     names = sorted({n for s in stats for n, st in (s.get("stages") or {}).items()
-                    if st.get("stage_latency_ms_p50") is not None or st.get("stage_latency_ms_p99") is not None}, key=_stage_sort_key)
+                    if st.get("stage_latency_ms_p50") is not None or st.get("stage_latency_ms_p99") is not None},
+                   key=lambda n: _stage_sort_key(kinds, n))
     writers = sorted({n for s in stats for n, st in (s.get("stages") or {}).items()
-                      if n.startswith("writer") and st.get("e2e_latency_ms_p99") is not None}, key=_stage_sort_key)
+                      if kinds.get(n) == "writer" and st.get("e2e_latency_ms_p99") is not None}, key=lambda n: _stage_sort_key(kinds, n))
     run_p99 = any(s.get("e2e_latency_ms_p99") is not None for s in stats)
     if not names and not writers and not run_p99:
         return None, None
@@ -527,6 +539,7 @@ def _latency_summary(run: _Run) -> str:
     s = run.summary or {}
     pct = [(label, s.get(key)) for label, key in (("p50", "latency_ms_p50"), ("p99", "latency_ms_p99"), ("p99.9", "latency_ms_p999"))]
     stages = s.get("stages") or {}
+    kinds = {st.name: st.stage for st in stage_samples(s)}
     busy = []
     for name, st in stages.items():
         n = st.get("frames_in") or 0
@@ -560,7 +573,7 @@ def _latency_summary(run: _Run) -> str:
     rows = []
     for name, st in stages.items():
         per = per_item.get(name)
-        budget = budgets.get(name.rsplit("-", 1)[0])  # "kernel-0" -> stages.kernel.budget_ms
+        budget = budgets.get(kinds.get(name, ""))  # kernel-0 -> stages.kernel.budget_ms
         kept = "-" if per is None or budget is None else ("over" if per > budget else "ok")
         if name in over_alerts:
             kept = f"over ({over_alerts[name]} active at the end)"

@@ -219,8 +219,11 @@ def _latest_latency(state_root: Path) -> tuple[float | None, float | None]:
             doc = json.loads(line)
         except ValueError:
             continue
-        writer = (doc.get("stages") or {}).get("writer-0") or {}
-        return writer.get("e2e_latency_ms_p50"), doc.get("e2e_latency_ms_p99")
+        from appliance.schema import stage_samples
+
+        writer = next((s.name for s in stage_samples(doc) if s.stage == "writer"), None)
+        entry = (doc.get("stages") or {}).get(writer) or {}
+        return entry.get("e2e_latency_ms_p50"), doc.get("e2e_latency_ms_p99")
     return None, None
 
 

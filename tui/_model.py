@@ -22,6 +22,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.schema import EDGES as _EDGES
+from appliance.schema import PIPELINE, ring_samples, stage_samples
+
 __all__ = [
     "STAGES",
     "EDGES",
@@ -47,8 +50,8 @@ __all__ = [
 ]
 
 #: Stages in pipeline order; edge ``EDGES[i]`` runs from ``STAGES[i]`` to ``STAGES[i + 1]``.
-STAGES = ("source", "preprocess", "kernel", "basecall", "writer")
-EDGES = ("raw", "corrected", "intensities", "calls")
+STAGES = PIPELINE  # the source, then the processing stages (appliance.schema)
+EDGES = tuple(_EDGES)
 CHANNELS = 4  # frames per tile and cycle (acquisition order: channels, tiles, cycles)
 
 _SPARK = "▁▂▃▄▅▆▇█"
@@ -562,31 +565,32 @@ class RunModel:
             self.reset()
         self._enter_run(sample.get("run_id"))
         edges = {e: EdgeView(e, history=self.edges[e].history) for e in EDGES}
-        for key, ring in (sample.get("rings") or {}).items():
-            edge = str(key).split(".", 1)[0]
+        for ring in ring_samples(sample):  # each names its edge (appliance.schema)
+            edge = ring.edge
             if edge not in edges:
                 edges[edge] = EdgeView(edge, history=self.edges.get(edge, EdgeView(edge)).history)
             ev = edges[edge]
             ev.rings += 1
             for attr in ("occupancy", "n_slots", "written", "read", "drops"):
-                setattr(ev, attr, getattr(ev, attr) + int(ring.get(attr, 0)))
+                setattr(ev, attr, getattr(ev, attr) + getattr(ring, attr))
         for ev in edges.values():
             if ev.rings:
                 ev.history.append(ev.fraction)
         stages = {s: StageView(s) for s in STAGES}
-        for key, st in (sample.get("stages") or {}).items():
-            name = str(key).rsplit("-", 1)[0]
+        procs = stage_samples(sample)  # each names its stage and replica (appliance.schema)
+        for st in procs:
+            name = st.stage
             sv = stages.setdefault(name, StageView(name))
             sv.replicas += 1
-            sv.alive += 1 if st.get("alive") else 0
-            sv.restarts += int(st.get("restarts", 0) or 0)
-            if st.get("busy_fraction") is not None:  # newer samples: per-stage busy, latency, budget
-                n = sum(1 for k, v in (sample.get("stages") or {}).items() if str(k).rsplit("-", 1)[0] == name and v.get("busy_fraction") is not None)
-                sv.busy = (sv.busy or 0.0) + float(st["busy_fraction"]) / n
-            if st.get("stage_latency_ms_p99") is not None:
-                sv.p99_ms = max(sv.p99_ms or 0.0, float(st["stage_latency_ms_p99"]))
-            if st.get("budget_ms"):
-                sv.budget_ms = float(st["budget_ms"])
+            sv.alive += 1 if st.alive else 0
+            sv.restarts += st.restarts
+            if st.busy_fraction is not None:  # newer samples: per-stage busy, latency, budget
+                n = sum(1 for p in procs if p.stage == name and p.busy_fraction is not None)
+                sv.busy = (sv.busy or 0.0) + float(st.busy_fraction) / n
+            if st.stage_latency_ms_p99 is not None:
+                sv.p99_ms = max(sv.p99_ms or 0.0, float(st.stage_latency_ms_p99))
+            if st.budget_ms:
+                sv.budget_ms = float(st.budget_ms)
         self.edges, self.stages = edges, stages
         self.last = sample
         self._mark_finished()

@@ -100,9 +100,16 @@ def score_against_truth(config: RunConfig, run_dir: Path) -> dict:
     }
 
 
+def _of_stage(stages: dict, stage: str) -> dict:
+    """The summary of the (first) process of ``stage`` ({} without one): by its ``stage``
+    field (appliance.schema), not by its name."""
+    from appliance.schema import StageSample
+
+    return next((v for k, v in stages.items() if StageSample.from_dict(k, v).stage == stage), {})
+
+
 def summarize(config: RunConfig, run_id: str, run_dir: Path, stages: dict, wall_s: float, events: list, restarts: dict) -> dict:
-    source = stages.get("source-0", {})
-    writer = stages.get("writer-0", {})
+    source, writer = _of_stage(stages, "source"), _of_stage(stages, "writer")
     frames = int(source.get("frames_in", 0))
     acq = float(source.get("acquisition_s") or wall_s)
     before = int(source.get("frames_before_start", 0))

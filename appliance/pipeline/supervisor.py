@@ -27,6 +27,7 @@ from appliance.pipeline._flags import SharedFlag
 from appliance.pipeline._spec import StageSpec
 from appliance.pipeline.histogram import LatencyHistogram
 from appliance.pipeline.runtime import live_figures
+from appliance.schema import SCHEMA_VERSION
 from appliance.pipeline.core import (
     DiskFreed, DiskFull, Done, Fail, Finish, GiveUp, HeartbeatStale, Kill, PauseRequested, ProcessExited, Publish, RaiseAlert,
     Refuse, Restart, RestartPolicy, Retire, ResumeRequested, SetDrain, SetPause, SourcePhase, Spawn, Started,
@@ -325,6 +326,7 @@ class Supervisor:
         self.events: list[dict] = []
         self._ctx = mp.get_context("spawn")
         self._rings: list[rt.Ring] = []
+        self._ring_info: dict[str, tuple[str, dict]] = {}
         #: the stages' live status and events (rt.status; one record per stage process)
         self._status: rt.StatusBlock | None = None
         self._event_cursors: dict[int, int] = {}
@@ -414,10 +416,11 @@ class Supervisor:
             e = cfg.edges[edge]
             for i in range(self._replicas(src)):
                 for j in range(self._replicas(dst)):
-                    self._rings.append(
-                        rt.Ring.create(self._ring_name(edge, i, j), payload_bytes=sizes[edge], n_slots=e.n_slots,
-                                       policy=e.policy, wait=e.wait, hugepages=cfg.hugepages)
-                    )
+                    ring = rt.Ring.create(self._ring_name(edge, i, j), payload_bytes=sizes[edge], n_slots=e.n_slots,
+                                          policy=e.policy, wait=e.wait, hugepages=cfg.hugepages)
+                    self._rings.append(ring)
+                    # what each sample says of it (appliance.schema): its key, edge and the two processes
+                    self._ring_info[ring.name] = (f"{edge}.{i}.{j}", {"edge": edge, "producer": f"{src}-{i}", "consumer": f"{dst}-{j}"})
         log.info("rings: %d, %.1f MiB", len(self._rings), need / 2**20)
         specs = list(self._specs.values())
         self._status = rt.StatusBlock.create(specs[0].status_block, len(specs), hist_bins=LatencyHistogram.BUCKETS)
@@ -646,7 +649,7 @@ class Supervisor:
         (self.state_dir / COMMIT_FILE).unlink(missing_ok=True)
         (self.state_dir / RUNNING_MARKER).unlink(missing_ok=True)
         (self.state_dir / INTERRUPTED_MARKER).unlink(missing_ok=True)
-        summaries = {name: self._summary_of(name) for name in self._specs}
+        summaries = {name: {"stage": spec.stage, "replica": spec.replica, **self._summary_of(name)} for name, spec in self._specs.items()}
         summary = summarize(cfg, self.run_id, self.run_dir, summaries, wall, self.events, dict(self.policy.restarts))
         if self.resume_plan is not None:
             plan = self.resume_plan
@@ -762,8 +765,8 @@ class Supervisor:
                 if e > plan.epoch:
                     epoch_path(sd, name, e).unlink()
             prune_epochs(sd, name)
-        source = self._specs["source-0"]
-        if plan.source_index != plan.epoch * frames_per_epoch(self.config) or "source-0" not in plan.restore:
+        source = next(sp for sp in self._specs.values() if sp.stage == "source")
+        if plan.source_index != plan.epoch * frames_per_epoch(self.config) or source.name not in plan.restore:
             state = SourceState(next_index=plan.source_index, epoch=plan.epoch)
             save_checkpoint(source.checkpoint_path, Checkpoint(RuntimeState(), state, plan.epoch))
         msg = f"resuming run {self.run_id} at epoch {plan.epoch}: the source goes on from frame {plan.source_index} ({plan.reason})"
@@ -818,7 +821,7 @@ class Supervisor:
                 proc.join()
                 summary = self._summary_of(name)
                 complete = None
-                if name == "source-0":
+                if self._specs[name].stage == "source":
                     planned = len(self.config.run.tiles) * self.config.run.cycles * 4
                     complete = int(summary.get("frames_in") or 0) >= planned
                 for ins in self._handle(ProcessExited(name, proc.exitcode, summary.get("status") == "finished", now, complete)):
@@ -863,20 +866,21 @@ class Supervisor:
         frames = 0
         for ring in self._rings:
             st = ring.statistics()
-            edge = ring.name.split(f"{self.run_id}.", 1)[1]
-            rings[edge] = {
+            key, ends = self._ring_info[ring.name]
+            rings[key] = {**ends,
                 "occupancy": st.occupancy, "n_slots": st.n_slots, "written": st.written, "read": st.read,
                 "drops": st.drops, "peak_occupancy": st.peak_occupancy, "full_waits": st.full_waits,
                 "empty_waits": st.empty_waits, "consumer_alive": st.consumer_alive,
                 "consumer_heartbeat_age_s": st.consumer_heartbeat_age_s,
             }
-            if edge.startswith("raw."):
+            if ends["edge"] == "raw":
                 frames += st.written + st.drops
         stages = {}
         prerender = None
-        for name in self._specs:
+        source = writer = None  # their entries: the run's acquired count, the end-to-end latency
+        for name, spec in self._specs.items():
             live = self._live_of(name)
-            if name == "source-0" and live.get("status") == "running" and live.get("phase") in ("prerendering", "acquiring"):
+            if spec.stage == "source" and live.get("status") == "running" and live.get("phase") in ("prerendering", "acquiring"):
                 # the source reports what it does: the run state follows (starting ->
                 # prerendering -> acquiring), with the pre-render's progress; the core (and
                 # the recorder) hear of a change, not of every sample
@@ -885,21 +889,26 @@ class Supervisor:
                 if live["phase"] == "prerendering":
                     prerender = {"done": int(live.get("prerender_done") or 0), "total": int(live.get("prerender_total") or 0)}
             stages[name] = {
+                "stage": spec.stage, "replica": spec.replica,  # appliance.schema: readers never parse the name
                 "alive": name in self._procs and self._procs[name].is_alive(),
                 # None while it runs; 0 when it finished normally (appliance_stage_state)
                 "exitcode": self._procs[name].exitcode if name in self._procs else None,
                 "restarts": self.policy.restarts.get(name, 0),
                 **{k: live.get(k) for k in _LIVE_KEYS},
             }
+            if spec.stage == "source":
+                source = stages[name]
+            elif spec.stage == "writer":
+                writer = stages[name]
         # Acquired frames: the source's own count (the run summary's), not the raw rings'
         # entries, which also hold the epoch barriers; the rings only until it first reports.
-        if stages.get("source-0", {}).get("frames_in") is not None:
-            frames = int(stages["source-0"]["frames_in"])
+        if source is not None and source.get("frames_in") is not None:
+            frames = int(source["frames_in"])
         cfg = self.config
         host = _host_stats(self.root)
-        writer = stages.get("writer-0", {})
+        writer = writer or {}
         sample = {
-            "t": time.time(), "run_id": self.run_id, "state": self.state, "frames_acquired": frames, "host": host,
+            "schema": SCHEMA_VERSION, "t": time.time(), "run_id": self.run_id, "state": self.state, "frames_acquired": frames, "host": host,
             "frames_planned": len(cfg.run.tiles) * cfg.run.cycles * 4, "tiles": list(cfg.run.tiles),
             "cycles": cfg.run.cycles, "rings": rings, "stages": stages,
             "e2e_latency_ms_p99": writer.get("e2e_latency_ms_p99"),
