@@ -74,25 +74,8 @@ class FaultInjector:
         if f.get("kill_after") == n:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def run(self, out, stop, pause):
-        """A source: its frames go out through ``out``; the drills count what it sent."""
-        return self._stage.run(_CountingEmitter(out, self), stop, pause)
-
-
-class _CountingEmitter:
-    """The source's emitter, counting the camera's frames for the drills."""
-
-    def __init__(self, out, injector: FaultInjector) -> None:
-        self._out = out
-        self._injector = injector
-
-    def __getattr__(self, name):
-        return getattr(self._out, name)
-
-    def emit(self, kind, *args, **kwargs) -> None:
-        self._out.emit(kind, *args, **kwargs)
-        from rt import FrameKind
-
-        if kind == FrameKind.IMAGE:
-            self._injector._done += 1
-            self._injector._after(self._injector._done)
+    def sent(self, index: int, out) -> None:
+        """A source sent frame ``index`` (the runtime's source loop): the drills count it."""
+        self._stage.sent(index, out)
+        self._done += 1
+        self._after(self._done)

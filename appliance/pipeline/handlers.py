@@ -186,13 +186,14 @@ class LiveParams:
 
 
 class SourceHandler(Handler):
-    realtime, numa, replicable = True, "nic", False
     """The synthetic camera (or a replay of recorded frames) at a fixed frame rate.
 
     Like a real camera it does not slow down when the pipeline is full: with the first ring's
     policy ``drop_newest`` a frame that finds no slot is dropped and counted. Frames are
     rendered before acquisition starts (``source.prerender``) so the rate holds.
     """
+
+    realtime, numa, replicable = True, "nic", False
 
     def __init__(self, spec: StageSpec, stats) -> None:
         super().__init__(spec, stats)
@@ -278,103 +279,49 @@ class SourceHandler(Handler):
             # frames before `start` were sent by the instance before this one: not rendered again
             yield None if i < start else inst.render(tile=tile, cycle=cycle, channel=ch)
 
-    def _prerender(self, out, frames, start: int) -> list:
-        """Render every frame from ``start`` before acquiring, so the rate holds; the live
-        summary says so (``phase`` prerendering, with ``prerender_done`` of ``prerender_total``),
-        and the supervisor's state and the progress displays follow."""
-        t0 = time.monotonic()
-        total = len(self.order) - start
-        extra = self.stats.extra
-        extra.update(phase="prerendering", prerender_done=0, prerender_total=total)
-        self.stats.state = rt.StageState.PRERENDERING
-        out.report()
-        rendered = []
-        for image in frames:
-            rendered.append(image)
-            if image is not None:
-                extra["prerender_done"] += 1
-                out.report()
-        log.info("pre-rendered %d frames in %.1f s", extra["prerender_done"], time.monotonic() - t0)
-        return rendered
+    # -- what the runtime's source loop asks of it (runtime._produce) ----------------------------
+    @property
+    def paced(self) -> bool:
+        """Whether the runtime paces the frames at ``source.rate_hz``: a real camera paces itself."""
+        return self.spec.config.source.kind != "genicam"
 
-    def run(self, out, stop, pause) -> bool:
-        cfg = self.spec.config
-        # Resume after a restart (or a resume of the run): frames already committed or
-        # dropped are not sent again.
+    @property
+    def prerendered(self) -> bool:
+        """Whether every frame is rendered before acquisition starts, so the rate holds."""
+        return self.spec.config.source.prerender and self.spec.config.source.kind != "genicam"
+
+    def start(self, out) -> int:
+        """The position to go on from (0 for a new run): frames already committed or dropped
+        are not sent again; a barrier the previous instance died before sending is sent now."""
         start = self._start_position(out)
-        per_epoch = frames_per_epoch(cfg)
+        per_epoch = frames_per_epoch(self.spec.config)
         if start and start % per_epoch == 0 and start // per_epoch > self.state.epoch:
             self._barrier(out, start // per_epoch, start)  # died between a cycle's last frame and its barrier
-        # The rings' counters outlive a crash: the run's acquired count includes frames sent
-        # before it (and their bytes: every frame of a run has the same geometry).
-        self.stats.frames_in = start
-        # ... but this instance's acquisition time covers only the frames it sends: the
-        # summary's rate is (frames_in - frames_before_start) / acquisition_s
-        self.stats.extra["frames_before_start"] = start
-        frames = self._frames(start)
-        if cfg.source.prerender and cfg.source.kind != "genicam":
-            frames = self._prerender(out, frames, start)
-        self.stats.extra["phase"] = "acquiring"
-        self.stats.state = rt.StageState.RUNNING
-        out.report()
-        run_id = self.spec.run_id.encode()[:32]
-        inst_id = cfg.run.instrument_id.encode()[:16]
-        # A real camera paces itself; the synthetic one and replays are paced here.
-        period = 1e9 / cfg.source.rate_hz if cfg.source.rate_hz > 0 and cfg.source.kind != "genicam" else 0
-        next_ns = time.monotonic_ns()
-        t_start = time.monotonic()
-        self.stats.extra["t_first_frame"] = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
-        try:
-            return self._acquire(out, stop, pause, frames, start, t_start, next_ns, period, run_id, inst_id)
-        finally:
-            self.stats.extra["drops"] = sum(p.statistics().drops for p in out.producers)
-            self.stats.extra["acquisition_s"] = time.monotonic() - t_start
+        return start
 
-    def _acquire(self, out, stop, pause, frames, start, t_start, next_ns, period, run_id, inst_id) -> bool:
-        cfg = self.spec.config
-        live = LiveParams(self.stats.status)
-        for index, image in enumerate(frames):
-            if index < start:
-                continue
-            rate = live.get("source.rate_hz")
-            if rate is not None and cfg.source.kind != "genicam":
-                period = 1e9 / rate if rate > 0 else 0
-            if pause.is_set():
-                log.info("acquisition paused")
-                while pause.is_set() and not stop.is_set():
-                    time.sleep(0.05)
-                log.info("acquisition resumed")
-                next_ns = time.monotonic_ns()  # the camera restarts its frame clock
-            if stop.is_set():
-                return False
-            if period:
-                delay = next_ns - time.monotonic_ns()
-                if delay > 0:
-                    time.sleep(delay / 1e9)
-                next_ns += period
-            tile, cycle, ch = self.order[index]
-            hdr = np.zeros((), rt.FRAME_HEADER_DTYPE)
-            rt.stamp_acquisition(hdr)
-            hdr["run_id"] = run_id
-            hdr["instrument_id"] = inst_id
-            flags = FrameFlags.SYNTHETIC if cfg.source.kind == "synthetic" else FrameFlags.NONE
-            if ch == N_CHANNELS - 1:
-                flags |= FrameFlags.END_OF_CYCLE
-            out.emit(FrameKind.IMAGE, tile, cycle, ch, image, source_header=hdr, flags=int(flags))
-            if not self.stats.bytes_in:
-                self.stats.bytes_in = self.stats.frames_in * image.nbytes
-            self.stats.frames_in += 1
-            self.stats.bytes_in += image.nbytes
-            out.report()  # the live status: frames acquired so far
-            if (index + 1) % frames_per_epoch(cfg) == 0:
-                self._barrier(out, (index + 1) // frames_per_epoch(cfg), index + 1)
-        return True
+    def frames(self, start: int):
+        """The camera's frames in acquisition order (``self.order``); None for those before ``start``."""
+        return self._frames(start)
+
+    def flags(self, tile: int, cycle: int, channel: int) -> int:
+        f = FrameFlags.SYNTHETIC if self.spec.config.source.kind == "synthetic" else FrameFlags.NONE
+        if channel == N_CHANNELS - 1:
+            f |= FrameFlags.END_OF_CYCLE
+        return int(f)
+
+    def sent(self, index: int, out) -> None:
+        """Frame ``index`` is on its ring: at the end of an epoch (a cycle), the source's
+        checkpoint of its position and the barrier on every ring."""
+        per_epoch = frames_per_epoch(self.spec.config)
+        if (index + 1) % per_epoch == 0:
+            self._barrier(out, (index + 1) // per_epoch, index + 1)
 
 
 class PreprocessHandler(Handler):
-    numa = "nic"  # beside the camera's NIC: it reads every frame the camera wrote
     """Checks each raw frame (checksum where configured, saturation), keeps the raw frames of
     every Nth tile for audit, and passes the frame on."""
+
+    numa = "nic"  # beside the camera's NIC: it reads every frame the camera wrote
 
     def __init__(self, spec: StageSpec, stats) -> None:
         super().__init__(spec, stats)
@@ -419,7 +366,6 @@ def _save_npy_durably(path: Path, image: np.ndarray) -> None:
 
 
 class KernelHandler(Handler):
-    numa = "gpu"
     """The per-tile image chain: four channel frames of a cycle in, cluster positions (once)
     and per-cycle intensities out, always in cycle order.
 
@@ -428,6 +374,8 @@ class KernelHandler(Handler):
     NaN intensities flagged INCOMPLETE (no-calls downstream), so every cycle of every tile
     reaches the run folder and the loss is visible, never silent.
     """
+
+    numa = "gpu"
 
     def __init__(self, spec: StageSpec, stats) -> None:
         super().__init__(spec, stats)
@@ -635,8 +583,9 @@ class BasecallHandler(Handler):
 
 
 class WriterHandler(Handler):
-    realtime, replicable = True, False  # one writer owns the run folder
     """Writes the run folder (or discards, in null mode) and measures end-to-end latency."""
+
+    realtime, replicable = True, False  # one writer owns the run folder
 
     def __init__(self, spec: StageSpec, stats) -> None:
         super().__init__(spec, stats)

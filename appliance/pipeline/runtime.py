@@ -254,12 +254,6 @@ class Emitter:
         self.stats.frames_out += 1
         self.stats.bytes_out += int(h["payload_bytes"])
 
-    def report(self) -> None:
-        """The source's live status (what it does, how far it got: the run's frames acquired
-        in every stats sample) into the status block; the source calls it on every frame, as
-        the consume loop does for the other stages."""
-        self.stats.publish()
-
     def barrier(self, epoch: int, only: int | None = None) -> None:
         """The barrier of ``epoch`` on every output ring (or on output ``only``). Lossless
         also on a ``drop_newest`` ring: it waits for a free slot instead of being dropped."""
@@ -402,7 +396,7 @@ def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFl
             # The source always ends the stream, also when asked to stop early: that is
             # what lets every later stage drain what entered.
             try:
-                handler.run(emitter, source_stop, pause)
+                _produce(spec, handler, emitter, source_stop, pause, stats)
             except Stopping:
                 pass
             finished = True
@@ -423,6 +417,92 @@ def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFl
             stats.e2e.counts = stats.e2e.counts.copy()
             block.close()
     log.info("%s: %d frames in, %d out", status, stats.frames_in, stats.frames_out)
+
+
+def _produce(spec: StageSpec, source, out: Emitter, stop, pause, stats: StageStats) -> bool:
+    """The source's loop, owned by the runtime: the source stage gives its position, its
+    frames in acquisition order and what to do after each (``handlers.SourceHandler``:
+    ``start``, ``frames``, ``flags``, ``sent``); the runtime pre-renders (``prerendered``),
+    paces at ``source.rate_hz`` (``paced``; a real camera paces itself) with the live rate of
+    ``appliance ctl set``, pauses, stamps each header, counts, publishes the live status and
+    stops on ``stop``. Returns True when every frame was sent."""
+    from appliance.pipeline.handlers import LiveParams
+
+    cfg = spec.config
+    start = source.start(out)
+    # The rings' counters outlive a crash: the run's acquired count includes frames sent
+    # before it (and their bytes: every frame of a run has the same geometry) ...
+    stats.frames_in = start
+    # ... but this instance's acquisition time covers only the frames it sends: the
+    # summary's rate is (frames_in - frames_before_start) / acquisition_s
+    stats.extra["frames_before_start"] = start
+    frames = source.frames(start)
+    if source.prerendered:
+        frames = _prerender(spec, source, frames, start, stats)
+    stats.extra["phase"] = "acquiring"
+    stats.publish(rt.StageState.RUNNING)
+    stats.post_event({"kind": "phase", "phase": "acquiring", "stage": spec.name})
+    run_id, inst_id = spec.run_id.encode()[:32], cfg.run.instrument_id.encode()[:16]
+    period = 1e9 / cfg.source.rate_hz if cfg.source.rate_hz > 0 and source.paced else 0
+    next_ns = time.monotonic_ns()
+    t_start = time.monotonic()
+    stats.extra["t_first_frame"] = t_start  # CLOCK_MONOTONIC: comparable across processes
+    live = LiveParams(stats.status)
+    try:
+        for index, image in enumerate(frames):
+            if index < start:
+                continue
+            rate = live.get("source.rate_hz")
+            if rate is not None and source.paced:
+                period = 1e9 / rate if rate > 0 else 0
+            if pause.is_set():
+                log.info("acquisition paused")
+                while pause.is_set() and not stop.is_set():
+                    time.sleep(0.05)
+                log.info("acquisition resumed")
+                next_ns = time.monotonic_ns()  # the camera restarts its frame clock
+            if stop.is_set():
+                return False
+            if period:
+                delay = next_ns - time.monotonic_ns()
+                if delay > 0:
+                    time.sleep(delay / 1e9)
+                next_ns += period
+            tile, cycle, ch = source.order[index]
+            hdr = np.zeros((), rt.FRAME_HEADER_DTYPE)
+            rt.stamp_acquisition(hdr)
+            hdr["run_id"] = run_id
+            hdr["instrument_id"] = inst_id
+            out.emit(rt.FrameKind.IMAGE, tile, cycle, ch, image, source_header=hdr, flags=source.flags(tile, cycle, ch))
+            if not stats.bytes_in:
+                stats.bytes_in = stats.frames_in * image.nbytes
+            stats.frames_in += 1
+            stats.bytes_in += image.nbytes
+            stats.publish()  # the live status: frames acquired so far
+            source.sent(index, out)
+        return True
+    finally:
+        stats.extra["drops"] = sum(p.statistics().drops for p in out.producers)
+        stats.extra["acquisition_s"] = time.monotonic() - t_start
+
+
+def _prerender(spec: StageSpec, source, frames, start: int, stats: StageStats) -> list:
+    """Render every frame from ``start`` before acquiring, so the rate holds; the live status
+    says so (state prerendering; ``prerender_done`` of ``prerender_total``), and the
+    supervisor's run state and the progress displays follow."""
+    t0 = time.monotonic()
+    extra = stats.extra
+    extra.update(phase="prerendering", prerender_done=0, prerender_total=len(source.order) - start)
+    stats.publish(rt.StageState.PRERENDERING)
+    stats.post_event({"kind": "phase", "phase": "prerendering", "stage": spec.name})
+    rendered = []
+    for image in frames:
+        rendered.append(image)
+        if image is not None:
+            extra["prerender_done"] += 1
+            stats.publish()
+    log.info("pre-rendered %d frames in %.1f s", extra["prerender_done"], time.monotonic() - t0)
+    return rendered
 
 
 def _last_stage_tracer(spec: StageSpec):

@@ -849,6 +849,13 @@ class Supervisor:
                     ev = json.loads(data)
                 except ValueError:
                     continue
+                if ev.get("kind") == "phase":
+                    # the source began pre-rendering or acquiring: the run state follows at once,
+                    # and a sample says so now (a short pre-render falls between two samples)
+                    if ev.get("phase") != self.core.source_phase.value:
+                        self._handle(SourcePhase(str(ev.get("phase"))))
+                        self._sample_stats()
+                    continue
                 self._unsaved_events.append(data + b"\n")
                 rule, state, who = ev.get("rule"), ev.get("state"), ev.get("stage", "?")
                 self._event(ev.pop("kind", "alert"), ev.pop("message", ""), logged=True, **ev)

@@ -145,7 +145,9 @@ def test_live_line_keeps_the_status_at_the_bottom_under_a_pty():
 def _run_args(tmp_path: Path) -> list[str]:
     return [
         sys.executable, "-m", "appliance", "-v", "run", "--output", str(tmp_path / "runs"), "--no-offload",
-        "--set", "source.synthetic.tile_size=128", "--set", "run.cycles=6", "--set", "source.rate_hz=10",
+        # 256 px: pre-rendering 48 frames takes longer than the status line's 0.5 s period,
+        # so the line shows it (the run state turns prerendering the moment the source starts)
+        "--set", "source.synthetic.tile_size=256", "--set", "run.cycles=6", "--set", "source.rate_hz=10",
         "--set", "control.enabled=false",
     ]
 
