@@ -182,6 +182,16 @@ def _run_pipeline(config, args) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from appliance.config import STAGES
+    from appliance.pipeline.handlers import stage_class
+    from appliance.pipeline.stage import StageClassError
+
+    try:  # a stage class named in the config (stages.<stage>.handler) is a config error: exit 2
+        for stage in STAGES:
+            stage_class(config, stage)
+    except StageClassError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     notifier = None
     if args.headless:

@@ -127,6 +127,13 @@ def test_fault_option_is_parsed_and_bad_ones_are_named(tmp_path, capsys):
     assert "KEY one of slow_ms, kill_after, corrupt_frame" in capsys.readouterr().err
 
 
+def test_a_stage_class_that_does_not_import_is_a_config_error(tmp_path, capsys):
+    assert main(["run", "--set", f'output.root="{tmp_path}"', "--set", 'stages.kernel.handler="nowhere.at_all:Kernel"']) == 2
+    err = capsys.readouterr().err
+    assert "stages.kernel.handler" in err and "cannot import 'nowhere.at_all'" in err
+    assert not any(tmp_path.iterdir())  # refused before anything started
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
