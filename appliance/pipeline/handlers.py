@@ -335,10 +335,10 @@ class PreprocessHandler(Handler):
     def restore(self, state: PreprocessState) -> None:
         self.saturated, self.kept = state.saturated, state.kept
 
-    def on_frame(self, slot, out) -> None:
-        h = slot.header
-        tile, cycle, ch = int(h["tile"]), int(h["cycle"]), int(h["channel"])
-        image = slot.array()
+    def on_frame(self, frame, out) -> None:
+        h = frame.header
+        tile, cycle, ch = frame.tile, frame.cycle, frame.channel
+        image = frame.array()
         if self._mask is None or self._mask.shape != image.shape:
             self._mask = np.empty(image.shape, bool)
         np.equal(image, np.iinfo(image.dtype).max if image.dtype.kind == "u" else 65535, out=self._mask)
@@ -348,7 +348,7 @@ class PreprocessHandler(Handler):
             path = self.spec.run_dir / "Raw" / f"s_{tile}_c{cycle}_ch{ch}.npy"
             self.until_space(str(path), _save_npy_durably, path, image)
             self.kept += 1
-        out.emit(FrameKind.IMAGE, tile, cycle, ch, image, source_header=h, flags=int(h["flags"]))
+        out.emit(FrameKind.IMAGE, tile, cycle, ch, image, source_header=h, flags=frame.flags)
         self.stats.extra.update(saturated_pixels=self.saturated, raw_frames_kept=self.kept)
 
 
@@ -463,12 +463,12 @@ class KernelHandler(Handler):
             c += 1
         self.next_cycle[tile] = c
 
-    def on_frame(self, slot, out) -> None:
-        h = slot.header
-        tile, cycle, ch = int(h["tile"]), int(h["cycle"]), int(h["channel"])
+    def on_frame(self, frame, out) -> None:
+        h = frame.header
+        tile, cycle, ch = frame.tile, frame.cycle, frame.channel
         self.headers[tile] = h.copy()
         self._mark_incomplete_before(tile, cycle)
-        image = slot.array()
+        image = frame.array()
         stack, have = self.stacks.get((tile, cycle), (None, 0))
         if stack is None:
             stack = np.empty((N_CHANNELS, *image.shape), image.dtype)
@@ -512,9 +512,8 @@ class PassthroughHandler(Handler):
     the data path alone, or carries a real camera's frames to disk before the chain is
     calibrated for it."""
 
-    def on_frame(self, slot, out) -> None:
-        h = slot.header
-        out.emit(int(h["kind"]), int(h["tile"]), int(h["cycle"]), int(h["channel"]), slot.array(), source_header=h, flags=int(h["flags"]))
+    def on_frame(self, frame, out) -> None:
+        out.emit(frame.kind, frame.tile, frame.cycle, frame.channel, frame.array(), source_header=frame.header, flags=frame.flags)
 
 
 class BasecallHandler(Handler):
@@ -545,13 +544,13 @@ class BasecallHandler(Handler):
             out.emit(FrameKind.FILTER, tile, 0, 0, np.asarray(caller.pass_filter, np.uint8), source_header=h)
             self.filter_sent.add(tile)
 
-    def on_frame(self, slot, out) -> None:
+    def on_frame(self, frame, out) -> None:
         from kernels.basecall import StreamingBasecaller
 
-        h = slot.header
-        kind, tile = int(h["kind"]), int(h["tile"])
+        h = frame.header
+        kind, tile = frame.kind, frame.tile
         if kind == FrameKind.POSITIONS:
-            pos = slot.array()
+            pos = frame.array()
             from appliance.analysis.algorithms import run_algorithm
 
             alg, _settings = run_algorithm(self.spec.run_dir.parent, self.spec.state_dir, self.spec.config)
@@ -559,8 +558,8 @@ class BasecallHandler(Handler):
             self.callers[tile] = StreamingBasecaller(len(pos), expected_cycles=self.spec.config.run.cycles, **alg.basecall_kwargs())
             out.emit(FrameKind.POSITIONS, tile, 0, 0, pos, source_header=h)
             return
-        intens = slot.array()
-        out.emit(FrameKind.INTENSITIES, tile, int(h["cycle"]), 0, intens, source_header=h, flags=int(h["flags"]))
+        intens = frame.array()
+        out.emit(FrameKind.INTENSITIES, tile, frame.cycle, 0, intens, source_header=h, flags=frame.flags)
         self.last_header[tile] = h.copy()
         self._emit_calls(tile, self.callers[tile].push(np.array(intens)), out, h)
 
@@ -637,21 +636,20 @@ class WriterHandler(Handler):
             self._writer = w
         return self._writer
 
-    def on_frame(self, slot, out) -> None:
-        h = slot.header
-        kind, tile, cycle = int(h["kind"]), int(h["tile"]), int(h["cycle"])
+    def on_frame(self, frame, out) -> None:
+        kind, tile, cycle = frame.kind, frame.tile, frame.cycle
         self.stats.extra["t_last_frame"] = time.monotonic()
         if self.null:
             return
         if kind == FrameKind.IMAGE:
-            self._retry(self._append_raw, slot)
+            self._retry(self._append_raw, frame)
             return
-        data = slot.array()
+        data = frame.array()
         w = self.writer
         if kind == FrameKind.POSITIONS:
             self._retry(w.write_locs, tile, data)
         elif kind == FrameKind.INTENSITIES:
-            if int(h["flags"]) & FrameFlags.INCOMPLETE:
+            if frame.flags & FrameFlags.INCOMPLETE:
                 # the kernel (frames lost at the camera) or the base caller (a quarantined
                 # frame) stood in for this tile-cycle: the manifest says so
                 w.note_no_calls(tile, cycle, "incomplete upstream: frames lost at the camera, or a frame quarantined "
@@ -689,7 +687,7 @@ class WriterHandler(Handler):
             del self.cycle_tiles[self.completed_through + 1]
             self.completed_through += 1
 
-    def _append_raw(self, slot) -> None:
+    def _append_raw(self, frame) -> None:
         """Passthrough runs: append the frame to Raw/frames.bin (sequential, fsynced every
         64 frames and at the end) and its header to Raw/headers.bin."""
         import os
@@ -705,12 +703,12 @@ class WriterHandler(Handler):
             os.ftruncate(self._hdr_fd, self.raw_frames * 256)
         from appliance.runfolder import pwrite_all
 
-        payload = slot.payload
+        payload = frame.payload
         path = self.spec.run_dir / "Raw" / "frames.bin"
         try:
             pwrite_all(self._raw_fd, payload, self.raw_bytes)
             path = path.with_name("headers.bin")
-            pwrite_all(self._hdr_fd, slot.header.tobytes(), self.raw_frames * 256)
+            pwrite_all(self._hdr_fd, frame.header.tobytes(), self.raw_frames * 256)
         except OSError as exc:
             import errno
 
