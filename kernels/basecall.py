@@ -11,7 +11,7 @@ Everything the caller needs is estimated from the data, no ground truth:
    prephasing (:func:`kernels.phasing.estimate_phasing`), then crosstalk again on
    phasing-corrected intensities, then phasing again.
 2. Pass 1, per cycle ``c``: crosstalk correction, then phasing correction with the inverse of
-   the phasing matrix truncated ``lag`` cycles ahead (:func:`kernels.phasing.phasing_inverse_row`),
+   the phasing matrix truncated ``lag`` cycles ahead (:func:`kernels.phasing.phasing_inverse_window`),
    argmax: provisional calls, final once cycle ``c + lag`` is in.
 3. Per-cluster statistics from the pass-1 signal of the estimation window: brightness ``A``
    (median called-channel signal), noise ``sigma`` (rms of the other channels); per cycle the
@@ -46,7 +46,7 @@ import numpy as np
 
 from kernels.backend import get_array_module
 from kernels.crosstalk import correct_crosstalk, estimate_crosstalk
-from kernels.phasing import correct_phasing, estimate_phasing, phasing_inverse_row, phasing_matrix
+from kernels.phasing import correct_phasing, estimate_phasing, phasing_inverse_window, phasing_matrix
 from kernels.quality import QualityTable, default_quality_table
 
 __all__ = [
@@ -461,7 +461,7 @@ class StreamingBasecaller:
         for c in range(self._n1, n1):
             m = min(n_in, c + self.lag + 1)
             lo = max(0, c - _HISTORY)
-            w = xp.asarray(phasing_inverse_row(c, m, p, q)[lo:], dtype=xp.float32)
+            w = xp.asarray(phasing_inverse_window(c, m, lo, p, q), dtype=xp.float32)  # bounded by the window
             x = _weighted_sum(xp, w, self._y[lo - b : m - b])
             self._x1[c - b] = x
             calls = xp.argmax(x, axis=1)

@@ -19,8 +19,10 @@ from kernels.backend import get_array_module
 __all__ = [
     "correct_phasing",
     "estimate_phasing",
+    "WINDOW_MARGIN",
     "phasing_inverse_row",
     "phasing_inverse_rows",
+    "phasing_inverse_window",
     "phasing_matrix",
 ]
 
@@ -63,11 +65,51 @@ def _inverse_rows(n_cycles: int, p: float, q: float, lag: int) -> np.ndarray:
     return w
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=64)
 def _inverse(m: int, p: float, q: float) -> np.ndarray:
     inv = np.linalg.inv(phasing_matrix(m, p, q))
     inv.setflags(write=False)
     return inv
+
+
+#: cycles before the first weight a streaming caller uses that still enter its block of P:
+#: the molecules lagging that far behind carry about (c p)^64 / 64! of cycle c's signal
+#: (1e-28 at cycle 900 with p = 0.01), far below float32
+WINDOW_MARGIN = 64
+
+
+def phasing_inverse_window(cycle: int, n_known: int, lo: int, phasing: float, prephasing: float) -> np.ndarray:
+    """The weights of cycles ``lo .. n_known - 1`` in the phasing-corrected signal of
+    ``cycle``: row ``cycle`` of the inverse of ``P`` truncated to the first ``n_known``
+    cycles, from column ``lo`` on, as :func:`phasing_inverse_row` gives them.
+
+    Its memory and time are bounded by the window, not by the run: the inverse is taken of
+    the block of ``P`` from ``WINDOW_MARGIN`` cycles before ``lo`` (exactly the whole ``P`` while
+    ``lo <= WINDOW_MARGIN``), and only the rows of ``P`` from there on are kept. A full inverse
+    per cycle is ``n_known^3`` work and, cached per (cycle, tile), gigabytes over a long run.
+    """
+    if not 0 <= lo <= cycle < n_known:
+        raise ValueError(f"need 0 <= lo <= cycle < n_known (lo={lo}, cycle={cycle}, n_known={n_known})")
+    a = max(0, lo - WINDOW_MARGIN)
+    if a == 0:
+        return _inverse(int(n_known), float(phasing), float(prephasing))[cycle, lo:]
+    block = _matrix_block(int(n_known), float(phasing), float(prephasing), a)
+    return np.linalg.inv(block)[cycle - a, lo - a :]
+
+
+def _matrix_block(n_cycles: int, p: float, q: float, a: int) -> np.ndarray:
+    """``phasing_matrix(n_cycles, p, q)[a:, a:]`` without the rows before ``a``."""
+    state = np.zeros(n_cycles + 3)
+    state[0] = 1.0
+    out = np.empty((n_cycles - a, n_cycles - a))
+    for c in range(n_cycles):
+        new = p * state
+        new[1:] += (1.0 - p - q) * state[:-1]
+        new[2:] += q * state[:-2]
+        state = new
+        if c >= a:
+            out[c - a] = state[1 + a : n_cycles + 1]
+    return out
 
 
 def phasing_inverse_row(cycle: int, n_known: int, phasing: float, prephasing: float) -> np.ndarray:
