@@ -43,16 +43,22 @@ def phasing_matrix(
     p, q = float(phasing), float(prephasing)
     if not (0 <= p and 0 <= q and p + q < 1):
         raise ValueError(f"phasing={p}, prephasing={q} invalid: need p, q >= 0 and p + q < 1")
-    state = np.zeros(n_positions + 3)  # molecule lengths 0..n_positions (+2 overflow)
-    state[0] = 1.0
     out = np.empty((n_cycles, n_positions))
-    for c in range(n_cycles):
+    for c, state in enumerate(_states(n_cycles, p, q, n_positions)):
+        out[c] = state[1 : n_positions + 1]
+    return out
+
+
+def _states(n_cycles: int, p: float, q: float, n_positions: int):
+    """The molecules' length distribution after each cycle (lengths 0..n_positions, +2 overflow)."""
+    state = np.zeros(n_positions + 3)
+    state[0] = 1.0
+    for _ in range(n_cycles):
         new = p * state
         new[1:] += (1.0 - p - q) * state[:-1]
         new[2:] += q * state[:-2]
         state = new
-        out[c] = state[1 : n_positions + 1]
-    return out
+        yield state
 
 
 @lru_cache(maxsize=64)
@@ -99,14 +105,8 @@ def phasing_inverse_window(cycle: int, n_known: int, lo: int, phasing: float, pr
 
 def _matrix_block(n_cycles: int, p: float, q: float, a: int) -> np.ndarray:
     """``phasing_matrix(n_cycles, p, q)[a:, a:]`` without the rows before ``a``."""
-    state = np.zeros(n_cycles + 3)
-    state[0] = 1.0
     out = np.empty((n_cycles - a, n_cycles - a))
-    for c in range(n_cycles):
-        new = p * state
-        new[1:] += (1.0 - p - q) * state[:-1]
-        new[2:] += q * state[:-2]
-        state = new
+    for c, state in enumerate(_states(n_cycles, p, q, n_cycles)):
         if c >= a:
             out[c - a] = state[1 + a : n_cycles + 1]
     return out
