@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -69,6 +69,9 @@ class Sample:
     disk_used_mb: float
     e2e_p50_ms: float | None = None
     e2e_p99_ms: float | None = None
+    #: False once the soak has asked its long run to drain: the run's end (drain, summary,
+    #: report) is not growth, and the slopes leave it out
+    acquiring: bool = True
 
 
 @dataclass
@@ -128,7 +131,9 @@ def series(samples: list[Sample]) -> dict[str, list[tuple[float, float]]]:
 
 
 def slopes(samples: list[Sample], warmup_fraction: float = 0.2) -> dict[str, float]:
-    """Slope per hour of every series, over the samples after the warm-up."""
+    """Slope per hour of every series, over the samples after the warm-up and before the
+    long run was asked to drain (its end phase: the summary and the report, not growth)."""
+    samples = [s for s in samples if s.acquiring]
     if not samples:
         return {}
     t_end = samples[-1].t
@@ -354,7 +359,8 @@ def run_soak(
             while proc.poll() is None:
                 now = time.monotonic()
                 if now >= next_sample:
-                    samples.append(take_sample(proc.pid, now - t0, data_root, state_root))
+                    sample = take_sample(proc.pid, now - t0, data_root, state_root)
+                    samples.append(replace(sample, acquiring=False) if stopped else sample)
                     next_sample = now + interval_s
                 if mode == "long" and not stopped and now - t0 >= seconds:
                     proc.send_signal(signal.SIGINT)  # drain: every frame that entered is written

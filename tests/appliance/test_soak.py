@@ -86,3 +86,17 @@ def test_a_long_soak_takes_more_tiles_not_more_cycles_than_a_run_may_have():
     assert tile_numbers(100)[98:] == [1199, 1201]
     with pytest.raises(ValueError):
         tile_numbers(0)
+
+
+def test_the_slopes_leave_out_the_long_runs_end():
+    """After the soak asks its long run to drain, the run writes its summary and report (more
+    memory for a while): not growth. Those samples are kept for the plots, not the slopes."""
+    import dataclasses
+
+    from appliance.soak import slopes
+
+    flat = [dataclasses.replace(s, processes={"supervisor": {"rss_mb": 75.0, "fds": 20.0, "threads": 4.0}}) for s in _samples(0.0)]
+    end = [dataclasses.replace(s, t=3600 + 60 * (i + 1), processes={"supervisor": {"rss_mb": 400.0, "fds": 20.0, "threads": 4.0}},
+                               acquiring=False) for i, s in enumerate(flat[:3])]
+    assert abs(slopes(flat + end)["supervisor.rss_mb"]) < 1e-6
+    assert slopes(flat + [dataclasses.replace(e, acquiring=True) for e in end])["supervisor.rss_mb"] > 5
