@@ -249,6 +249,8 @@ class RunFolderWriter:
             self._put(Layout.cycle_manifest(cycle), lambda: [data])
             self._complete_cycles[cycle] = {e.path: e for e in entries}
             self._no_calls.pop(cycle, None)  # in the manifest now
+            for e in entries:  # listed now: what this writer wrote of them is not needed again
+                self._written.pop(e.path, None)
         self._interop_append()
         # (also on a repeat: a crash may have come between the manifest and the marker)
         read = self.info.read_of_cycle(cycle)
