@@ -88,6 +88,9 @@ class KernelState:
     results: dict = field(default_factory=dict)
     incomplete: frozenset = frozenset()
     headers: dict = field(default_factory=dict)
+    #: the last cycle the camera acquired whole (its barrier came): later ones were never
+    #: acquired (a stop, or a stream shorter than the run) and are not stood in for
+    last_cycle: int = 0
 
 
 @dataclass(frozen=True)
@@ -387,6 +390,7 @@ class KernelHandler(Handler):
         self.incomplete: set = set()
         self.headers: dict[int, np.ndarray] = {}
         self.spilled: set = set()  #: tiles whose built chain is in its ChainFile
+        self.last_cycle = 0  #: the last cycle acquired whole (the barrier of its epoch came)
 
     def _chain_file(self, tile: int) -> str:
         return f"{self.spec.name}.tile{tile}.chain.ckpt"
@@ -403,7 +407,7 @@ class KernelHandler(Handler):
     def snapshot(self) -> KernelState:
         chains = {t: ChainFile(self._chain_file(t)) if t in self.spilled else c for t, c in self.chains.items()}
         return KernelState(chains, dict(self.stacks), frozenset(self.positions_sent), dict(self.next_cycle),
-                           dict(self.results), frozenset(self.incomplete), dict(self.headers))
+                           dict(self.results), frozenset(self.incomplete), dict(self.headers), self.last_cycle)
 
     def restore(self, state: KernelState) -> None:
         from appliance.pipeline._checkpoint import load_checkpoint
@@ -420,6 +424,7 @@ class KernelHandler(Handler):
         self.chains, self.stacks = chains, dict(state.stacks)
         self.positions_sent, self.next_cycle = set(state.positions_sent), dict(state.next_cycle)
         self.results, self.incomplete, self.headers = dict(state.results), set(state.incomplete), dict(state.headers)
+        self.last_cycle = getattr(state, "last_cycle", 0)
 
     def _chain(self, tile: int):
         if tile not in self.chains:
@@ -492,13 +497,20 @@ class KernelHandler(Handler):
             self.stats.extra.update(gpu_pool_used_bytes=int(pool.used_bytes()), gpu_memory_used_bytes=int(total - free), gpu_memory_total_bytes=int(total))
         self._flush(tile, out)
 
+    def on_barrier(self, epoch: int) -> None:
+        # an epoch is a cycle: every frame of it was sent (or dropped at the camera)
+        self.last_cycle = max(self.last_cycle, epoch)
+
     def finish(self, out) -> None:
         n = self.spec.config.run.cycles
         for tile in self.spec.config.run.tiles:
             if self.spec.route(tile) != self.spec.replica and tile not in self.chains:
                 continue
-            self._mark_incomplete_before(tile, n + 1)
-            for c in range(self.next_cycle.get(tile, 1), n + 1):
+            self._mark_incomplete_before(tile, n + 1)  # a cycle begun: its frames were lost
+            # A cycle the camera acquired whole whose frames of this tile were all lost is
+            # stood in for (no-calls); a cycle never acquired (the run stopped before it) is
+            # not: the run folder stays incomplete and says how far it got.
+            for c in range(self.next_cycle.get(tile, 1), min(n, self.last_cycle) + 1):
                 if (tile, c) not in self.results:
                     self.incomplete.add((tile, c))
             self._flush(tile, out)

@@ -331,6 +331,25 @@ def test_a_stop_reaches_a_source_restarted_after_it(tmp_path):
     assert "RunCompletionStatus.xml: StoppedByUser" in format_summary(result)
 
 
+def test_a_run_stopped_after_its_template_is_not_marked_complete(tmp_path):
+    """Stopped once the kernel has its cluster template (cycle 12 of 26): the cycles never
+    acquired are not written as no-calls; the folder says how far it got and is not complete."""
+    cfg = config(tmp_path, "source.rate_hz=40")
+    sup = Supervisor(cfg, run_id=RUN_ID)
+    thread, result = start_in_thread(sup)
+    try:
+        wait_until(lambda: sup.latest_stats.get("frames_acquired", 0) >= 2 * 4 * 12, what="12 cycles")
+        sup.request_stop()
+    finally:
+        thread.join(120)
+    assert sup.state == "stopped_early" and result["frames_dropped"] == 0
+    acquired_cycles = result["frames_acquired"] // 8
+    done = read_completion(tmp_path / RUN_ID)
+    assert done.status == "StoppedByUser" and 12 <= done.cycles_completed <= acquired_cycles < 26
+    assert done.cycles_completed == len(RunFolder(tmp_path / RUN_ID).manifest().complete_cycles)
+    assert not (tmp_path / RUN_ID / "CopyComplete.txt").exists() and result["run_complete"] is False
+
+
 def test_live_rate_change_and_refused_keys(tmp_path, baseline):
     from appliance.control import CommandError
 
