@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -51,6 +52,8 @@ from appliance.runfolder.runinfo import RunInfo
 
 Chunks = Callable[[], Iterable[bytes | bytearray | memoryview]]
 _COPY = 8 << 20
+#: the cycle folder in a file's path (``.../C12.1/s_1_1101.bcl``): the files a cycle manifest lists
+_CYCLE_DIR = re.compile(r"/C(\d+)\.1/")
 
 
 class RunFolderWriter:
@@ -110,9 +113,10 @@ class RunFolderWriter:
                 )
         remove_stale_temps(self.path)
         m = _manifest.load(self.path, info.run_id)
-        self._complete_cycles: dict[int, dict[str, FileEntry]] = {
-            c: {e.path: e for e in entries} for c, entries in m.cycles.items()
-        }
+        # The cycles whose manifest is final; their entries are read back from the manifest
+        # when needed (_listed), not held: a long run would hold one per file it wrote.
+        self._complete_cycles: set[int] = set(m.cycles)
+        self._entries_cache: dict[int, dict[str, FileEntry]] = {}
         self._run_entries = {e.path: e for e in m.run_files}
         self._run_complete = m.complete
         # InterOp reads the channel names from RunInfo.xml (ImageChannels)
@@ -247,7 +251,7 @@ class RunFolderWriter:
             entries = [self._entry(p) for p in self.cycle_files(cycle)]
             data = _manifest.encode_cycle(self.info.run_id, cycle, entries, self._no_calls.get(cycle))
             self._put(Layout.cycle_manifest(cycle), lambda: [data])
-            self._complete_cycles[cycle] = {e.path: e for e in entries}
+            self._complete_cycles.add(cycle)
             self._no_calls.pop(cycle, None)  # in the manifest now
             for e in entries:  # listed now: what this writer wrote of them is not needed again
                 self._written.pop(e.path, None)
@@ -518,10 +522,23 @@ class RunFolderWriter:
         return None
 
     def _listed(self, rel: str) -> FileEntry | None:
-        for entries in self._complete_cycles.values():
-            if rel in entries:
-                return entries[rel]
+        """The manifest entry of ``rel`` when a final manifest lists it (its cycle's, or the
+        run's), else None."""
+        m = _CYCLE_DIR.search(rel)
+        if m is not None and int(m.group(1)) in self._complete_cycles:
+            return self._cycle_entries(int(m.group(1))).get(rel)
         return self._run_entries.get(rel)
+
+    def _cycle_entries(self, cycle: int) -> dict[str, FileEntry]:
+        """A complete cycle's entries, from its manifest on disk (the last few kept)."""
+        got = self._entries_cache.get(cycle)
+        if got is None:
+            rel = Layout.cycle_manifest(cycle)
+            got = {e.path: e for e in _manifest.decode((self.path / rel).read_bytes(), rel)["files"]}
+            if len(self._entries_cache) >= 4:
+                self._entries_cache.pop(next(iter(self._entries_cache)))
+            self._entries_cache[cycle] = got
+        return got
 
     def _put(self, rel: str, chunks: Chunks, size: int | None = None) -> None:
         listed = self._listed(rel)
