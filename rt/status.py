@@ -66,7 +66,7 @@ PARAMS_BYTES = 3072  #: the owner's parameter document (JSON), at most
 EXTRA_BYTES = 2048  #: a stage's own figures (JSON), at most
 EVENT_SLOTS = 32  #: events a reader may fall behind before it loses some
 EVENT_BYTES = 1024  #: one event (JSON), at most; a longer one is cut (and marked so)
-_READ_TRIES = 1000  #: seqlock retries before a read gives up (the writer died mid-write)
+_READ_TRIES = 10000  #: seqlock retries before a read gives up (the writer died mid-write)
 
 # The header: magic, version, n_records, hist_bins, record_size, owner pid and start
 # ticks, then the parameters' seqlock, length and bytes.

