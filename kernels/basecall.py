@@ -46,7 +46,7 @@ import numpy as np
 
 from kernels.backend import get_array_module
 from kernels.crosstalk import correct_crosstalk, estimate_crosstalk
-from kernels.phasing import correct_phasing, estimate_phasing, phasing_inverse_window, phasing_matrix
+from kernels.phasing import WINDOW_MARGIN, PhasingBand, correct_phasing, estimate_phasing, phasing_inverse_window
 from kernels.quality import QualityTable, default_quality_table
 
 __all__ = [
@@ -262,7 +262,7 @@ class StreamingBasecaller:
         self._n_decay = 0
         self._stats = False
         self._finished = False
-        self._pmat = np.zeros((0, 0))
+        self._band = None  # rows of the phasing matrix near the diagonal (see _phasing_band)
         self._chastity_fail = None
         self._pass_filter = None
 
@@ -347,7 +347,7 @@ class StreamingBasecaller:
         bit for bit. The size is bounded by the window (``docs/kernels-basecall.md``), not
         by the run's length."""
         state = dict(self.__dict__)
-        state["_pmat"] = np.zeros((0, 0))
+        state["_band"] = None
         state["_xp"] = None if self._xp is None else self._xp.__name__
         rows = {}
         if self._cap:
@@ -434,11 +434,15 @@ class StreamingBasecaller:
         self._decay = d
         self._cap = cap
 
-    def _pmatrix(self, rows: int) -> np.ndarray:
-        if self._pmat.shape[0] < rows:
-            r = max(rows, 2 * self._pmat.shape[0], 64)
-            self._pmat = phasing_matrix(r, self.model.phasing, self.model.prephasing, r + _AHEAD)
-        return self._pmat
+    def _phasing_band(self) -> PhasingBand:
+        """The rows of the model's phasing matrix the steps read, near the diagonal: pass 1's
+        block (the history, the margin, the lag), the predicted signal's history and
+        lookahead, pass 2's window. Not checkpointed: rebuilt on demand (from cycle 0, once)
+        after a restore, so a restored caller reads the same numbers."""
+        if self._band is None:
+            width = _HISTORY + WINDOW_MARGIN + max(self.lag, self.window, _AHEAD) + 1
+            self._band = PhasingBand(self.model.phasing, self.model.prephasing, width=width, keep=width + 2 * self.window + 2 * _AHEAD + 8)
+        return self._band
 
     def _advance(self, final: bool) -> list[CycleCalls]:
         xp = self._xp
@@ -458,10 +462,11 @@ class StreamingBasecaller:
         n1 = n_in if final else max(0, n_in - self.lag)
         p, q = self.model.phasing, self.model.prephasing
         n = self.n_clusters
+        band = self._phasing_band()
         for c in range(self._n1, n1):
             m = min(n_in, c + self.lag + 1)
             lo = max(0, c - _HISTORY)
-            w = xp.asarray(phasing_inverse_window(c, m, lo, p, q), dtype=xp.float32)  # bounded by the window
+            w = xp.asarray(phasing_inverse_window(c, m, lo, p, q, band), dtype=xp.float32)  # bounded by the window
             x = _weighted_sum(xp, w, self._y[lo - b : m - b])
             self._x1[c - b] = x
             calls = xp.argmax(x, axis=1)
@@ -478,12 +483,11 @@ class StreamingBasecaller:
             self._decay[c - b] = self._cycle_decay(c)
         self._n_decay = n1
         # Predicted (unscaled) signal of each cycle from the pass-1 calls up to c + _AHEAD.
-        pm = self._pmatrix(max(n1, 1))
         n_pred = n1 if final else max(0, n1 - _AHEAD)
         for c in range(self._n_pred, n_pred):
             k = min(c + _AHEAD + 1, n1)
             lo = max(0, c - _HISTORY)
-            w = xp.asarray(pm[c, lo:k], dtype=xp.float32)
+            w = xp.asarray(band.row(c, lo, k), dtype=xp.float32)
             self._pred[c - b] = _weighted_sum(xp, w, self._oh[lo - b : k - b])
         self._n_pred = n_pred
         # Pass 2: final calls for every position whose window is complete.
@@ -511,14 +515,14 @@ class StreamingBasecaller:
 
     def _final_call(self, j: int, n_total: int) -> CycleCalls:
         xp = self._xp
-        pm = self._pmat
+        band = self._phasing_band()
         b = self._base
         lo, hi = max(0, j - self.window), min(n_total, j + self.window + 1)
         a = self._a[:, None]
         acc = xp.zeros((self.n_clusters, 4), dtype=xp.float32)
         wsum = 0.0
         for c in range(lo, hi):
-            pcj = float(pm[c, j])
+            pcj = float(band.row(c, j, j + 1)[0])
             dc = float(self._decay[c - b])
             wc = pcj * dc
             # What is left of cycle c after removing every other position's predicted light.

@@ -20,6 +20,7 @@ __all__ = [
     "correct_phasing",
     "estimate_phasing",
     "WINDOW_MARGIN",
+    "PhasingBand",
     "phasing_inverse_row",
     "phasing_inverse_rows",
     "phasing_inverse_window",
@@ -84,32 +85,111 @@ def _inverse(m: int, p: float, q: float) -> np.ndarray:
 WINDOW_MARGIN = 64
 
 
-def phasing_inverse_window(cycle: int, n_known: int, lo: int, phasing: float, prephasing: float) -> np.ndarray:
+def phasing_inverse_window(
+    cycle: int, n_known: int, lo: int, phasing: float, prephasing: float, band: PhasingBand | None = None
+) -> np.ndarray:
     """The weights of cycles ``lo .. n_known - 1`` in the phasing-corrected signal of
     ``cycle``: row ``cycle`` of the inverse of ``P`` truncated to the first ``n_known``
     cycles, from column ``lo`` on, as :func:`phasing_inverse_row` gives them.
 
     Its memory and time are bounded by the window, not by the run: the inverse is taken of
     the block of ``P`` from ``WINDOW_MARGIN`` cycles before ``lo`` (exactly the whole ``P`` while
-    ``lo <= WINDOW_MARGIN``), and only the rows of ``P`` from there on are kept. A full inverse
-    per cycle is ``n_known^3`` work and, cached per (cycle, tile), gigabytes over a long run.
+    ``lo <= WINDOW_MARGIN``). A full inverse per cycle is ``n_known^3`` work and, cached per
+    (cycle, tile), gigabytes over a long run. A streaming caller passes its
+    :class:`PhasingBand` (of these ``phasing``, ``prephasing``), which has the block's rows at
+    hand; without one a band is built for the call (work proportional to ``n_known``).
     """
     if not 0 <= lo <= cycle < n_known:
         raise ValueError(f"need 0 <= lo <= cycle < n_known (lo={lo}, cycle={cycle}, n_known={n_known})")
     a = max(0, lo - WINDOW_MARGIN)
     if a == 0:
         return _inverse(int(n_known), float(phasing), float(prephasing))[cycle, lo:]
-    block = _matrix_block(int(n_known), float(phasing), float(prephasing), a)
-    return np.linalg.inv(block)[cycle - a, lo - a :]
+    if band is None:
+        band = PhasingBand(phasing, prephasing, width=n_known - a, keep=n_known - a + 1)
+    elif (band.phasing, band.prephasing) != (float(phasing), float(prephasing)):
+        raise ValueError(
+            f"the band is of phasing={band.phasing}, prephasing={band.prephasing}, not {phasing}, {prephasing}"
+        )
+    return np.linalg.inv(band.block(a, int(n_known)))[cycle - a, lo - a :]
 
 
-def _matrix_block(n_cycles: int, p: float, q: float, a: int) -> np.ndarray:
-    """``phasing_matrix(n_cycles, p, q)[a:, a:]`` without the rows before ``a``."""
-    out = np.empty((n_cycles - a, n_cycles - a))
-    for c, state in enumerate(_states(n_cycles, p, q, n_cycles)):
-        if c >= a:
-            out[c - a] = state[1 + a : n_cycles + 1]
-    return out
+class PhasingBand:
+    """The rows of ``P`` near its diagonal, cycle by cycle, in memory bounded by the band.
+
+    Row ``c`` holds ``P[c, j]`` for ``|j - c| <= width`` (what a streaming caller reads: the
+    phasing history behind a cycle, the lag ahead, the block of :func:`phasing_inverse_window`).
+    The molecules' length distribution is advanced one cycle at a time over the lengths
+    within ``width + WINDOW_MARGIN`` of the cycle only: the molecules lagging or leading by
+    more carry less than float64 shows next to the band (see ``WINDOW_MARGIN``), so the rows
+    equal :func:`phasing_matrix`'s to rounding (``tests/kernels/test_phasing.py``). The
+    ``keep`` newest rows are kept; asking for an older one computes the band again from
+    cycle 0, which a caller's forward passes over a run do at most once each.
+
+    Unlike ``phasing_matrix(cycles, ...)`` (``cycles^2`` float64: 8 MB a tile at 1000 cycles,
+    what made the base caller grow through a soak) it is the same size at every cycle.
+    """
+
+    __slots__ = ("phasing", "prephasing", "width", "keep", "_reach", "_n", "_lo", "_state", "_rows")
+
+    def __init__(self, phasing: float, prephasing: float, *, width: int, keep: int) -> None:
+        p, q = float(phasing), float(prephasing)
+        if not (0 <= p and 0 <= q and p + q < 1):
+            raise ValueError(f"phasing={p}, prephasing={q} invalid: need p, q >= 0 and p + q < 1")
+        if width < 0 or keep < 1:
+            raise ValueError(f"width={width}, keep={keep} invalid: need width >= 0 and keep >= 1")
+        self.phasing, self.prephasing = p, q
+        self.width, self.keep = int(width), int(keep)
+        self._reach = self.width + WINDOW_MARGIN
+        self._rewind()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the distribution and the kept rows (bounded by width and keep)."""
+        return self._state.nbytes + sum(v.nbytes for _, v in self._rows.values())
+
+    def _rewind(self) -> None:
+        self._n = 0  # cycles taken: _state is the length distribution after _n cycles
+        self._lo = 0  # the length _state[0] stands for
+        self._state = np.zeros(self._reach + 1)
+        self._state[0] = 1.0
+        self._rows: dict[int, tuple[int, np.ndarray]] = {}
+
+    def _step(self) -> None:
+        """One more cycle: the arithmetic of :func:`phasing_matrix`, on the band's lengths."""
+        p, q = self.phasing, self.prephasing
+        s = self._state
+        ext = np.zeros(len(s) + 3)
+        ext[2 : 2 + len(s)] = s
+        new = p * ext[2:]
+        new += (1.0 - p - q) * ext[1:-1]
+        new += q * ext[:-2]
+        self._n += 1
+        drop = max(0, self._n - self._reach) - self._lo  # the lengths now further behind than the reach
+        self._state, self._lo = new[drop:], self._lo + drop
+        c = self._n - 1  # the row of P this distribution is: P[c, j] = state[length j + 1]
+        j0 = max(0, c - self.width)
+        values = self._state[j0 + 1 - self._lo : c + self.width + 2 - self._lo].copy()
+        values.flags.writeable = False
+        self._rows[c] = (j0, values)
+        self._rows.pop(c - self.keep, None)
+
+    def row(self, c: int, j0: int, j1: int) -> np.ndarray:
+        """``P[c, j0:j1]`` (float64, read-only); the columns must lie within the band."""
+        if c < 0 or j0 < max(0, c - self.width) or j1 > c + self.width + 1 or j1 < j0:
+            raise ValueError(f"P[{c}, {j0}:{j1}] is outside the band of width {self.width}")
+        if c not in self._rows:
+            if c < self._n:
+                self._rewind()
+            while self._n <= c:
+                self._step()
+        start, values = self._rows[c]
+        return values[j0 - start : j1 - start]
+
+    def block(self, a: int, m: int) -> np.ndarray:
+        """``phasing_matrix(m, ...)[a:m, a:m]`` (needs ``m - 1 - a <= width``)."""
+        if not 0 <= a < m or m - 1 - a > self.width:
+            raise ValueError(f"the block P[{a}:{m}, {a}:{m}] is empty or wider than the band ({self.width})")
+        return np.stack([self.row(r, a, m) for r in range(a, m)])
 
 
 def phasing_inverse_row(cycle: int, n_known: int, phasing: float, prephasing: float) -> np.ndarray:

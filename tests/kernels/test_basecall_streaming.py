@@ -184,7 +184,7 @@ def test_memory_and_checkpoint_are_bounded_by_the_window_not_the_run():
         sizes[c + 1] = _pickled(caller)
         assert sizes[c + 1] <= checkpoint_bound(caller), (c + 1, sizes[c + 1], checkpoint_bound(caller))
         assert caller.buffer_cycles <= 60, caller.buffer_cycles
-    assert caller.__getstate__()["_pmat"].size == 0  # the phasing matrix is rebuilt on demand
+    assert caller.__getstate__()["_band"] is None  # the phasing band is rebuilt on demand
     chunks += caller.finish()
     for name in ("bases", "qualities", "predictor", "signal"):
         stacked = np.stack([to_host(getattr(ch, name)) for ch in chunks], axis=1)

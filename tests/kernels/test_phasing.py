@@ -37,12 +37,40 @@ def test_a_long_streaming_run_keeps_its_memory_bounded():
     push(150)
     tracemalloc.start()
     try:
-        push(50)
+        push(150)  # every row of the band that is alive from here on was allocated while traced
         base = tracemalloc.get_traced_memory()[0]
         push(250)
         grown = tracemalloc.get_traced_memory()[0] - base
     finally:
         tracemalloc.stop()
-    # the phasing matrix of the predicted signal grows with the cycles seen (cycles x cycles
-    # float64: 3 MB at 600) and is the only part that does
-    assert grown < 4e6, grown
+    # nothing grows with the cycles seen: the phasing matrix of the predicted signal was
+    # cycles x cycles float64 (3 MB at 600, reallocated at twice the rows) before PhasingBand
+    assert grown < 64 * 1024, grown
+    assert caller._band.nbytes < 256 * 1024, caller._band.nbytes
+
+
+@pytest.mark.parametrize("p,q", [(0.002, 0.001), (0.01, 0.005), (0.05, 0.01)])
+def test_the_band_is_the_phasing_matrix_near_its_diagonal(p, q):
+    """Row by row over 400 cycles the band holds what phasing_matrix has within its width
+    (to float64 rounding), its size stops growing once ``keep`` rows are in, an older row
+    is computed again from cycle 0, and its block is the matrix's block."""
+    from kernels.phasing import PhasingBand, phasing_matrix
+
+    n, width, keep = 400, 40, 50
+    full = phasing_matrix(n, p, q, n + width + 1)
+    band = PhasingBand(p, q, width=width, keep=keep)
+    sizes = []
+    for c in range(n):
+        j0 = max(0, c - width)
+        np.testing.assert_allclose(band.row(c, j0, c + width + 1), full[c, j0 : c + width + 1], rtol=1e-12, atol=1e-300)
+        sizes.append(band.nbytes)
+    assert sizes[-1] == sizes[200], (sizes[200], sizes[-1])  # past the reach (width + 64) and keep
+    assert band.nbytes < 2 * (keep + 2) * (2 * width + 1) * 8
+    np.testing.assert_allclose(band.row(5, 3, 9), full[5, 3:9], rtol=1e-12)  # rewound
+    np.testing.assert_allclose(band.block(300, 340), full[300:340, 300:340], rtol=1e-12, atol=1e-300)
+    with pytest.raises(ValueError, match="outside the band"):
+        band.row(300, 250, 301)
+    with pytest.raises(ValueError, match="wider than the band"):
+        band.block(300, 342)
+    with pytest.raises(ValueError, match="need p, q"):
+        PhasingBand(0.6, 0.5, width=4, keep=4)
