@@ -45,6 +45,8 @@ class Harness:
         self.emitter = Emitter(self.spec, [out_producer], threading.Event(), self.stats)
         self.watermarks: dict = {}
         self.emitted: list[tuple] = []
+        self.payloads: list[np.ndarray] = []  #: what was emitted, copied out of the ring (keep_payloads)
+        self.keep_payloads = False
         self._extra = [out_producer]
 
     def feed(self, kind: int, tile: int, cycle: int, channel: int, array: np.ndarray) -> None:
@@ -68,6 +70,8 @@ class Harness:
             except rt.WouldBlock:
                 return
             self.emitted.append(frame_key(s.header))
+            if self.keep_payloads:
+                self.payloads.append(np.array(Frame(s).array()))
             self.out.release(1)
 
     def checkpoint_bytes(self) -> int:
@@ -107,8 +111,9 @@ def _images(config, cycles: int):
             yield cycle, ch, inst.render(tile=1101, cycle=cycle, channel=ch)
 
 
-def _kernel_over(harness, cycles: int, run_cycles: int):
+def _kernel_over(harness, cycles: int, run_cycles: int, keep_payloads: bool = False):
     h = harness("kernel", f"run.cycles={run_cycles}")
+    h.keep_payloads = keep_payloads
     for cycle, ch, image in _images(h.config, cycles):
         h.feed(rt.FrameKind.IMAGE, 1101, cycle, ch, image)
     return h
@@ -126,22 +131,50 @@ def test_the_kernel_checkpoint_does_not_grow_with_the_run(harness):
         state.results = {}
 
 
+def _restarted_kernel(harness, first, cycles_done: int, files: str, keep=lambda name: True):
+    """The kernel's state through a checkpoint file, as a restarted stage reads it: a new
+    kernel stage (its state folder given the files ``first`` wrote that match ``files`` and
+    ``keep``) restores it and is fed the cycles after ``cycles_done``. Returns (state, kernel)."""
+    path = first.spec.state_dir / "kernel.ckpt"
+    save_checkpoint(path, first.handler.snapshot())
+    state = load_checkpoint(path)
+    again = harness("kernel", "run.cycles=8")
+    again.keep_payloads = first.keep_payloads
+    for f in first.spec.state_dir.glob(files):  # the restarted stage's state folder is the same one
+        if keep(f.name):
+            shutil.copy(f, again.spec.state_dir / f.name)
+    again.handler.restore(state)
+    for cycle, ch, image in _images(again.config, 8):
+        if cycle > cycles_done:
+            again.feed(rt.FrameKind.IMAGE, 1101, cycle, ch, image)
+    return state, again
+
+
 def test_the_kernel_restored_from_its_state_goes_on_as_if_never_stopped(harness):
     whole = _kernel_over(harness, 8, 8)
     first = _kernel_over(harness, 5, 8)
-    path = first.spec.state_dir / "kernel.ckpt"
-    save_checkpoint(path, first.handler.snapshot())  # through the file, as a restarted stage reads it
-    state = load_checkpoint(path)
+    state, again = _restarted_kernel(harness, first, 5, "*.chain.ckpt")
     # the built chain is in its own file beside the checkpoints, which names it
     assert all(isinstance(c, handlers.ChainFile) for c in state.chains.values())
-    again = harness("kernel", "run.cycles=8")
-    for f in first.spec.state_dir.glob("*.chain.ckpt"):  # the restarted stage's state folder is the same one
-        shutil.copy(f, again.spec.state_dir / f.name)
-    again.handler.restore(state)
-    for cycle, ch, image in _images(again.config, 8):
-        if cycle > 5:
-            again.feed(rt.FrameKind.IMAGE, 1101, cycle, ch, image)
     assert first.emitted + again.emitted == whole.emitted
+
+
+def test_the_kernel_restored_while_building_its_template_goes_on_bit_for_bit(harness):
+    """Before its template is built (cycles 1-3 of 4) the kernel's checkpoint names each
+    template cycle's frames, written once to their own file, instead of carrying the chain;
+    a kernel restored from it builds the same chain and emits the same bytes."""
+    whole = _kernel_over(harness, 8, 8, keep_payloads=True)
+    first = _kernel_over(harness, 3, 8, keep_payloads=True)
+    assert first.checkpoint_bytes() < 16 * 1024  # no frames or spectra in the checkpoint itself
+    state, again = _restarted_kernel(harness, first, 3, "*.held.ckpt")
+    assert isinstance(state.chains[1101], handlers.TemplateCycles)
+    assert [c for c, _ in state.chains[1101].files] == [1, 2, 3]
+    assert first.emitted + again.emitted == whole.emitted
+    for a, b in zip(first.payloads + again.payloads, whole.payloads, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # a template cycle's file gone is named in the error, not a crash-loop on a KeyError
+    with pytest.raises(RuntimeError, match="c0002.held.ckpt.*template cycle 2.*is missing"):
+        _restarted_kernel(harness, first, 3, "*.held.ckpt", keep=lambda name: ".c0002." not in name)
 
 
 def _basecall_over(harness, intensities, cycles: int, run_cycles: int):
