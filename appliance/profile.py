@@ -160,9 +160,23 @@ def find_stages(run_id: str | None = None) -> tuple[str, list[Stage]]:
 
 
 def _stage_key(s: Stage):
-    order = ("source", "preprocess", "kernel", "basecall", "writer")
-    base, _, replica = s.name.rpartition("-")
-    return (order.index(base) if base in order else len(order), base, int(replica) if replica.isdigit() else 0)
+    from appliance.schema import PIPELINE
+    from appliance.topology import Process
+
+    try:
+        p = Process.from_name(s.name)
+    except ValueError:  # a title of no stage of ours: after them, by name
+        return (len(PIPELINE), s.name, 0)
+    return (PIPELINE.index(p.stage), p.stage, p.replica)
+
+
+def _is_stage(s: Stage, stage: str) -> bool:
+    from appliance.topology import Process
+
+    try:
+        return Process.from_name(s.name).stage == stage
+    except ValueError:
+        return False
 
 
 def select_stages(stages: list[Stage], wanted: list[str] | None) -> list[Stage]:
@@ -172,7 +186,7 @@ def select_stages(stages: list[Stage], wanted: list[str] | None) -> list[Stage]:
         return list(stages)
     out = []
     for w in wanted:
-        hit = [s for s in stages if s.name == w or s.name.rpartition("-")[0] == w]
+        hit = [s for s in stages if s.name == w or _is_stage(s, w)]
         if not hit:
             raise ProfileError(f"no stage {w!r} in run {stages[0].run_id if stages else '?'} (running: {', '.join(s.name for s in stages)})")
         out += [s for s in hit if s not in out]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.config import RunConfig
+from appliance.topology import Process
 
 __all__ = ["StageSpec", "frame_key"]
 
@@ -33,8 +34,13 @@ class StageSpec:
     status_index: int = 0
 
     @property
+    def process(self) -> Process:
+        """This process in the run's topology (``appliance.topology``)."""
+        return Process(self.stage, self.replica)
+
+    @property
     def name(self) -> str:
-        return f"{self.stage}-{self.replica}"
+        return self.process.name
 
     @property
     def checkpoint_path(self) -> Path:

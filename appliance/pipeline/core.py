@@ -123,7 +123,7 @@ class Started:
     """The rings exist: start ``names`` (in this order: consumers first)."""
 
     names: tuple[str, ...]
-    source: str = "source-0"
+    source: str  #: which of them is the camera (appliance.topology.Topology.source)
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ class SupervisorCore:
         #: what the source last reported (STARTING, PRERENDERING or ACQUIRING): where a
         #: resume goes back to
         self.source_phase = RunState.STARTING
-        self.source = "source-0"
+        self.source = ""  # the camera process: named by Started
         #: processes that have not finished their work (alive, or waiting to restart)
         self.live: set[str] = set()
         #: name -> when (the shell's monotonic clock) its restart is due

@@ -386,13 +386,13 @@ def stage_main(spec: StageSpec, drain: SharedFlag | None = None, pause: SharedFl
     if ckpt is not None:
         log.info("resumed from checkpoint (epoch %d)", ckpt.epoch)
     producers = [rt.Producer(name) for name in spec.outputs]
-    if spec.stage == "source":  # the source's stop is a drain: it ends the stream
+    if spec.process.is_source:  # the source's stop is a drain: it ends the stream
         emitter = Emitter(spec, producers, source_stop, stats)
     else:
         emitter = Emitter(spec, producers, stop, stats, watch=watch)
     status = "stopped"
     try:
-        if spec.stage == "source":
+        if spec.process.is_source:
             # The source always ends the stream, also when asked to stop early: that is
             # what lets every later stage drain what entered.
             try:

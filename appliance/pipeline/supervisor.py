@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import rt
-from appliance.config import EDGES, STAGES, RunConfig
+from appliance.config import EDGES, RunConfig
+from appliance.topology import Link, Topology
 from appliance.pipeline._flags import SharedFlag
 from appliance.pipeline._spec import StageSpec
 from appliance.pipeline.histogram import LatencyHistogram
 from appliance.pipeline.runtime import live_figures
-from appliance.schema import SCHEMA_VERSION
+from appliance.schema import PIPELINE, SCHEMA_VERSION
 from appliance.pipeline.core import (
     DiskFreed, DiskFull, Done, Fail, Finish, GiveUp, HeartbeatStale, Kill, PauseRequested, ProcessExited, Publish, RaiseAlert,
     Refuse, Restart, RestartPolicy, Retire, ResumeRequested, SetDrain, SetPause, SourcePhase, Spawn, Started,
@@ -37,7 +38,7 @@ from appliance.pipeline.core import (
 __all__ = ["Supervisor", "hang_timeout_s", "RestartPolicy", "Restart", "GiveUp", "Done", "SupervisorError", "plan_cpus", "ring_budget", "CpuPlan"]
 
 log = logging.getLogger("appliance.supervisor")
-_ORDER = ("source", *STAGES)
+_ORDER = PIPELINE
 RUNNING_MARKER = "RUNNING.json"  #: in a run's state folder while its supervisor lives
 INTERRUPTED_MARKER = "INTERRUPTED.json"  #: what RUNNING.json becomes once that supervisor is found dead
 #: parameters that may change during a run (``appliance ctl set KEY VALUE``), with their ranges
@@ -89,11 +90,11 @@ def hang_timeout_s(config: RunConfig, stage: str) -> float:
     """
     ceiling = config.supervisor.heartbeat_timeout_s
     rate = config.source.rate_hz
-    if rate <= 0 or stage == "source":
+    if rate <= 0 or stage == PIPELINE[0]:  # the camera: nothing ahead of it
         return ceiling
     chain = config.stages["kernel"].algorithm == "chain"
     per_slot = {"intensities": 4.0, "calls": 2.0} if chain else {}  # camera frames a slot stands for
-    ahead, at = 0.0, "source"
+    ahead, at = 0.0, PIPELINE[0]
     for edge, (src, dst) in EDGES.items():  # edges in pipeline order
         if src == at and at != stage:
             ahead += config.edges[edge].n_slots * per_slot.get(edge, 1.0)
@@ -325,8 +326,10 @@ class Supervisor:
         self.stop_requested = threading.Event()
         self.events: list[dict] = []
         self._ctx = mp.get_context("spawn")
+        #: the run's processes and rings (appliance.topology): every name comes from it
+        self.topology = Topology.from_config(config)
         self._rings: list[rt.Ring] = []
-        self._ring_info: dict[str, tuple[str, dict]] = {}
+        self._ring_info: dict[str, Link] = {}  # shared-memory name -> the ring's link
         #: the stages' live status and events (rt.status; one record per stage process)
         self._status: rt.StatusBlock | None = None
         self._event_cursors: dict[int, int] = {}
@@ -354,73 +357,61 @@ class Supervisor:
         self.publish = None
 
     # -- planning --------------------------------------------------------------------------
-    def _replicas(self, stage: str) -> int:
-        return 1 if stage == "source" else self.config.stages[stage].replicas
-
-    def _ring_name(self, edge: str, i: int, j: int) -> str:
-        return f"appliance.{os.getpid()}.{self.run_id}.{edge}.{i}.{j}"
+    def _ring_name(self, link: Link) -> str:
+        return f"appliance.{os.getpid()}.{self.run_id}.{link.key}"
 
     def _plan(self) -> list[StageSpec]:
         cfg = self.config
         from appliance.pipeline.handlers import stage_class
         from appliance.pipeline.stage import StageClassError
 
+        top = self.topology
         try:  # each stage's class, built-in or named by stages.<stage>.handler, and its traits
             classes = {stage: stage_class(cfg, stage) for stage in _ORDER}
         except StageClassError as exc:
             raise SupervisorError(str(exc)) from None
         for stage, cls in classes.items():
-            if self._replicas(stage) > 1 and not cls.replicable:
-                raise SupervisorError(f"stages.{stage}.replicas = {self._replicas(stage)}: {cls.__name__} runs as one process only; set 1")
-        procs = [(stage, r) for stage in _ORDER for r in range(self._replicas(stage))]
-        names = [f"{stage}-{r}" for stage, r in procs]
+            if top.replicas(stage) > 1 and not cls.replicable:
+                raise SupervisorError(f"stages.{stage}.replicas = {top.replicas(stage)}: {cls.__name__} runs as one process only; set 1")
+        names = list(top.names)
         topo = rt.read_topology()
         gpus = [n for n in rt.gpu_numa_nodes().values() if n is not None]
         nic_node = rt.net_interface_numa_node(cfg.cpu.camera_nic) if cfg.cpu.camera_nic else None
         cpus = plan_cpus(
             topo, frozenset(rt.parse_cpulist(cfg.cpu.housekeeping)), names, cfg.cpu.pin,
             gpu_node=gpus[0] if gpus else None, nic_node=nic_node,
-            numa={f"{stage}-{r}": classes[stage].numa for stage, r in procs},
+            numa={p.name: classes[p.stage].numa for p in top.processes},
         )
         for w in cpus.warnings:
             self._event("warning", f"cpu plan: {w}")
         specs = []
         status = f"appliance.{os.getpid()}.{self.run_id}.status"
-        for index, stage in enumerate(_ORDER):
-            for r in range(self._replicas(stage)):
-                inputs, outputs = [], []
-                for edge, (src, dst) in EDGES.items():
-                    if dst == stage:
-                        inputs += [self._ring_name(edge, i, r) for i in range(self._replicas(src))]
-                    if src == stage:
-                        outputs += [self._ring_name(edge, r, j) for j in range(self._replicas(dst))]
-                name = f"{stage}-{r}"
-                specs.append(
-                    StageSpec(
-                        stage=stage, replica=r, inputs=tuple(inputs), outputs=tuple(outputs), config=cfg,
-                        run_id=self.run_id, run_dir=self.run_dir, state_dir=self.state_dir,
-                        cpus=cpus.assignments[name], parent_pid=os.getpid(), stage_index=index,
-                        fault=self.faults.get(name, {}), log_json=self.log_json,
-                        status_block=status, status_index=len(specs),
-                    )
+        for proc in top.processes:
+            specs.append(
+                StageSpec(
+                    stage=proc.stage, replica=proc.replica, config=cfg,
+                    inputs=tuple(self._ring_name(link) for link in top.inputs(proc)),
+                    outputs=tuple(self._ring_name(link) for link in top.outputs(proc)),
+                    run_id=self.run_id, run_dir=self.run_dir, state_dir=self.state_dir,
+                    cpus=cpus.assignments[proc.name], parent_pid=os.getpid(), stage_index=_ORDER.index(proc.stage),
+                    fault=self.faults.get(proc.name, {}), log_json=self.log_json,
+                    status_block=status, status_index=len(specs),
                 )
+            )
         return specs
 
     def _create_rings(self) -> None:
         cfg = self.config
-        n_rings = {e: self._replicas(s) * self._replicas(d) for e, (s, d) in EDGES.items()}
+        n_rings = {e: len(self.topology.links_of(e)) for e in EDGES}
         need = ring_budget(cfg, n_rings)
         _check_budget(need, cfg.hugepages)
         sizes = payload_bytes(cfg)
-        for edge, (src, dst) in EDGES.items():
-            e = cfg.edges[edge]
-            for i in range(self._replicas(src)):
-                for j in range(self._replicas(dst)):
-                    ring = rt.Ring.create(self._ring_name(edge, i, j), payload_bytes=sizes[edge], n_slots=e.n_slots,
-                                          policy=e.policy, wait=e.wait, hugepages=cfg.hugepages)
-                    self._rings.append(ring)
-                    # what each sample says of it (appliance.schema): its key, edge and the two processes
-                    self._ring_info[ring.name] = (f"{edge}.{i}.{j}", {"edge": edge, "producer": f"{src}-{i}", "consumer": f"{dst}-{j}"})
+        for link in self.topology.links:
+            e = cfg.edges[link.edge]
+            ring = rt.Ring.create(self._ring_name(link), payload_bytes=sizes[link.edge], n_slots=e.n_slots,
+                                  policy=e.policy, wait=e.wait, hugepages=cfg.hugepages)
+            self._rings.append(ring)
+            self._ring_info[ring.name] = link  # what each sample says of it (appliance.schema)
         log.info("rings: %d, %.1f MiB", len(self._rings), need / 2**20)
         specs = list(self._specs.values())
         self._status = rt.StatusBlock.create(specs[0].status_block, len(specs), hist_bins=LatencyHistogram.BUCKETS)
@@ -433,7 +424,7 @@ class Supervisor:
 
         if spec.name in self._procs:  # a restart: injected faults fire once
             spec = dataclasses.replace(spec, fault={})
-        args = (spec, self._drain, self._pause) if spec.stage == "source" else (spec,)
+        args = (spec, self._drain, self._pause) if spec.process.is_source else (spec,)
         proc = self._ctx.Process(target=stage_main, args=args, name=spec.name, daemon=False)
         proc.start()
         self._procs[spec.name] = proc
@@ -610,7 +601,7 @@ class Supervisor:
                 log.info("metrics on http://%s:%d/metrics", cfg.metrics.address, exporter.port)
             self._create_rings()
             # consumers first, so the source finds them attached
-            self._handle(Started(tuple(s.name for s in reversed(specs))))
+            self._handle(Started(tuple(s.name for s in reversed(specs)), self.topology.source.name))
             if self.notifier is not None:
                 self.notifier.ready(status=f"run {self.run_id}: acquiring")
             from appliance.bottleneck import PressureMeter
@@ -765,7 +756,7 @@ class Supervisor:
                 if e > plan.epoch:
                     epoch_path(sd, name, e).unlink()
             prune_epochs(sd, name)
-        source = next(sp for sp in self._specs.values() if sp.stage == "source")
+        source = self._specs[self.topology.source.name]
         if plan.source_index != plan.epoch * frames_per_epoch(self.config) or source.name not in plan.restore:
             state = SourceState(next_index=plan.source_index, epoch=plan.epoch)
             save_checkpoint(source.checkpoint_path, Checkpoint(RuntimeState(), state, plan.epoch))
@@ -781,7 +772,7 @@ class Supervisor:
         after a reboot they are gone and the count falls back to the last barrier)."""
         from appliance.pipeline._checkpoint import Checkpoint, load_checkpoint
 
-        ckpt = load_checkpoint(self.state_dir / "source-0.ckpt")
+        ckpt = load_checkpoint(self.state_dir / f"{self.topology.source.name}.ckpt")  # before the specs exist
         st = ckpt.handler if isinstance(ckpt, Checkpoint) else None
         if st is None:
             return 0
@@ -821,7 +812,7 @@ class Supervisor:
                 proc.join()
                 summary = self._summary_of(name)
                 complete = None
-                if self._specs[name].stage == "source":
+                if self._specs[name].process.is_source:
                     planned = len(self.config.run.tiles) * self.config.run.cycles * 4
                     complete = int(summary.get("frames_in") or 0) >= planned
                 for ins in self._handle(ProcessExited(name, proc.exitcode, summary.get("status") == "finished", now, complete)):
@@ -873,21 +864,21 @@ class Supervisor:
         frames = 0
         for ring in self._rings:
             st = ring.statistics()
-            key, ends = self._ring_info[ring.name]
-            rings[key] = {**ends,
+            link = self._ring_info[ring.name]
+            rings[link.key] = {"edge": link.edge, "producer": link.producer.name, "consumer": link.consumer.name,
                 "occupancy": st.occupancy, "n_slots": st.n_slots, "written": st.written, "read": st.read,
                 "drops": st.drops, "peak_occupancy": st.peak_occupancy, "full_waits": st.full_waits,
                 "empty_waits": st.empty_waits, "consumer_alive": st.consumer_alive,
                 "consumer_heartbeat_age_s": st.consumer_heartbeat_age_s,
             }
-            if ends["edge"] == "raw":
+            if link.producer.is_source:
                 frames += st.written + st.drops
         stages = {}
         prerender = None
         source = writer = None  # their entries: the run's acquired count, the end-to-end latency
         for name, spec in self._specs.items():
             live = self._live_of(name)
-            if spec.stage == "source" and live.get("status") == "running" and live.get("phase") in ("prerendering", "acquiring"):
+            if spec.process.is_source and live.get("status") == "running" and live.get("phase") in ("prerendering", "acquiring"):
                 # the source reports what it does: the run state follows (starting ->
                 # prerendering -> acquiring), with the pre-render's progress; the core (and
                 # the recorder) hear of a change, not of every sample
@@ -903,9 +894,9 @@ class Supervisor:
                 "restarts": self.policy.restarts.get(name, 0),
                 **{k: live.get(k) for k in _LIVE_KEYS},
             }
-            if spec.stage == "source":
+            if spec.process.is_source:
                 source = stages[name]
-            elif spec.stage == "writer":
+            elif spec.process.is_last:
                 writer = stages[name]
         # Acquired frames: the source's own count (the run summary's), not the raw rings'
         # entries, which also hold the epoch barriers; the rings only until it first reports.

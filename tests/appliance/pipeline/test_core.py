@@ -14,7 +14,7 @@ NAMES = ("writer-0", "basecall-0", "kernel-0", "preprocess-0", "source-0")
 
 def started(max_restarts=2, backoff_s=1.0) -> SupervisorCore:
     core = SupervisorCore(RestartPolicy(max_restarts, backoff_s))
-    assert core.handle(Started(NAMES)) == [Spawn(n) for n in NAMES]
+    assert core.handle(Started(NAMES, "source-0")) == [Spawn(n) for n in NAMES]
     assert core.state is RunState.STARTING
     return core
 
