@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from appliance.schema import HostSample
+
 __all__ = ["AlertRules", "Alert", "AlertChange", "AlertManager", "RULES"]
 
 #: rule name -> severity
@@ -88,9 +90,8 @@ class AlertManager:
         p99, budget = sample.get("e2e_latency_ms_p99"), sample.get("e2e_latency_budget_ms")
         if p99 is not None and budget and p99 > budget:
             firing[("e2e_latency_over_budget", "run")] = f"end-to-end latency p99 {p99:.0f} ms over its {budget:.0f} ms budget (supervisor.e2e_latency_p99_ms)"
-        host = sample.get("host") or {}
-        if host.get("disk_total") and host.get("disk_free") is not None:
-            free = host["disk_free"] / host["disk_total"]
+        free = HostSample.from_dict(sample.get("host")).disk_free_fraction
+        if free is not None:
             if free < r.disk_free_fraction:
                 firing[("disk_free_low", "data")] = f"data disk {free:.1%} free (watermark {r.disk_free_fraction:.0%})"
         return self._transition(firing, now)

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import start_http_server
 
-from appliance.schema import PIPELINE, ring_samples, stage_samples
+from appliance.schema import PIPELINE, StatsSample, ring_samples, stage_samples
 from appliance.pipeline.histogram import LatencyHistogram
 
 __all__ = [
@@ -136,8 +136,8 @@ class StatsCollector:
         for name, n in sorted(alerts_raised(events).items()):
             alerts.add_metric([name], n)
         active = GaugeMetricFamily("appliance_alert_active", "1 while the alert is active; stage is its subject (a stage, ring, 'run' or 'data')", labels=["alert", "stage", "severity"])
-        for a in sorted(sample.get("alerts") or [], key=lambda a: (a.get("rule", ""), a.get("subject", ""))):
-            active.add_metric([a.get("rule", ""), str(a.get("subject", "")), a.get("severity", "")], 1)
+        for a in sorted(StatsSample.from_dict(sample).alerts, key=lambda a: (a.rule, a.subject)):
+            active.add_metric([a.rule, a.subject, a.severity], 1)
         state = GaugeMetricFamily("appliance_run_state", "1 for the run's current state", labels=["state"])
         current = run_state(sample)
         for s in RUN_STATES:

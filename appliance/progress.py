@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from appliance.schema import StatsSample
+
 __all__ = ["LiveLine", "StatusReporter", "View", "describe", "status_text"]
 
 #: the phases a view can be in, in the order a run goes through them
@@ -57,12 +59,10 @@ def describe(sample: dict | None, prev: View | None = None, *, now: float | None
     acquiring (``source.prerender``), so a run with no frame yet is in ``pre-render``."""
     now = time.time() if now is None else now
     sample = sample or {}
-    frames = int(sample.get("frames_acquired") or 0)
-    planned = int(sample.get("frames_planned") or 0)
-    cycles = int(sample.get("cycles") or 0)
-    per_cycle = max(1, len(sample.get("tiles") or ()) * _CHANNELS)
-    state = str(sample.get("state") or "")
-    pre = sample.get("prerender") if isinstance(sample.get("prerender"), dict) else {}
+    s = StatsSample.from_dict(sample)
+    frames, planned, cycles, state = s.frames_acquired, s.frames_planned, s.cycles, s.state
+    per_cycle = max(1, len(s.tiles) * _CHANNELS)
+    pre = s.prerender
     if phase is None:
         if not sample or (state == "starting" and "frames_acquired" not in sample):
             phase = "starting"
@@ -72,8 +72,8 @@ def describe(sample: dict | None, prev: View | None = None, *, now: float | None
             phase = state
         else:
             phase = state or "acquiring"
-    drops = sum(int(r.get("drops") or 0) for r in (sample.get("rings") or {}).values() if isinstance(r, dict))
-    t = sample.get("t")
+    drops = s.drops
+    t = s.t
     # frames/s between two acquiring samples, smoothed; unknown right after another phase
     fps = prev.fps if prev is not None and prev.phase == phase else None
     if prev is not None and prev.phase == "acquiring" and phase == "acquiring" and t is not None and prev.t is not None and t > prev.t:
@@ -85,11 +85,11 @@ def describe(sample: dict | None, prev: View | None = None, *, now: float | None
         eta = max(0.0, (planned - frames) / fps)
     cycle = min(cycles, frames // per_cycle + 1) if cycles and frames else 0
     return View(
-        phase=phase, run_id=sample.get("run_id") or (prev.run_id if prev else None), frames=frames,
+        phase=phase, run_id=s.run_id or (prev.run_id if prev else None), frames=frames,
         frames_planned=planned, cycle=cycle, cycles=cycles, fps=fps, drops=drops, eta_s=eta,
         phase_s=max(0.0, now - since), t=t, phase_since=since,
-        prerender_done=pre.get("done"), prerender_total=pre.get("total"),
-        alerts=len(sample.get("alerts") or ()),
+        prerender_done=pre.done if pre else None, prerender_total=pre.total if pre else None,
+        alerts=len(s.alerts),
     )
 
 

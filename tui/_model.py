@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.schema import EDGES as _EDGES
-from appliance.schema import PIPELINE, ring_samples, stage_samples
+from appliance.schema import PIPELINE, AlertSample, HostSample, ring_samples, stage_samples
 
 __all__ = [
     "STAGES",
@@ -604,19 +604,16 @@ class RunModel:
         stands above an empty list."""
         cur = self.current
         for a in self.active_alerts:
-            if not isinstance(a, dict):
-                continue
-            key = (a.get("rule"), a.get("subject"))
+            key = (a.rule, a.subject)
             if key in cur.seen_active:
                 continue
             cur.seen_active.add(key)
             if any(n.fields.get("rule") == key[0] and n.fields.get("subject") == key[1] and n.kind == "alert" for n in cur.alerts):
                 continue
-            fields = {k: v for k, v in a.items() if k != "message"}
+            fields = {k: v for k, v in a.to_dict().items() if k != "message"}
             fields["listed"] = "active when the console attached"
-            at = a.get("first_seen")
-            stamp = float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else t
-            cur.alerts.append(Notice(stamp, "alert", str(a.get("message", "")), fields))
+            stamp = float(a.first_seen) if a.first_seen is not None else t
+            cur.alerts.append(Notice(stamp, "alert", a.message, fields))
 
     def _mark_finished(self) -> None:
         """A stage with no replica alive has finished (rather than crashed) when acquisition is
@@ -761,15 +758,14 @@ class RunModel:
         return float(v) if v else None
 
     @property
-    def host(self) -> dict[str, Any]:
-        """``memory_available``, ``memory_total``, ``disk_free``, ``disk_total`` (bytes),
-        ``cpu_percent`` of the appliance's host, where the sample has them."""
-        return self.last.get("host") or {}
+    def host(self) -> HostSample:
+        """The appliance's host at the latest sample (memory, data disk, CPU), where it says."""
+        return HostSample.from_dict(self.last.get("host"))
 
     @property
-    def active_alerts(self) -> list[dict[str, Any]]:
+    def active_alerts(self) -> list[AlertSample]:
         """The alerts active at the latest sample (rule, subject, severity, message, first_seen)."""
-        return list(self.last.get("alerts") or [])
+        return [AlertSample.from_dict(a) for a in self.last.get("alerts") or () if isinstance(a, dict)]
 
     @property
     def frames_acquired(self) -> int:

@@ -54,6 +54,7 @@ from tui._model import (
     sparkline,
 )
 from tui._source import CommandUnavailable, Source, Update, format_offset, parse_seek
+from appliance.schema import BottleneckSample, PrerenderSample
 
 __all__ = ["ApplianceApp", "ConfirmScreen", "HelpScreen", "NoticeList", "NoticeScreen", "SeekScreen", "REDRAW_HZ", "KEY_HELP",
            "runbook_entry"]
@@ -689,10 +690,10 @@ class ApplianceApp(App[None]):
             age = None if self.last_data is None else self.clock() - self.last_data
             t.append(f"  at {stamp} ({format_age(age)} old)", style="bold red")
         elif state == "prerendering":
-            pre = m.last.get("prerender") if isinstance(m.last.get("prerender"), dict) else {}
-            total = int(pre.get("total") or 0)
+            pre = PrerenderSample.from_dict(m.last.get("prerender")) or PrerenderSample()
+            total = pre.total
             if total:  # the supervisor's sample carries the source's progress
-                done = int(pre.get("done") or 0)
+                done = pre.done
                 t.append(f"  at {stamp}  rendering {done}/{total} frames ({100 * done / total:.0f}%)")
             else:
                 t.append(f"  at {stamp}  no frame yet")
@@ -726,13 +727,13 @@ class ApplianceApp(App[None]):
             t.append(f"e2e p99 {_ms(m.e2e_p99_ms)}{budget} ms", style="bold red" if over else "")
             t.append("  ")
         h = m.host
-        if h.get("cpu_percent") is not None:
-            t.append(f"cpu {float(h['cpu_percent']):.0f}%  ")
-        if h.get("memory_total"):
-            t.append(f"mem {_gib(h['memory_available'])}/{_gib(h['memory_total'])}G free  ")
-        if h.get("disk_total"):
-            low = h["disk_free"] / h["disk_total"] < 0.1
-            t.append(f"disk {_gib(h['disk_free'])}/{_gib(h['disk_total'])}G free", style="bold red" if low else "")
+        if h.cpu_percent is not None:
+            t.append(f"cpu {float(h.cpu_percent):.0f}%  ")
+        if h.memory_total:
+            t.append(f"mem {_gib(h.memory_available or 0)}/{_gib(h.memory_total)}G free  ")
+        free = h.disk_free_fraction
+        if free is not None:
+            t.append(f"disk {_gib(h.disk_free)}/{_gib(h.disk_total)}G free", style="bold red" if free < 0.1 else "")
         return t
 
     def _render_pipeline(self) -> Text:
@@ -742,12 +743,12 @@ class ApplianceApp(App[None]):
         w.set_class(stale, "stale")
         w.border_title = f"Pipeline ({self._stale_note()}, not live)" if stale else "Pipeline"
         # what limits the run now (the supervisor's live verdict, appliance.bottleneck)
-        b = m.last.get("bottleneck") if isinstance(m.last.get("bottleneck"), dict) else None
-        if b and b.get("stage") and not stale:
-            parts = [str(b["resource"])] if b.get("resource") else []
-            if isinstance(b.get("busy"), (int, float)):
-                parts.append(f"{100 * float(b['busy']):.0f}% busy")
-            w.border_subtitle = f"bottleneck: {b['stage']}" + (f" ({', '.join(parts)})" if parts else "")
+        b = BottleneckSample.from_dict(m.last.get("bottleneck"))
+        if b is not None and b.stage and not stale:
+            parts = [b.resource] if b.resource else []
+            if b.busy is not None:
+                parts.append(f"{100 * float(b.busy):.0f}% busy")
+            w.border_subtitle = f"bottleneck: {b.stage}" + (f" ({', '.join(parts)})" if parts else "")
         else:
             w.border_subtitle = ""
         self.query_one("#progress").set_class(stale, "stale")
