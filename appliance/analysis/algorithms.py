@@ -404,35 +404,13 @@ class _PgStore:
     def _migrate(self) -> int:
         """Bring the tables to ``len(PG_MIGRATIONS)`` in one transaction under an advisory lock;
         refuse a database from a newer release."""
-        n = len(PG_MIGRATIONS)
-        try:
-            with self._db.tx() as c:
-                c.execute("SELECT pg_advisory_xact_lock(?)", (_PG_MIGRATE_LOCK,))
-                if c.execute(f"SELECT to_regclass('{PG_SCHEMA_TABLE}')").fetchone()[0] is None:
-                    c.execute(f"CREATE TABLE {PG_SCHEMA_TABLE} (version INTEGER NOT NULL)")
-                row = c.execute(f"SELECT version FROM {PG_SCHEMA_TABLE}").fetchone()
-                version = row[0] if row else 0
-                if version > n:
-                    raise AlgorithmError(f"the algorithm registry in {self.dsn} has schema version {version}, newer than "
-                                         f"this appliance's {n}: upgrade the appliance software (every instrument and "
-                                         "orchestrator of the lab runs the same release, docs/lab.md)")
-                for m in PG_MIGRATIONS[version:]:
-                    for stmt in m:
-                        c.execute(stmt)
-                if row is None:
-                    c.execute(f"INSERT INTO {PG_SCHEMA_TABLE} (version) VALUES (?)", (n,))
-                elif version != n:
-                    c.execute(f"UPDATE {PG_SCHEMA_TABLE} SET version = ?", (n,))
+        try:  # the ledger backend's migration, on the registry's own tables and lock
+            return self._db.migrate(PG_MIGRATIONS, table=PG_SCHEMA_TABLE, lock=_PG_MIGRATE_LOCK, what=f"the algorithm registry in {self.dsn}",
+                                    owner_command="appliance algo ls", refused=AlgorithmError)
         except self._transient as exc:
             raise self._unreachable(exc, "nothing was changed") from None
-        except self._pg.errors.InsufficientPrivilege as exc:
-            raise AlgorithmError(f"the algorithm registry in {self.dsn} needs its tables created or migrated to version "
-                                 f"{n}, and this role may not ({' '.join(str(exc).split())}): open it once as the "
-                                 "database's owner role (appliance algo ls --ledger postgresql://ledger_owner@...), then "
-                                 "grant the instruments' roles as docs/lab.md says") from None
         except self._pg.Error as exc:
             raise self._refused(exc, "set up the registry tables") from None
-        return version
 
     def schema_version(self) -> int:
         rows = self._db.read(f"SELECT version FROM {PG_SCHEMA_TABLE}")

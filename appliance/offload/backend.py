@@ -245,33 +245,38 @@ class PgBackend:
 
     # -- the ledger's interface --------------------------------------------------------------------
 
-    def migrate(self, migrations: Sequence[Sequence[str]]) -> int:
-        """Bring the schema to ``len(migrations)`` in one transaction (under an advisory lock, so
-        two processes starting at once do not both migrate); refuse a newer database."""
+    def migrate(self, migrations: Sequence[Sequence[str]], *, table: str = "ledger_schema", lock: int = _MIGRATE_LOCK,
+                what: str | None = None, owner_command: str = "appliance jobs stats", refused: type[Exception] | None = None) -> int:
+        """Bring the tables to ``len(migrations)`` in one transaction (under the advisory lock
+        ``lock``, so two processes starting at once do not both migrate), the version kept in
+        ``table``; refuse a newer database. The ledger's tables by default; the lab's algorithm
+        registry passes its own (``what`` names them in errors, ``owner_command`` is the command
+        its owner role runs once, ``refused`` the exception a refusal raises)."""
+        what = what or f"the ledger database {self.where}"
+        refused = refused or self._error
+        n = len(migrations)
         try:
             with self.tx() as c:
-                c.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATE_LOCK,))
+                c.execute("SELECT pg_advisory_xact_lock(?)", (lock,))
                 # an instrument's role may read the schema version but not create tables
-                if c.execute("SELECT to_regclass('ledger_schema')").fetchone()[0] is None:
-                    c.execute("CREATE TABLE ledger_schema (version INTEGER NOT NULL)")
-                row = c.execute("SELECT version FROM ledger_schema").fetchone()
+                if c.execute(f"SELECT to_regclass('{table}')").fetchone()[0] is None:
+                    c.execute(f"CREATE TABLE {table} (version INTEGER NOT NULL)")
+                row = c.execute(f"SELECT version FROM {table}").fetchone()
                 version = row[0] if row else 0
-                if version > len(migrations):
-                    raise self._error(f"the ledger database {self.where} has schema version {version}, newer than this "
-                                      f"appliance's {len(migrations)}: upgrade the appliance software (every instrument "
-                                      "and orchestrator of the lab runs the same release, docs/lab.md)")
+                if version > n:
+                    raise refused(f"{what} has schema version {version}, newer than this appliance's {n}: upgrade the "
+                                  "appliance software (every instrument and orchestrator of the lab runs the same release, docs/lab.md)")
                 for m in migrations[version:]:
                     for stmt in m:
                         c.execute(stmt)
                 if row is None:
-                    c.execute("INSERT INTO ledger_schema(version) VALUES (?)", (len(migrations),))
-                elif version != len(migrations):
-                    c.execute("UPDATE ledger_schema SET version = ?", (len(migrations),))
+                    c.execute(f"INSERT INTO {table}(version) VALUES (?)", (n,))
+                elif version != n:
+                    c.execute(f"UPDATE {table} SET version = ?", (n,))
         except self._pg.errors.InsufficientPrivilege as exc:
-            raise self._error(f"the ledger database {self.where} needs its schema created or migrated to version "
-                              f"{len(migrations)}, and this role may not ({' '.join(str(exc).split())}): open it once as "
-                              "the database's owner role (appliance jobs stats --ledger postgresql://ledger_owner@...), "
-                              "then grant the instruments' roles as docs/lab.md says") from None
+            raise refused(f"{what} needs its tables created or migrated to version {n}, and this role may not "
+                          f"({' '.join(str(exc).split())}): open it once as the database's owner role ({owner_command} "
+                          "--ledger postgresql://ledger_owner@...), then grant the instruments' roles as docs/lab.md says") from None
         return version
 
     @contextlib.contextmanager
