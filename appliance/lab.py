@@ -90,7 +90,7 @@ def fleet_rows(replies: dict[str, tuple[dict | None, dict | None, str | None]], 
             row.update(state=sample.get("state") or view.phase, run_id=sample.get("run_id"))
             if not idle:
                 row.update(cycle=view.cycle, cycles=view.cycles, frames=view.frames, drops=view.drops,
-                           alerts=len(sample.get("alerts") or ()), frames_per_s=_fps(first, second))
+                           alerts=view.alerts, frames_per_s=_fps(first, second))
         rows.append(row)
     return rows
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.schema import EDGES, PIPELINE, ring_samples, stage_samples
+from appliance.schema import EDGES, PIPELINE, StatsSample, ring_samples, stage_samples
 
 __all__ = ["ReportError", "default_state_dir", "load_stats", "write_report", "REPORT_NAME"]
 
@@ -788,10 +788,11 @@ def _alerts(run: _Run, events: list[dict]) -> list[dict]:
     active_last = set()
     for s in run.stats:
         active = set()
-        for al in s.get("alerts") or []:
-            key = (al.get("rule", ""), al.get("subject", ""))
+        for al in StatsSample.from_dict(s).alerts:
+            key = (al.rule, al.subject)
             active.add(key)
-            a = alerts.setdefault(key, {"rule": key[0], "subject": key[1], "severity": al.get("severity", ""), "first_seen": al.get("first_seen", s["t"]), "cleared": None, "message": al.get("message", ""), "raised": 1})
+            first = al.first_seen if al.first_seen is not None else s["t"]
+            a = alerts.setdefault(key, {"rule": al.rule, "subject": al.subject, "severity": al.severity, "first_seen": first, "cleared": None, "message": al.message, "raised": 1})
             a["cleared"] = None
         for key in active_last - active:
             alerts[key]["cleared"] = s["t"]
