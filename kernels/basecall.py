@@ -66,6 +66,7 @@ DEFAULT_WINDOW = 2  # pass-2 matched filter half-width in cycles
 ESTIMATION_CYCLES = 25
 CHASTITY_CYCLES = 25
 CHASTITY_THRESHOLD = 0.6
+_ROW_BUFFERS = ("_raw", "_y", "_x1", "_oh", "_pred", "_invalid")  # the work buffers (rows of cycles)
 _AHEAD = 2  # positions ahead of a cycle included in its predicted signal (prephasing)
 _MIN_ESTIMATION_CYCLES = 6
 # Cycles further back than this carry weights below 1e-30 of the current one at the
@@ -346,38 +347,87 @@ class StreamingBasecaller:
         Unpickling allocates the buffers again and puts the rows back: the caller goes on
         bit for bit. The size is bounded by the window (``docs/kernels-basecall.md``), not
         by the run's length."""
+        state = self.state_without_rows()
+        state["_live"] = self.rows_since({})
+        return state
+
+    def state_without_rows(self) -> dict:
+        """The pickled state less the work buffers' rows: ``_live`` maps each buffer to its live
+        span ``(lo, hi)`` only. With the rows of those spans (:meth:`rows_since`, kept in a
+        log by whoever checkpoints the caller) it is the whole state: see :meth:`from_rows`."""
         state = dict(self.__dict__)
         state["_band"] = None
         state["_xp"] = None if self._xp is None else self._xp.__name__
-        rows = {}
-        if self._cap:
-            xp, b = self._xp, self._base
-            for name, (lo, hi) in self.live_rows().items():
-                part = state.pop(name)[lo - b : hi - b]
-                if name == "_oh":
-                    part = xp.argmax(part, axis=2).astype(xp.uint8)
-                rows[name] = (lo, hi, xp.ascontiguousarray(part))
-        state["_live"] = rows
+        for name in _ROW_BUFFERS:
+            state.pop(name, None)
+        state["_live"] = dict(self.live_rows()) if self._cap else {}
         return state
+
+    def rows_since(self, marks: dict[str, int]) -> dict[str, tuple[int, int, object]]:
+        """Per work buffer, its live rows of cycles ``marks[name]`` (or the start of its live
+        span) and later: ``(first cycle, end cycle, rows)``, host or device arrays of the
+        caller's module (the provisional calls as uint8 channel indices); buffers with none
+        left out. A live row is written once and never changed, and a buffer's live span only
+        moves forward, so appending these to a log after every push keeps every live row in
+        the log: a checkpoint need not carry them (the basecall stage's row logs)."""
+        out = {}
+        if not self._cap:
+            return out
+        xp, b = self._xp, self._base
+        for name, (lo, hi) in self.live_rows().items():
+            start = max(lo, marks.get(name, lo))
+            if start >= hi:
+                continue
+            part = getattr(self, name)[start - b : hi - b]
+            if name == "_oh":
+                part = xp.argmax(part, axis=2).astype(xp.uint8)
+            out[name] = (start, hi, xp.ascontiguousarray(part))
+        return out
+
+    @classmethod
+    def from_rows(cls, state: dict, rows: dict[str, tuple[int, int, object]]) -> "StreamingBasecaller":
+        """The caller :meth:`state_without_rows` describes, its buffers filled from ``rows``
+        (per buffer: ``(lo, hi, rows of cycles lo .. hi - 1)`` for exactly its live span).
+        ValueError when a span's rows are not all there."""
+        state = dict(state)
+        spans = state.pop("_live", {})
+        live = {}
+        for name, (lo, hi) in spans.items():
+            if hi <= lo:
+                continue  # nothing live: an empty buffer
+            have = rows.get(name)
+            if have is None or have[0] != lo or have[1] != hi or len(have[2]) != hi - lo:
+                got = None if have is None else have[:2]
+                raise ValueError(f"the caller's {name} rows of cycles {lo}..{hi - 1} are not all in the log (it has {got})")
+            live[name] = have
+        state["_live"] = live
+        caller = cls.__new__(cls)
+        caller.__setstate__(state)
+        return caller
 
     def __setstate__(self, state: dict) -> None:
         import importlib
 
         state = dict(state)
-        rows = state.pop("_live", {})  # absent in a pickle of whole buffers (before live rows): kept as is
+        whole = "_live" not in state  # a pickle of whole buffers (before live rows): kept as is
+        rows = state.pop("_live", {})
         if isinstance(state["_xp"], str):
             state["_xp"] = importlib.import_module(state["_xp"])
         self.__dict__.update(state)
-        if not self._cap:
+        if whole or not self._cap:
             return
         xp, b, n, cap = self._xp, self._base, self.n_clusters, self._cap
-        for name, (lo, hi, part) in rows.items():
+        for name in _ROW_BUFFERS:
+            lo, hi, part = rows.get(name, (b, b, None))  # a span with no row: an empty buffer
             if name == "_invalid":
                 buf = xp.zeros((cap, n), dtype=bool)
-                buf[lo - b : hi - b] = part
+                if hi > lo:
+                    buf[lo - b : hi - b] = part
             else:
                 buf = xp.zeros((cap, n, 4), dtype=xp.float32)
-                if name == "_oh":
+                if hi <= lo:
+                    pass
+                elif name == "_oh":
                     r = xp.arange(hi - lo)[:, None]
                     buf[lo - b + r, xp.arange(n)[None, :], part.astype(xp.int64)] = 1
                 else:

@@ -109,9 +109,10 @@ class KernelState:
 
 @dataclass(frozen=True)
 class BasecallState:
-    """Per tile: the streaming base caller, whether the filter was sent, the last header.
-    A caller pickles only the rows of its window that a later step reads
-    (``StreamingBasecaller.live_rows``): bounded by the phasing history, not the run."""
+    """Per tile: the streaming base caller as a ``_rowlog.CallerLog`` (its state without its
+    work rows, and the tile's row log that holds them: appended once per push, so a
+    checkpoint is about 0.1 MB a tile, not its whole window), whether the filter was sent,
+    the last header."""
 
     callers: dict = field(default_factory=dict)
     filter_sent: frozenset = frozenset()
@@ -584,12 +585,71 @@ class BasecallHandler(Handler):
         self.callers: dict = {}
         self.filter_sent: set = set()
         self.last_header: dict = {}
+        self.logs: dict = {}  #: per tile: its open row log (appliance.pipeline._rowlog)
+
+    def _stem(self, tile: int) -> str:
+        return f"{self.spec.name}.tile{tile}"
+
+    def _log_rows(self, tile: int) -> None:
+        """The rows the last push added to the tile's caller, appended to its row log; every
+        COMPACT_EVERY appends a new generation with the live rows only."""
+        from appliance.pipeline._rowlog import COMPACT_EVERY, RowLog
+
+        caller = self.callers[tile]
+        log = self.logs.get(tile)
+        if log is None:
+            log = self.logs[tile] = RowLog(self.spec.state_dir, self._stem(tile))
+        if log.appends >= COMPACT_EVERY:
+            self.stats.checkpoint_bytes += self.until_space(str(log.path), log.start_generation, caller.rows_since({}))
+            log.remove_unnamed(self._named_logs())
+            return
+        rows = caller.rows_since(log.marks)
+        if rows:
+            self.stats.checkpoint_bytes += self.until_space(str(log.path), log.append, rows)
+
+    def _named_logs(self) -> set[str]:
+        """The row logs the kept checkpoints of this stage name (the live one and every epoch
+        kept): an older generation of a log is removed only when none names it."""
+        from appliance.pipeline._checkpoint import load_checkpoint
+        from appliance.pipeline._rowlog import CallerLog
+
+        named = set()
+        for p in self.spec.state_dir.glob(f"{self.spec.name}*.ckpt"):
+            if p.name.endswith(".rows.ckpt"):
+                continue
+            try:
+                ckpt = load_checkpoint(p)
+            except Exception:  # noqa: BLE001 - a torn or foreign file: keep every log
+                return {q.name for q in self.spec.state_dir.glob("*.rows.ckpt")}
+            st = getattr(ckpt, "handler", ckpt)  # a Checkpoint, or a bare BasecallState
+            for c in getattr(st, "callers", {}).values():
+                if isinstance(c, CallerLog):
+                    named.add(c.log)
+        return named
 
     def snapshot(self) -> BasecallState:
-        return BasecallState(dict(self.callers), frozenset(self.filter_sent), dict(self.last_header))
+        from appliance.pipeline._rowlog import CallerLog
+
+        callers = {t: CallerLog(c.state_without_rows(), self.logs[t].name, self.logs[t].length) for t, c in self.callers.items()}
+        return BasecallState(callers, frozenset(self.filter_sent), dict(self.last_header))
 
     def restore(self, state: BasecallState) -> None:
-        self.callers, self.filter_sent, self.last_header = dict(state.callers), set(state.filter_sent), dict(state.last_header)
+        from appliance.pipeline._rowlog import CallerLog, RowLog
+        from kernels.basecall import StreamingBasecaller
+
+        callers = {}
+        for t, c in state.callers.items():
+            if isinstance(c, CallerLog):
+                self.logs[t], rows = RowLog.restored(self.spec.state_dir, self._stem(t), c)
+                try:
+                    c = StreamingBasecaller.from_rows(c.state, rows)
+                except ValueError as exc:
+                    raise RuntimeError(f"{self.logs[t].path}: {exc}: the run cannot resume from this checkpoint; start a new run") from None
+            callers[t] = c
+        self.callers, self.filter_sent, self.last_header = callers, set(state.filter_sent), dict(state.last_header)
+        for t in self.callers:
+            if t not in self.logs:  # a checkpoint that carried the caller whole (before row logs)
+                self._log_rows(t)
 
     def _emit_calls(self, tile: int, calls, out, h) -> None:
         for c in calls:
@@ -616,12 +676,14 @@ class BasecallHandler(Handler):
             alg, _settings = run_algorithm(self.spec.run_dir.parent, self.spec.state_dir, self.spec.config)
             self.stats.extra["algorithm"] = alg.key
             self.callers[tile] = StreamingBasecaller(len(pos), expected_cycles=self.spec.config.run.cycles, **alg.basecall_kwargs())
+            self._log_rows(tile)  # opens the tile's log (no rows yet)
             out.emit(FrameKind.POSITIONS, tile, 0, 0, pos, source_header=h)
             return
         intens = frame.array()
         out.emit(FrameKind.INTENSITIES, tile, frame.cycle, 0, intens, source_header=h, flags=frame.flags)
         self.last_header[tile] = h.copy()
         self._emit_calls(tile, self.callers[tile].push(np.array(intens)), out, h)
+        self._log_rows(tile)
 
     def on_quarantined(self, key, header, out) -> None:
         """Corrupt intensities: the tile-cycle goes on as NaN intensities flagged INCOMPLETE
@@ -635,10 +697,12 @@ class BasecallHandler(Handler):
         self.last_header[tile] = header
         self.stats.extra["incomplete_cycles"] = self.stats.extra.get("incomplete_cycles", 0) + 1
         self._emit_calls(tile, self.callers[tile].push(lost), out, header)
+        self._log_rows(tile)
 
     def finish(self, out) -> None:
         for tile, caller in self.callers.items():
             self._emit_calls(tile, caller.finish(), out, self.last_header[tile])
+            self._log_rows(tile)
 
 
 class WriterHandler(Handler):

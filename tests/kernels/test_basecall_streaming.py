@@ -231,3 +231,26 @@ def test_a_caller_unpickled_at_any_cycle_goes_on_bit_for_bit(n_cycles, sizes, ex
         stacked = np.stack([to_host(getattr(ch, name)) for ch in chunks], axis=1)
         np.testing.assert_array_equal(stacked, to_host(getattr(batch, name)), err_msg=name)
     np.testing.assert_array_equal(to_host(caller.pass_filter), to_host(batch.pass_filter))
+
+
+def test_a_caller_is_its_state_without_rows_plus_its_live_rows():
+    """state_without_rows() and rows_since({}) are the whole caller (from_rows builds one
+    that goes on bit for bit); rows_since(marks) gives only the rows after the marks; a live
+    span whose rows are missing is named."""
+    params = InstrumentParams(tile_shape=(128, 128), layout="patterned", n_cycles=60)
+    intensities = SyntheticInstrument(params, seed=7).cluster_intensities(1101)
+    caller = StreamingBasecaller(intensities.shape[0], expected_cycles=60)
+    marks: dict = {}
+    for c in range(40):
+        caller.push(intensities[:, c])
+        new = caller.rows_since(marks)
+        assert all(lo >= marks.get(k, 0) for k, (lo, _hi, _p) in new.items())
+        marks.update({k: hi for k, (_lo, hi, _p) in new.items()})
+    copy = StreamingBasecaller.from_rows(caller.state_without_rows(), caller.rows_since({}))
+    a = [ch for c in range(40, 60) for ch in caller.push(intensities[:, c])] + caller.finish()
+    b = [ch for c in range(40, 60) for ch in copy.push(intensities[:, c])] + copy.finish()
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(to_host(x.bases), to_host(y.bases))
+        np.testing.assert_array_equal(to_host(x.qualities), to_host(y.qualities))
+    with pytest.raises(ValueError, match="_y rows of cycles .* are not all in the log"):
+        StreamingBasecaller.from_rows(copy.state_without_rows(), {})
