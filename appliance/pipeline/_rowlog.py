@@ -102,9 +102,12 @@ class RowLog:
 
     def start_generation(self, live_rows: dict) -> int:
         """A new generation holding only ``live_rows`` (every live span); returns its bytes."""
-        self.generation, self.length, self.appends = self.generation + 1, 0, 0
-        self.path.unlink(missing_ok=True)  # a generation left by an earlier restore from an older epoch
-        return self.append(live_rows)
+        new = RowLog(self.state_dir, self.stem, self.generation + 1)
+        new.path.unlink(missing_ok=True)  # a generation left by an earlier restore from an older epoch
+        n = new.append(live_rows)  # a full disk raises here, and a retry starts the same generation again
+        self.generation, self.length, self.appends = new.generation, new.length, 0
+        self.marks.update(new.marks)
+        return n
 
     def remove_unnamed(self, named: set[str]) -> None:
         """Remove this tile's older generations that no kept checkpoint names (``named``)."""
