@@ -105,7 +105,7 @@ class RowLog:
         new = RowLog(self.state_dir, self.stem, self.generation + 1)
         new.path.unlink(missing_ok=True)  # a generation left by an earlier restore from an older epoch
         n = new.append(live_rows)  # a full disk raises here, and a retry starts the same generation again
-        self.generation, self.length, self.appends = new.generation, new.length, 0
+        self.generation, self.length, self.appends = new.generation, new.length, new.appends
         self.marks.update(new.marks)
         return n
 
