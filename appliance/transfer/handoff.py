@@ -54,7 +54,7 @@ from pathlib import Path
 
 import crc32c as _crc32c
 
-from appliance.runfolder import FileEntry, RunFolder
+from appliance.runfolder import FileEntry, RunFolder, fsync_dir
 from appliance.storage import TokenBucket
 from appliance.transfer._journal import Journal, PartRow
 from appliance.transfer._trace import transfer_span
@@ -190,7 +190,7 @@ class Destination:
             os.replace(tmp, p)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(p.parent)
+        fsync_dir(p.parent)
 
     def read_doc(self, rel: str) -> dict | None:
         try:
@@ -287,14 +287,6 @@ def _botocore_client(kw: dict, config: dict):
             client = _CLIENTS[key] = botocore.session.get_session().create_client(
                 "s3", config=botocore.config.Config(**config), **kw)
         return client
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -578,7 +570,7 @@ class _Pusher:
         finally:
             os.close(fd)
         os.replace(partial, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         self.j.set_file(self.tid, e.path, "sending", upload_id=None)
         return str(final.stat().st_mtime_ns)
 
