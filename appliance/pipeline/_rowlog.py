@@ -83,7 +83,9 @@ class RowLog:
 
     def append(self, rows: dict) -> int:
         """Append one record of rows (``{buffer: (lo, hi, rows)}``, fsynced); returns its bytes."""
-        data = _pickle({k: (lo, hi, _host(part)) for k, (lo, hi, part) in rows.items()})
+        from kernels.backend import to_host
+
+        data = _pickle({k: (lo, hi, to_host(part)) for k, (lo, hi, part) in rows.items()})
         with open(self.path, "r+b" if self.path.exists() else "wb") as f:
             f.seek(self.length)
             f.truncate()
@@ -116,10 +118,6 @@ class RowLog:
             m = pattern.fullmatch(p.name)
             if m and int(m.group(1)) < self.generation and p.name not in named:
                 p.unlink(missing_ok=True)
-
-
-def _host(part):
-    return part.get() if hasattr(part, "get") and not isinstance(part, np.ndarray) else np.asarray(part)
 
 
 def _pickle(obj) -> bytes:
